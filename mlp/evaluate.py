@@ -1,0 +1,117 @@
+"""`python -m mlp.evaluate --checkpoint PATH`: loss, accuracy and confusion matrix on the test set."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+import backends
+
+from . import checkpoint, model
+from .cli import Parser, add_data_flags, add_device_flags, run
+from .data import load_dataset
+from .errors import UserError
+from .files import check_output_path
+
+
+def evaluate(backend, params, X, y, activation, *, chunk: int = 65_536) -> dict:
+    """Mean BCE, accuracy and P(label 1) over (X, y), in chunks of rows to bound memory.
+
+    X and y are host arrays; params live on the backend's device."""
+    xp = backend.xp
+    n = X.shape[0]
+    total_loss = 0.0
+    probs = np.empty(n, dtype=np.float64)
+    dtype = _dtype_name(params["w1"])
+    for start in range(0, n, chunk):
+        Xc = backend.asarray(X[start:start + chunk], dtype)
+        yc = backend.asarray(y[start:start + chunk].reshape(-1, 1), dtype)
+        _, _, z2 = model.forward(params, Xc, activation)
+        total_loss += float(backend.to_host(model.bce_with_logits(z2, yc))) * Xc.shape[0]
+        probs[start:start + chunk] = backend.to_host(xp.reshape(model.sigmoid(z2), (-1,)))
+    predicted = (probs >= 0.5).astype(np.float64)
+    return {
+        "loss": total_loss / n,
+        "accuracy": float(np.mean(predicted == y)),
+        "correct": int(np.sum(predicted == y)),
+        "n": int(n),
+        "probs": probs,
+        "confusion": confusion_matrix(y, predicted),
+    }
+
+
+def _dtype_name(array) -> str:
+    return "float32" if "float32" in str(array.dtype) else "float64"
+
+
+def confusion_matrix(y, predicted) -> np.ndarray:
+    """2x2 counts: rows are the true class (A, B), columns the predicted class (A, B)."""
+    m = np.zeros((2, 2), dtype=np.int64)
+    np.add.at(m, (y.astype(int), predicted.astype(int)), 1)
+    return m
+
+
+def format_confusion(m: np.ndarray, classes) -> str:
+    a, b = classes
+    width = max(8, len(str(m.max())) + 2)
+    lines = [f"{'':>10}{'pred ' + str(a):>{width}}{'pred ' + str(b):>{width}}"]
+    for i, c in enumerate((a, b)):
+        lines.append(f"{'true ' + str(c):>10}{m[i, 0]:>{width}}{m[i, 1]:>{width}}")
+    return "\n".join(lines)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m mlp.evaluate",
+               description="Evaluate a checkpoint on the test split of its class pair.")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .npz written by mlp.train --save")
+    add_device_flags(p)
+    add_data_flags(p)
+    p.add_argument("--split", choices=("test", "train"), default="test", help="which split (default: test)")
+    p.add_argument("--plot", metavar="PATH", help="save a PNG of the misclassified digits")
+    p.add_argument("--max-shown", type=int, default=64, metavar="K",
+                   help="at most K digits in --plot (default: 64)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.plot:
+        check_output_path(args.plot, "--plot")
+    ckpt = checkpoint.load(args.checkpoint)
+    cfg = ckpt.config
+    backend = backends.resolve(args.device, args.backend)
+    data = load_dataset(args.data_dir, cfg["classes"], download=not args.no_download)
+    split = getattr(data, args.split)
+    if split.X.shape[1] != cfg["n_features"]:
+        raise UserError(f"the checkpoint expects {cfg['n_features']} pixels per image, the data has "
+                        f"{split.X.shape[1]}; evaluate on the data set it was trained on")
+    params = {k: backend.asarray(v, cfg["dtype"]) for k, v in ckpt.params.items()}
+    result = evaluate(backend, params, split.X, split.y, cfg["activation"])
+    a, b = cfg["classes"]
+    print(f"checkpoint {args.checkpoint}: epoch {ckpt.epoch}, {cfg['hidden']} hidden {cfg['activation']}, "
+          f"{cfg['dtype']}; {backend}")
+    print(f"{args.split} loss {result['loss']:.4f} | accuracy {result['accuracy']:.2%} "
+          f"({result['correct']}/{result['n']}) | classes {a} (label 0) vs {b} (label 1)")
+    print(format_confusion(result["confusion"], (a, b)))
+    if args.plot:
+        from .plots import plot_misclassified
+
+        wrong = np.flatnonzero((result["probs"] >= 0.5) != (split.y == 1))
+        plot_misclassified(args.plot, split.X, split.digits, result["probs"], wrong, data.image_shape,
+                           (a, b), max_shown=args.max_shown)
+        print(f"wrote {args.plot} ({min(len(wrong), args.max_shown)} of {len(wrong)} misclassified digits)",
+              file=sys.stderr)
+    return 0
+
+
+main.prog = "mlp.evaluate"
+
+
+def cli() -> None:
+    """Console-script entry point (mlp-evaluate)."""
+    sys.exit(run(main))
+
+
+if __name__ == "__main__":
+    cli()
