@@ -1,0 +1,100 @@
+"""Shared fixtures: the real data, the backends to test, and running the CLIs."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import backends
+
+REPO = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def real_data_dir() -> Path | None:
+    """The real MNIST 3/7 files: $MLP_TEST_DATA_DIR, else ../shared/datasets/mnist-3-7."""
+    given = os.environ.get("MLP_TEST_DATA_DIR")
+    path = Path(given) if given else REPO.parent / "shared" / "datasets" / "mnist-3-7"
+    return path if (path / "train-images-idx3-ubyte.gz").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = real_data_dir()
+    if path is None:
+        message = ("real MNIST 3/7 data not found: set MLP_TEST_DATA_DIR to the folder with the four IDX files "
+                   "(../shared/datasets/mnist-3-7)")
+        if IN_CI:
+            pytest.fail(message + " -- CI must not skip the end-to-end tests")
+        pytest.skip(message)
+    return path
+
+
+def _gpu_available() -> str | None:
+    """None when CuPy sees a CUDA GPU, else the reason it does not."""
+    if importlib.util.find_spec("cupy") is None:
+        return "CuPy is not installed"
+    try:
+        backends.resolve("cuda", "cupy")
+    except backends.BackendError as exc:
+        return str(exc)
+    return None
+
+
+GPU_MISSING = _gpu_available()
+needs_gpu = pytest.mark.skipif(GPU_MISSING is not None, reason=f"needs a CUDA GPU: {GPU_MISSING}")
+
+
+def cpu_backend_params():
+    """(backend, device) pairs for the parity and gradient tests; missing libraries are skipped, visibly."""
+    params = []
+    for name in ("numpy", "array_api_strict", "torch", "jax"):
+        marks = []
+        if importlib.util.find_spec(name) is None:
+            marks.append(pytest.mark.skip(reason=f"{name} is not installed"))
+        params.append(pytest.param((name, "cpu"), id=f"{name}-cpu", marks=marks))
+    params.append(pytest.param(("cupy", "cuda"), id="cupy-cuda", marks=[pytest.mark.gpu, needs_gpu]))
+    params.append(pytest.param(("torch", "cuda"), id="torch-cuda", marks=[pytest.mark.gpu, needs_gpu]))
+    return params
+
+
+def run_cli(module: str, *args, env=None, timeout=300) -> subprocess.CompletedProcess:
+    """Run `python -m module args...` in a subprocess, as a user would."""
+    full_env = {k: v for k, v in os.environ.items() if k != "MLP_DATA_DIR"}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def call_cli(main, *args) -> tuple[int, str, str]:
+    """Call a CLI's main in-process through mlp.cli.run: (exit code, stdout, stderr)."""
+    from mlp.cli import run
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = run(main, [str(a) for a in args])
+        except SystemExit as exc:  # argparse
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def synthetic(n=256, d=30, seed=0):
+    """A small, learnable problem: labels from a random teacher network."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    teacher = rng.standard_normal(d)
+    y = (X @ teacher + 0.3 * rng.standard_normal(n) > 0).astype(np.float64)
+    return X, y
+
+
+def files_in(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in Path(path).rglob("*"))
