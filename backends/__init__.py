@@ -357,7 +357,7 @@ def describe_out_of_memory(exc: BaseException) -> str:
     """A one-line description of the failed allocation, with the size where the library says it."""
     text = " ".join(str(exc).split())
     m = re.search(r"allocat\w*\s+([\d.,]+\s*[KMGTP]?i?B|[\d,]+ bytes)", text)
-    size = m.group(1) if m else None
+    size = re.sub(r"\.(?=\s)", "", m.group(1)) if m else None  # NumPy writes "570. TiB"
     shape = re.search(r"shape \(([^)]*)\)", text)
     what = f"an allocation of {size}" if size else "an allocation"
     if shape:

@@ -80,6 +80,14 @@ def load(path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; give the path that --save wrote")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:1] == b"\x80":
+        raise CheckpointError(f"checkpoint {path} holds pickled objects, which are never loaded (they can run "
+                              "code): it is a pickle file, not an .npz; use a checkpoint written by --save")
+    if head != b"PK\x03\x04":
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint (not an .npz archive); "
+                              "use a file written by --save")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -89,8 +97,8 @@ def load(path) -> Checkpoint:
                                   "(they can run code); use a checkpoint written by --save") from None
         raise CheckpointError(f"checkpoint {path} is corrupt ({exc}); use another checkpoint") from None
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint ({exc}); "
-                              "use a file written by --save") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt ({exc}); use another checkpoint or "
+                              "a file written by --save") from None
     if not isinstance(arrays, dict) or "meta" not in arrays:
         raise CheckpointError(f"{path} is not an mlp checkpoint (no 'meta' entry); use a file written by --save")
     missing = [k for k in (*PARAM_NAMES, "losses", "epoch_seconds") if k not in arrays]

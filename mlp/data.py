@@ -257,7 +257,7 @@ def load_split(images_path, labels_path, classes, dtype=np.float64) -> Split:
     X = normalise(images, dtype)
     if not np.isfinite(X).all():
         bad = int(np.count_nonzero(~np.isfinite(X).all(axis=1)))
-        raise DataError(f"{images_path}: {bad:,} images hold NaN or inf values; fix or replace the file")
+        raise DataError(f"{images_path}: {bad:,} of {len(X):,} images hold NaN or inf values; fix or replace the file")
     return Split(X=X, y=y, digits=digits, image_shape=tuple(images.shape[1:]))
 
 

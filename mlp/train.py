@@ -13,6 +13,7 @@ import signal
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -314,12 +315,12 @@ def main(argv=None) -> int:
     backend = backends.resolve(args.device, args.backend)
     data = load_dataset(args.data_dir, cfg["classes"], download=not args.no_download, quiet=args.quiet)
     n, n_features = data.train.X.shape
-    if cfg["batch_size"] != "full" and cfg["batch_size"] > n:
-        raise UserError(f"--batch-size {cfg['batch_size']} is larger than the {n:,} training rows; "
-                        f"use at most {n} or 'full'")
     if ckpt is not None and ckpt.config["n_features"] != n_features:
         raise CheckpointError(f"the checkpoint {args.resume} was trained on {ckpt.config['n_features']} pixels "
                               f"per image, this data has {n_features}; use the data set it was trained on")
+    if cfg["batch_size"] != "full" and cfg["batch_size"] > n:
+        raise UserError(f"--batch-size {cfg['batch_size']} is larger than the {n:,} training rows; "
+                        f"use at most {n} or 'full'")
     data_cfg = {"n_features": n_features, "image_shape": list(data.image_shape),
                 "mean": MNIST_MEAN, "std": MNIST_STD, "n_train": n}
 
@@ -361,7 +362,9 @@ def main(argv=None) -> int:
 
     progress = Progress(cfg, steps_per_epoch, state.epoch, enabled=not args.quiet)
     try:
-        with _StopOnSigint() as stop:
+        with _StopOnSigint() as stop, warnings.catch_warnings():
+            # a diverging run overflows; that is reported below in one line, not as warnings
+            warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero)", RuntimeWarning)
             fit(backend, cfg, X, y, state, progress=progress, on_epoch_end=on_epoch_end, stop=stop)
     except Interrupted:
         progress.close()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import backends
+from mlp import data
 
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -49,12 +50,23 @@ def _gpu_available() -> str | None:
     return None
 
 
+def _torch_gpu_available() -> str | None:
+    if importlib.util.find_spec("torch") is None:
+        return "PyTorch is not installed"
+    import torch
+
+    return None if torch.cuda.is_available() else f"this PyTorch ({torch.__version__}) sees no CUDA GPU"
+
+
 GPU_MISSING = _gpu_available()
+TORCH_GPU_MISSING = _torch_gpu_available()
 needs_gpu = pytest.mark.skipif(GPU_MISSING is not None, reason=f"needs a CUDA GPU: {GPU_MISSING}")
+needs_torch_gpu = pytest.mark.skipif(TORCH_GPU_MISSING is not None, reason=f"needs a CUDA GPU: {TORCH_GPU_MISSING}")
 
 
-def cpu_backend_params():
-    """(backend, device) pairs for the parity and gradient tests; missing libraries are skipped, visibly."""
+def backend_params():
+    """(backend, device) pairs for the parity, gradient and stability tests. A library that is
+    missing, or a GPU that is missing, is a visible skip with its reason (pytest -ra)."""
     params = []
     for name in ("numpy", "array_api_strict", "torch", "jax"):
         marks = []
@@ -62,7 +74,7 @@ def cpu_backend_params():
             marks.append(pytest.mark.skip(reason=f"{name} is not installed"))
         params.append(pytest.param((name, "cpu"), id=f"{name}-cpu", marks=marks))
     params.append(pytest.param(("cupy", "cuda"), id="cupy-cuda", marks=[pytest.mark.gpu, needs_gpu]))
-    params.append(pytest.param(("torch", "cuda"), id="torch-cuda", marks=[pytest.mark.gpu, needs_gpu]))
+    params.append(pytest.param(("torch", "cuda"), id="torch-cuda", marks=[pytest.mark.gpu, needs_torch_gpu]))
     return params
 
 
@@ -98,3 +110,17 @@ def synthetic(n=256, d=30, seed=0):
 
 def files_in(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in Path(path).rglob("*"))
+
+
+def make_dataset(folder, n_train=40, n_test=20, labels=range(10), image_dtype=np.uint8, seed=0):
+    """Four small IDX files with the official names; returns the arrays written."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28)).astype(image_dtype)
+        lab = np.resize(np.array(list(labels), np.uint8), n)
+        data.write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+        data.write_idx(folder / f"{split}-labels-idx1-ubyte.gz", lab)
+        out[split] = (images, lab)
+    return out

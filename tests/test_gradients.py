@@ -9,7 +9,7 @@ import backends
 from mlp import model
 from mlp.model import PARAM_NAMES
 
-from .conftest import cpu_backend_params, synthetic
+from .conftest import backend_params, synthetic
 
 
 def problem(activation, n=12, d=9, h=7, seed=3):
@@ -33,7 +33,7 @@ def rel_error(a, b) -> float:
 
 
 @pytest.mark.parametrize("activation", model.ACTIVATIONS)
-@pytest.mark.parametrize("backend_device", cpu_backend_params())
+@pytest.mark.parametrize("backend_device", backend_params())
 def test_gradients_match_central_differences(backend_device, activation):
     name, device = backend_device
     backend = backends.resolve(device, name)
@@ -76,7 +76,7 @@ def torch_reference(params, X, y, activation):
 
 
 @pytest.mark.parametrize("activation", model.ACTIVATIONS)
-@pytest.mark.parametrize("backend_device", cpu_backend_params())
+@pytest.mark.parametrize("backend_device", backend_params())
 def test_loss_and_gradients_match_torch_autograd(backend_device, activation):
     name, device = backend_device
     backend = backends.resolve(device, name)

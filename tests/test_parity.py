@@ -12,7 +12,7 @@ import backends
 from mlp import model
 from mlp.train import TrainState, fit
 
-from .conftest import cpu_backend_params, needs_gpu, synthetic
+from .conftest import backend_params, needs_gpu, synthetic
 
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 
@@ -45,7 +45,7 @@ def reference(activation, batch_size):
 @pytest.mark.parametrize("batch_size", [64, "full"])
 @pytest.mark.parametrize("activation", model.ACTIVATIONS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("backend_device", cpu_backend_params())
+@pytest.mark.parametrize("backend_device", backend_params())
 def test_training_matches_float64_numpy(backend_device, dtype, activation, batch_size):
     name, device = backend_device
     ref_losses, ref_params = reference(activation, batch_size)

@@ -10,7 +10,7 @@ import pytest
 import backends
 from mlp import model
 
-from .conftest import cpu_backend_params
+from .conftest import backend_params
 
 
 def params_with_logit(z, d=5, h=3):
@@ -19,7 +19,7 @@ def params_with_logit(z, d=5, h=3):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("backend_device", cpu_backend_params())
+@pytest.mark.parametrize("backend_device", backend_params())
 @pytest.mark.parametrize("z", [1e4, -1e4, 500.0, -500.0, 89.0, -89.0])
 def test_finite_loss_and_grads_for_huge_logits(backend_device, dtype, z):
     name, device = backend_device
