@@ -1,0 +1,183 @@
+"""One measurement in a fresh process: `python -m bench.worker '<json spec>'`.
+
+A process per measurement keeps runs from disturbing each other (allocator state,
+thread pools, compiled-kernel caches, GPU memory) and makes peak memory that run's own.
+The result is one line on stdout: RESULT_MARK followed by a JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+import traceback
+
+import numpy as np
+
+RESULT_MARK = "@@bench-result@@ "
+
+
+def _proc_status(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """The run's peak memory on its device: for the CPU, growth of the process's peak
+    resident set (VmHWM) from just before the data is created; for a GPU, the library's
+    own high-water mark (CuPy pool, torch.cuda.max_memory_allocated, JAX peak_bytes_in_use)."""
+
+    def __init__(self, impl: str, backend: str | None, device: str):
+        self.impl, self.device = impl, device
+        self.library = backend if impl == "ours" else impl.split("-")[0]
+        self.method = None
+
+    def start(self):
+        if self.device == "cpu":
+            self.base = _proc_status("VmRSS")
+            self.method = "VmHWM growth" if _reset_peak_rss() else "ru_maxrss growth (HWM reset unavailable)"
+        elif self.library == "cupy":
+            import cupy
+
+            cupy.get_default_memory_pool().free_all_blocks()
+            self.method = "cupy pool total_bytes"
+        elif self.library == "torch":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            self.method = "torch.cuda.max_memory_allocated"
+        else:
+            self.method = "jax peak_bytes_in_use"
+
+    def peak(self, impl_obj) -> int | None:
+        if self.device == "cpu":
+            hwm = _proc_status("VmHWM")
+            return None if hwm is None or self.base is None else max(0, hwm - self.base)
+        if self.library == "cupy":
+            import cupy
+
+            return int(cupy.get_default_memory_pool().total_bytes())
+        if self.library == "torch":
+            import torch
+
+            return int(torch.cuda.max_memory_allocated())
+        stats = getattr(getattr(impl_obj, "dev", None), "memory_stats", lambda: None)() or {}
+        return stats.get("peak_bytes_in_use")
+
+
+def training_rows(data_dir, n: int, dtype: str, seed: int = 0):
+    """The first n real training rows of MNIST 3 vs 7; beyond the 12,396 real ones, rows
+    drawn from them with replacement (seeded), so every size is real digits."""
+    from mlp.data import load_dataset
+
+    ds = load_dataset(data_dir, (3, 7), quiet=True, dtype=np.dtype(dtype).type)
+    X, y = ds.train.X, ds.train.y
+    if n <= X.shape[0]:
+        return X[:n], y[:n]
+    rows = np.random.default_rng(seed).integers(0, X.shape[0], n)
+    return X[rows], y[rows]
+
+
+def measure(spec: dict) -> dict:
+    from mlp import model
+
+    from . import impls
+
+    record = {k: spec[k] for k in ("impl", "backend", "device", "dtype", "n", "hidden")}
+    try:
+        impl = impls.make(spec["impl"], spec["backend"], spec["device"], spec["dtype"], spec["lr"])
+    except impls.Unavailable as exc:
+        return {**record, "status": "skipped", "reason": str(exc)}
+    record["device_name"] = impl.device_name()
+    X, y = training_rows(spec.get("data_dir"), spec["n"], spec["dtype"])
+    params = model.init_params(X.shape[1], spec["hidden"], np.random.default_rng(spec.get("seed", 0)),
+                               init="he", activation="relu")
+    memory = PeakMemory(spec["impl"], spec["backend"], spec["device"])
+    memory.start()
+    impl.setup(X, y, params)
+    del X, y
+
+    # warm-up: the first epoch includes any compilation, and its loss is at the initial parameters
+    t0 = time.perf_counter()
+    impl.epoch()
+    impl.sync()
+    first_epoch_s = time.perf_counter() - t0
+    initial_loss = impl.last_loss()
+    for _ in range(spec["warmup"] - 1):
+        impl.epoch()
+    impl.sync()
+
+    times = []
+    started = time.perf_counter()
+    while len(times) < spec["epochs"]:
+        impl.sync()
+        t0 = time.perf_counter()
+        impl.epoch()
+        impl.sync()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= spec["min_epochs"] and time.perf_counter() - started > spec["budget_s"]:
+            break
+    final_loss = impl.last_loss()
+    ms = sorted(t * 1e3 for t in times)
+    q1, _, q3 = statistics.quantiles(ms, n=4) if len(ms) >= 2 else (ms[0], ms[0], ms[0])
+    return {
+        **record,
+        "status": "ok",
+        "median_ms": statistics.median(ms),
+        "min_ms": ms[0],
+        "max_ms": ms[-1],
+        "iqr_ms": q3 - q1,
+        "epochs_timed": len(ms),
+        "warmup": spec["warmup"],
+        "first_epoch_ms": first_epoch_s * 1e3,
+        "initial_loss": initial_loss,
+        "final_loss": final_loss,
+        "peak_mem_bytes": memory.peak(impl),
+        "peak_mem_method": memory.method,
+    }
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(argv[0])
+    import backends
+
+    if spec.get("device", "cpu") == "cpu":
+        backends.keep_freed_memory()  # the same allocator setting for ours and every peer
+    try:
+        if spec["mode"] == "probe":
+            from .floor import probe
+
+            result = probe(spec["library"], spec["device"], spec["dtype"])
+        else:
+            result = measure(spec)
+    except Exception as exc:  # reported in the results, never silently dropped
+        from backends import describe_out_of_memory, is_out_of_memory
+
+        reason = (f"out of memory ({describe_out_of_memory(exc)})" if is_out_of_memory(exc)
+                  else f"{type(exc).__name__}: {exc}")
+        result = {**{k: spec.get(k) for k in ("impl", "backend", "device", "dtype", "n", "hidden", "library")},
+                  "status": "error", "reason": " ".join(reason.split())[:500],
+                  "traceback": traceback.format_exc()[-2000:]}
+    print(RESULT_MARK + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""`python -m bench --quick` as a smoke test (nothing about speed is asserted), and the
+report's arithmetic on made-up records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import report
+from bench.floor import epoch_flops, epoch_gemm_flops, epoch_min_bytes, floor_seconds
+from bench.impls import PEERS
+
+from .conftest import run_cli
+
+FIELDS = ("impl", "backend", "device", "device_name", "dtype", "n", "hidden", "median_ms", "min_ms", "max_ms",
+          "epochs_timed", "gflops", "fraction_of_floor", "peak_mem_bytes")
+
+
+def test_quick_sweep_end_to_end(data_dir, tmp_path):
+    result = run_cli("bench", "--quick", "--json", tmp_path / "b.json", "--markdown", tmp_path / "b.md",
+                     "--plot", tmp_path / "b.png", env={"MLP_DATA_DIR": str(data_dir)}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads((tmp_path / "b.json").read_text())
+    meta = out["meta"]
+    for key in ("command", "date", "cpu", "versions", "platform"):
+        assert meta[key], key
+    assert meta["command"].startswith("python -m bench --quick")
+    records = out["records"]
+    ours = [r for r in records if r["impl"] == "ours" and r["backend"] == "numpy"]
+    assert len(ours) == 1 and ours[0]["status"] == "ok"
+    for r in records:
+        assert r["status"] in ("ok", "skipped", "error"), r
+        if r["status"] == "ok":
+            for key in FIELDS:
+                assert r.get(key) is not None, (key, r)
+            assert r["min_ms"] <= r["median_ms"] <= r["max_ms"] and r["epochs_timed"] == 3
+            assert r["loss_check"] == "ok", r  # every implementation starts from the same loss as ours
+            assert 0 < r["fraction_of_floor"]
+        else:
+            assert r["reason"], r
+    # every peer is accounted for: measured, or listed with the reason it was not
+    for peer in PEERS:
+        assert any(r["impl"] == peer for r in records), peer
+    assert [r for r in records if r["impl"] == "torch-compile"][0]["status"] == "skipped"
+    assert any(p.get("status", "ok") == "ok" and p["library"] == "numpy" for p in out["probes"])
+    table = (tmp_path / "b.md").read_text()
+    assert "| ours (numpy) | cpu | float32 | 2,000 | 32 |" in table
+    assert "no GPU was measured" in table or "GPU over CPU" in table
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert table.strip() in result.stdout
+
+
+def test_bad_bench_flags_are_one_line():
+    result = run_cli("bench", "--peers", "tensorflow")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "bench: error: unknown peer 'tensorflow': use " + ", ".join(PEERS) + " or none"
+    result = run_cli("bench", "--sizes", "0")
+    assert result.returncode == 2 and "sizes must be at least 1" in result.stderr
+
+
+def test_flop_and_byte_counts():
+    # the two big products dominate: 2NDH each
+    assert epoch_gemm_flops(10, 784, 128) == 4 * 10 * 784 * 128 + 4 * 10 * 128
+    assert epoch_flops(10, 784, 128) > epoch_gemm_flops(10, 784, 128)
+    assert epoch_flops(12_396, 784, 128) / epoch_gemm_flops(12_396, 784, 128) < 1.01
+    assert epoch_min_bytes(10, 784, 128, 4) == 4 * (10 * 784 + 10 + 2 * (784 * 128 + 2 * 128 + 1))
+    # compute-bound at these shapes: the floor is the GEMM time
+    assert floor_seconds(12_396, 784, 128, 4, 1e11, 1e10) == pytest.approx(epoch_flops(12_396, 784, 128) / 1e11)
+    assert floor_seconds(12_396, 784, 1, 4, 1e15, 1e9) == pytest.approx(epoch_min_bytes(12_396, 784, 1, 4) / 1e9)
+
+
+def fake(impl, n, h, ms, backend=None, device="cpu", dtype="float32", loss=0.7):
+    return {"impl": impl, "backend": backend, "device": device, "dtype": dtype, "n": n, "hidden": h,
+            "median_ms": ms, "min_ms": ms, "max_ms": ms, "epochs_timed": 20, "status": "ok", "initial_loss": loss}
+
+
+def test_report_arithmetic():
+    probes = [{"library": "numpy", "device": "cpu", "dtype": "float32", "gemm_flops_per_s": 1e11,
+               "copy_bytes_per_s": 1e10, "gemm_size": 2048}]
+    records = [fake("ours", 1000, 100, 10.0, "numpy"), fake("ours", 4000, 100, 40.0, "numpy"),
+               fake("ours", 16000, 100, 160.0, "numpy"), fake("torch-manual", 1000, 100, 5.0),
+               fake("sklearn", 1000, 100, 20.0, loss=0.8),
+               fake("ours", 1000, 100, 1.0, "cupy", device="cuda:0")]
+    report.enrich(records, probes)
+    assert records[3]["ratio_to_ours"] == 0.5 and records[4]["ratio_to_ours"] == 2.0
+    assert records[3]["loss_check"] == "ok" and records[4]["loss_check"] == "MISMATCH"
+    assert records[0]["floor_ms"] == pytest.approx(epoch_flops(1000, 784, 100) / 1e11 * 1e3)
+    assert records[0]["fraction_of_floor"] == pytest.approx(records[0]["floor_ms"] / 10.0)
+    assert records[5]["floor_ms"] is None  # no probe for the GPU: no floor, and no invented one
+    (slope,) = [s for s in report.slopes(records) if s["impl"] == "ours (numpy)"]
+    assert slope["slope"] == pytest.approx(1.0) and slope["points"] == 3
+    (sp,) = report.speedups(records)
+    assert sp["speedup"] == pytest.approx(10.0) and sp["n"] == 1000
