@@ -120,10 +120,33 @@ def _fmt(v, spec, none="–"):
     return none if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
+def summary(records: list) -> list:
+    """Median ms per epoch: one row per implementation, one column per configuration."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    configs = sorted({(r["device"], r["dtype"], r["hidden"], r["n"]) for r in ok})
+    order = {"ours": 0, "torch-manual": 1, "torch-autograd": 2, "torch-compile": 3, "jax-jit": 4, "sklearn": 5}
+    names = sorted({label(r) for r in ok}, key=lambda n: (order.get(n.split(" ")[0], 9), n))
+    cell = {(label(r), r["device"], r["dtype"], r["hidden"], r["n"]): r for r in ok}
+    floors = {(r["device"], r["dtype"], r["hidden"], r["n"]): r.get("floor_ms") for r in ok}
+    head = "| ms per epoch | " + " | ".join(f"{d} {t} N={n:,} H={h}" for d, t, h, n in configs) + " |"
+    lines = [head, "|---|" + "---:|" * len(configs)]
+    for name in names:
+        row = []
+        for c in configs:
+            r = cell.get((name, *c))
+            row.append("–" if r is None else f"{r['median_ms']:.1f}" + (
+                f" ({r['ratio_to_ours']:.2f}×)" if r.get("ratio_to_ours") and not is_reference(r) else ""))
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    lines.append("| floor (measured GEMM rate) | " + " | ".join(_fmt(floors[c], ".1f") for c in configs) + " |")
+    return lines
+
+
 def markdown(result: dict) -> str:
     records, meta = result["records"], result["meta"]
     lines = [f"Machine: {meta['cpu']}" + (f"; GPU: {', '.join(meta['gpus'])}" if meta.get("gpus") else "; no GPU"),
              f"Command: `{meta['command']}` ({meta['date']})", ""]
+    lines += ["Median ms per full-batch epoch (in brackets: time relative to ours on the same device):", ""]
+    lines += summary(records) + ["", "All measurements:", ""]
     lines += ["| impl | device | dtype | N | H | median ms | min–max ms | GFLOP/s | floor ms | % of floor "
               "| × ours | peak MiB | epochs | loss check |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]

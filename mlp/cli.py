@@ -19,7 +19,8 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr and exit code 2."""
 
     def error(self, message):
-        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+        name = self.prog.removeprefix("python -m ")
+        self.exit(EXIT_USER_ERROR, f"{name}: error: {message} (see --help)\n")
 
 
 def positive_int(text: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import statistics
 import sys
@@ -233,12 +234,20 @@ def params_finite(backend, params) -> bool:
 # ----------------------------------------------------------------------------- progress
 
 
+def _bar_size() -> dict:
+    """The terminal's size for tqdm: some terminals (and `script`) report 0 x 0, which
+    makes tqdm hide its bar; shutil falls back to 100 x 24 there."""
+    size = shutil.get_terminal_size((100, 24))
+    return {"ncols": min(120, size.columns), "nrows": size.lines}
+
+
 class Progress:
     """tqdm bars on a terminal: one per epoch over its steps, or a single bar over the
     epochs in full-batch mode. Elsewhere (a log file, CI), a plain line every few epochs."""
 
     def __init__(self, cfg, steps_per_epoch: int, start_epoch: int, *, enabled: bool):
         self.cfg, self.steps_per_epoch, self.enabled = cfg, steps_per_epoch, enabled
+        self.epoch = start_epoch
         self.tty = enabled and sys.stderr.isatty()
         self.bar = None
         self.every = max(1, cfg["epochs"] // 20)
@@ -247,7 +256,7 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=cfg["epochs"], initial=start_epoch, desc="epochs", unit="epoch",
-                            file=sys.stderr, dynamic_ncols=True)
+                            file=sys.stderr, **_bar_size())
 
     def step(self):
         if not self.tty or self.full_batch:
@@ -255,11 +264,12 @@ class Progress:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.steps_per_epoch, desc="epoch", unit="step", leave=True,
-                            file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg['epochs']}",
+                            unit="step", leave=True, file=sys.stderr, **_bar_size())
         self.bar.update(1)
 
     def epoch_end(self, state: TrainState):
+        self.epoch = state.epoch
         loss = statistics.fmean(state.losses[-self.steps_per_epoch:])
         text = f"epoch {state.epoch}/{self.cfg['epochs']}  loss {loss:.4f}  {state.epoch_seconds[-1]:.3f} s"
         if self.tty:

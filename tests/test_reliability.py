@@ -109,7 +109,7 @@ def test_cli_errors_are_one_line_from_a_real_process(data_dir, out):
     result = run_cli("mlp.train", "--data-dir", data_dir, "--lr", "-1", *outputs(out))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "python -m mlp.train: error: argument --lr: must be a finite number > 0, got -1 (see --help)"]
+        "mlp.train: error: argument --lr: must be a finite number > 0, got -1 (see --help)"]
     result = run_cli("mlp.train", "--data-dir", data_dir, "--classes", "3", "3", *outputs(out))
     assert result.returncode == 2
     assert result.stderr.strip() == "mlp.train: error: --classes 3 3: the two classes must differ"
