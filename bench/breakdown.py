@@ -1,0 +1,84 @@
+"""`python -m bench.breakdown`: where a CPU epoch's time goes, ours (NumPy) against
+hand-written PyTorch, measured in one process so the two share the machine's state.
+
+The two large products (X @ w1 and X.T @ d_z1) are timed on their own in each library;
+the rest of the step (bias, activation, loss, outer product, mask, sums, update) is the
+step's time minus theirs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import backends
+from mlp import model
+
+from .worker import training_rows
+
+
+def _median_ms(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.breakdown", description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=12_396)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--dtype", default="float32", choices=backends.DTYPES)
+    p.add_argument("--repeats", type=int, default=40)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--data-dir", default=None)
+    args = p.parse_args(argv)
+    import torch
+
+    from .impls import torch_manual_step
+
+    backends.keep_freed_memory()
+    X, y = training_rows(args.data_dir, args.n, args.dtype)
+    X = np.ascontiguousarray(X)
+    y = y.astype(args.dtype)
+    P = {k: v.astype(args.dtype) for k, v in
+         model.init_params(X.shape[1], args.hidden, np.random.default_rng(0), init="he").items()}
+    Xt, yt = torch.tensor(X), torch.tensor(y).reshape(-1, 1)
+    T = {k: torch.tensor(v) for k, v in P.items()}
+    z, zt = X @ P["w1"], Xt @ T["w1"]
+
+    def ours():
+        model.train_step(P, X, y, 0.1)
+
+    def manual():
+        with torch.no_grad():
+            torch_manual_step(T["w1"], T["b1"], T["w2"], T["b2"], Xt, yt, 0.1)
+
+    rounds = []
+    for _ in range(args.rounds):  # interleaved, so drifts in the machine's speed hit both
+        rounds.append((
+            _median_ms(ours, args.repeats),
+            _median_ms(manual, args.repeats),
+            _median_ms(lambda: X @ P["w1"], args.repeats) + _median_ms(lambda: X.T @ z, args.repeats),
+            _median_ms(lambda: Xt @ T["w1"], args.repeats) + _median_ms(lambda: Xt.T @ zt, args.repeats),
+        ))
+    step_np, step_t, gemm_np, gemm_t = np.median(np.array(rounds), axis=0)
+    print(f"{backends.cpu_name()}, N={args.n:,} H={args.hidden} {args.dtype}, "
+          f"median of {args.rounds} x {args.repeats} steps, NumPy {np.__version__}, PyTorch {torch.__version__}")
+    print(f"{'':28}{'ours (numpy)':>14}{'torch-manual':>14}")
+    print(f"{'whole step (ms)':28}{step_np:14.1f}{step_t:14.1f}")
+    print(f"{'X @ w1 + X.T @ d_z1 (ms)':28}{gemm_np:14.1f}{gemm_t:14.1f}")
+    print(f"{'everything else (ms)':28}{step_np - gemm_np:14.1f}{step_t - gemm_t:14.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
