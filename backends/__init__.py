@@ -66,16 +66,6 @@ class Backend:
     _synchronize: Callable[[], None] = field(repr=False)
     _device_name: Callable[[], str] = field(repr=False)
 
-    @property
-    def is_gpu(self) -> bool:
-        return self.device.startswith("cuda")
-
-    def dtype(self, name: str):
-        """The library's dtype object for 'float32' or 'float64'."""
-        if name not in DTYPES:
-            raise BackendError(f"unsupported dtype {name!r}: use one of {', '.join(DTYPES)}")
-        return getattr(self.xp, name)
-
     def asarray(self, host_array, dtype: str | None = None):
         """Copy a host (NumPy) array to this device, optionally casting to 'float32'/'float64'.
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import backends
-from mlp.cli import EXIT_USER_ERROR, Parser, positive_int
+from mlp.cli import Parser, positive_int
 from mlp.errors import UserError
 from mlp.files import atomic_write, check_output_path
 

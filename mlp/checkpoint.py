@@ -99,7 +99,7 @@ def load(path) -> Checkpoint:
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt ({exc}); use another checkpoint or "
                               "a file written by --save") from None
-    if not isinstance(arrays, dict) or "meta" not in arrays:
+    if "meta" not in arrays:
         raise CheckpointError(f"{path} is not an mlp checkpoint (no 'meta' entry); use a file written by --save")
     missing = [k for k in (*PARAM_NAMES, "losses", "epoch_seconds") if k not in arrays]
     if missing:
@@ -146,5 +146,9 @@ def _check(ckpt: Checkpoint, path) -> None:
             raise CheckpointError(f"checkpoint {path}: {name} is {arr.dtype}, its settings say {c['dtype']}")
         if not np.isfinite(arr).all():
             raise CheckpointError(f"checkpoint {path}: {name} holds NaN or inf; it is not a usable model")
+    try:  # the run continues from this state: it must be one the generator accepts
+        np.random.default_rng().bit_generator.state = ckpt.rng_state
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path}: its random-generator state is corrupt ({exc})") from None
     if ckpt.losses.ndim != 1 or ckpt.losses.shape[0] != ckpt.step:
         raise CheckpointError(f"checkpoint {path}: {ckpt.losses.shape} losses for {ckpt.step} steps; the file is corrupt")

@@ -79,7 +79,8 @@ def test_cupy_checkpoint_loads_on_cpu_and_back(tmp_path):
     losses, params = train("cupy", "cuda", "float64", "relu", 64)
     config = {"hidden": 32, "activation": "relu", "init": "he", "lr": 0.05, "batch_size": 64, "seed": 7,
               "dtype": "float64", "classes": [3, 7], "n_features": 784}
-    checkpoint.save(tmp_path / "gpu.npz", Checkpoint(params=params, config=config, step=len(losses), losses=losses))
+    checkpoint.save(tmp_path / "gpu.npz", Checkpoint(params=params, config=config, step=len(losses), losses=losses,
+                                                     rng_state=np.random.default_rng(7).bit_generator.state))
     loaded = checkpoint.load(tmp_path / "gpu.npz")
     X, y = synthetic(50, 784, seed=2)
     on_cpu = model.loss_and_grads({k: cpu.asarray(v) for k, v in loaded.params.items()}, cpu.asarray(X), cpu.asarray(y))

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ from hypothesis import strategies as st
 
 import backends
 from mlp import checkpoint, data, evaluate, model, predict, train
-from mlp.checkpoint import Checkpoint
 
 from .conftest import GPU_MISSING, REPO, call_cli, files_in, make_dataset, needs_gpu, run_cli
 
@@ -299,6 +297,11 @@ def test_corrupt_checkpoints(good_ckpt, tmp_path, data_dir, out):
         assert_refused(call_cli(train.main, "--data-dir", data_dir, "--resume", tmp_path / name, *outputs(out)),
                        f"checkpoint {tmp_path / name} is corrupt", out)
         assert_refused(call_cli(evaluate.main, "--checkpoint", tmp_path / name), "is corrupt")
+    ckpt = checkpoint.load(good_ckpt)
+    ckpt.rng_state = {"bit_generator": "PCG64", "state": "garbage"}
+    checkpoint.save(tmp_path / "bad-rng.npz", ckpt)
+    assert_refused(call_cli(train.main, "--data-dir", data_dir, "--resume", tmp_path / "bad-rng.npz", "--epochs", "2",
+                            *outputs(out)), "its random-generator state is corrupt", out)
     np.savez(tmp_path / "foreign.npz", weights=np.zeros(3))
     assert_refused(call_cli(evaluate.main, "--checkpoint", tmp_path / "foreign.npz"), "is not an mlp checkpoint")
     assert_refused(call_cli(evaluate.main, "--checkpoint", tmp_path / "missing.npz"), "does not exist")
