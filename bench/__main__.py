@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata as md
 import importlib.util
 import json
 import os
@@ -24,6 +23,7 @@ import numpy as np
 
 import backends
 from mlp.cli import Parser, positive_int
+from mlp.checkpoint import versions
 from mlp.errors import UserError
 from mlp.files import atomic_write, check_output_path
 
@@ -114,29 +114,6 @@ def cuda_available() -> bool:
         return True
     except backends.BackendError:
         return False
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for dist in ("numpy", "array-api-compat", "cupy-cuda12x", "cupy-cuda13x", "cupy", "torch", "jax", "jaxlib",
-                 "scikit-learn", "array-api-strict"):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def gpu_names() -> list:
-    if not cuda_available():
-        return []
-    import cupy
-
-    names = []
-    for i in range(cupy.cuda.runtime.getDeviceCount()):
-        raw = cupy.cuda.runtime.getDeviceProperties(i)["name"]
-        names.append(raw.decode() if isinstance(raw, bytes) else str(raw))
-    return names
 
 
 def git_commit() -> str | None:
@@ -237,9 +214,9 @@ def main(argv=None) -> int:
             "command": command,
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "cpu": backends.cpu_name(),
-            "gpus": gpu_names() if any(d != "cpu" for d in devices) else [],
+            "gpus": sorted({r["device_name"] for r in records if r.get("device", "cpu") != "cpu" and r.get("device_name")}),
             "platform": platform.platform(),
-            "versions": versions(),
+            "versions": versions(),  # mlp.checkpoint's list
             "git_commit": git_commit(),
             "malloc_keeps_freed_memory": os.environ.get("MLP_MALLOC_DEFAULTS") != "1",
             "wall_seconds": None,

@@ -12,6 +12,7 @@ from .floor import epoch_flops, epoch_min_bytes, floor_seconds
 D = 784
 REFERENCE_BACKEND = {"cpu": "numpy", "cuda": "cupy"}
 LOSS_TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
+IMPL_ORDER = {"ours": 0, "torch-manual": 1, "torch-autograd": 2, "torch-compile": 3, "jax-jit": 4, "sklearn": 5}
 
 
 def device_kind(device: str) -> str:
@@ -124,8 +125,7 @@ def summary(records: list) -> list:
     """Median ms per epoch: one row per implementation, one column per configuration."""
     ok = [r for r in records if r.get("status") == "ok"]
     configs = sorted({(r["device"], r["dtype"], r["hidden"], r["n"]) for r in ok})
-    order = {"ours": 0, "torch-manual": 1, "torch-autograd": 2, "torch-compile": 3, "jax-jit": 4, "sklearn": 5}
-    names = sorted({label(r) for r in ok}, key=lambda n: (order.get(n.split(" ")[0], 9), n))
+    names = sorted({label(r) for r in ok}, key=lambda n: (IMPL_ORDER.get(n.split(" ")[0], 9), n))
     cell = {(label(r), r["device"], r["dtype"], r["hidden"], r["n"]): r for r in ok}
     floors = {(r["device"], r["dtype"], r["hidden"], r["n"]): r.get("floor_ms") for r in ok}
     head = "| ms per epoch | " + " | ".join(f"{d} {t} N={n:,} H={h}" for d, t, h, n in configs) + " |"
@@ -150,9 +150,8 @@ def markdown(result: dict) -> str:
     lines += ["| impl | device | dtype | N | H | median ms | min–max ms | GFLOP/s | floor ms | % of floor "
               "| × ours | peak MiB | epochs | loss check |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    order = {"ours": 0, "torch-manual": 1, "torch-autograd": 2, "torch-compile": 3, "jax-jit": 4, "sklearn": 5}
     ok = sorted((r for r in records if r.get("status") == "ok"),
-                key=lambda r: (r["device"], r["dtype"], r["hidden"], r["n"], order.get(r["impl"], 9),
+                key=lambda r: (r["device"], r["dtype"], r["hidden"], r["n"], IMPL_ORDER.get(r["impl"], 9),
                                r["backend"] or ""))
     for r in ok:
         lines.append(

@@ -42,11 +42,17 @@ class Checkpoint:
     meta: dict = field(default_factory=dict)  # versions, device it was saved on
 
 
+#: the distributions whose versions a checkpoint, the metrics and the benchmark record
+VERSIONED = ("mlp-by-hand", "numpy", "array-api-compat", "cupy-cuda12x", "cupy-cuda13x", "torch", "jax", "jaxlib",
+             "scikit-learn", "array-api-strict")
+
+
 def versions() -> dict:
-    out = {"python": platform.python_version(), "numpy": np.__version__}
+    """Python's version and those of the installed packages in VERSIONED."""
     import importlib.metadata as md
 
-    for dist in ("array-api-compat", "cupy", "torch", "jax", "mlp-by-hand"):
+    out = {"python": platform.python_version()}
+    for dist in VERSIONED:
         try:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:

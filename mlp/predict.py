@@ -17,6 +17,7 @@ import backends
 
 from . import checkpoint, model
 from .cli import Parser, add_device_flags, run
+from .data import MNIST_MEAN, MNIST_STD
 from .errors import UserError
 
 
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
         if note:
             print(f"note: {path}: {note}", file=sys.stderr)
     X = np.stack([pixels.reshape(-1) for pixels, _ in loaded])
-    X = (X - cfg.get("mean", 0.1307)) / cfg.get("std", 0.3081)
+    X = (X - cfg.get("mean", MNIST_MEAN)) / cfg.get("std", MNIST_STD)
     backend = backends.resolve(args.device, args.backend)
     params = {k: backend.asarray(v, cfg["dtype"]) for k, v in ckpt.params.items()}
     probs = backend.to_host(model.predict_proba(params, backend.asarray(X, cfg["dtype"]), cfg["activation"]))

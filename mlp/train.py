@@ -163,6 +163,12 @@ class _StopOnSigint:
         return False
 
 
+def batching(n: int, batch_size) -> tuple[int, int]:
+    """(rows per step, steps per epoch) for n rows and a --batch-size (a count or 'full')."""
+    batch = n if batch_size == "full" else batch_size
+    return batch, math.ceil(n / batch)
+
+
 def fit(backend, cfg: dict, X, y, state: TrainState, *, progress=None, on_epoch_end=None, stop=None) -> TrainState:
     """Train until `cfg['epochs']` epochs are complete.
 
@@ -172,8 +178,7 @@ def fit(backend, cfg: dict, X, y, state: TrainState, *, progress=None, on_epoch_
     once per epoch. Raises DivergedError on a non-finite loss, Interrupted on Ctrl-C."""
     xp = backend.xp
     n = X.shape[0]
-    batch = n if cfg["batch_size"] == "full" else cfg["batch_size"]
-    steps_per_epoch = math.ceil(n / batch)
+    batch, steps_per_epoch = batching(n, cfg["batch_size"])
     while state.epoch < cfg["epochs"]:
         if state.step_in_epoch == 0:
             state.epoch_rng_state = state.rng.bit_generator.state
@@ -350,7 +355,7 @@ def main(argv=None) -> int:
             epoch_rng_state=ckpt.rng_state, losses=ckpt.losses.tolist(),
             epoch_seconds=ckpt.epoch_seconds.tolist(), partial_epoch_seconds=ckpt.partial_epoch_seconds,
         )
-    steps_per_epoch = 1 if cfg["batch_size"] == "full" else math.ceil(n / cfg["batch_size"])
+    _, steps_per_epoch = batching(n, cfg["batch_size"])
     if not args.quiet:
         where = f"resuming {args.resume} at epoch {ckpt.epoch}" + (
             f", step {ckpt.step_in_epoch} of {steps_per_epoch}" if ckpt.step_in_epoch else "") if ckpt else "training"
@@ -360,11 +365,14 @@ def main(argv=None) -> int:
 
     saved = {"epoch": ckpt.epoch if ckpt else None, "path": args.resume}
 
-    def save(state: TrainState):
-        if not params_finite(backend, state.params):
-            raise DivergedError(f"the parameters became non-finite by epoch {state.epoch}, step {state.step}")
+    def write(state: TrainState):
         checkpoint.save(args.save, to_checkpoint(backend, cfg, data_cfg, state))
         saved.update(epoch=state.epoch, path=args.save)
+
+    def save(state: TrainState):  # a checkpoint is only ever a good state
+        if not params_finite(backend, state.params):
+            raise DivergedError(f"the parameters became non-finite by epoch {state.epoch}, step {state.step}")
+        write(state)
 
     def on_epoch_end(state: TrainState):
         if args.checkpoint_every and state.epoch % args.checkpoint_every == 0 and state.epoch < cfg["epochs"]:
@@ -397,7 +405,7 @@ def main(argv=None) -> int:
         raise DivergedError(f"the parameters became non-finite in the last step ({state.step}); "
                             f"try a smaller --lr than {cfg['lr']}")
     if args.save:
-        save(state)
+        write(state)  # just checked finite
 
     test = evaluate(backend, state.params, data.test.X, data.test.y, cfg["activation"])
     train_loss = statistics.fmean(state.losses[-steps_per_epoch:])
