@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-import backends
+from mlp import backends
 from mlp import model
 
 from .worker import training_rows

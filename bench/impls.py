@@ -58,7 +58,7 @@ class Impl:
         raise NotImplementedError
 
     def device_name(self) -> str:
-        import backends
+        from mlp import backends
 
         return backends.cpu_name()
 
@@ -66,7 +66,7 @@ class Impl:
 class Ours(Impl):
     def __init__(self, backend: str, device: str, dtype: str, lr: float):
         super().__init__(device, dtype, lr)
-        import backends
+        from mlp import backends
 
         self.backend = backends.resolve(device, backend)
 

@@ -156,7 +156,7 @@ def measure(spec: dict) -> dict:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(argv[0])
-    import backends
+    from mlp import backends
 
     if spec.get("device", "cpu") == "cpu":
         backends.keep_freed_memory()  # the same allocator setting for ours and every peer
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
         else:
             result = measure(spec)
     except Exception as exc:  # reported in the results, never silently dropped
-        from backends import describe_out_of_memory, is_out_of_memory
+        from mlp.backends import describe_out_of_memory, is_out_of_memory
 
         reason = (f"out of memory ({describe_out_of_memory(exc)})" if is_out_of_memory(exc)
                   else f"{type(exc).__name__}: {exc}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from backends import BACKENDS, describe_out_of_memory, is_out_of_memory
+from mlp.backends import BACKENDS, describe_out_of_memory, is_out_of_memory
 
 from .errors import USER_ERRORS, DivergedError
 

@@ -6,7 +6,7 @@
     exit 130  interrupted with Ctrl-C (a checkpoint is saved first when --save is given)
 """
 
-from backends import BackendError
+from mlp.backends import BackendError
 
 
 class UserError(Exception):

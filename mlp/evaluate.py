@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-import backends
+from mlp import backends
 
 from . import checkpoint, model
 from .cli import Parser, add_data_flags, add_device_flags, run

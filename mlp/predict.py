@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-import backends
+from mlp import backends
 
 from . import checkpoint, model
 from .cli import Parser, add_device_flags, run

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import backends
+from mlp import backends
 from mlp import data
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from bench import report
-from bench.floor import epoch_flops, epoch_gemm_flops, epoch_min_bytes, floor_seconds
-from bench.impls import PEERS
+from mlp.bench import report
+from mlp.bench.floor import epoch_flops, epoch_gemm_flops, epoch_min_bytes, floor_seconds
+from mlp.bench.impls import PEERS
 
 from .conftest import run_cli
 

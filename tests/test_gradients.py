@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import backends
+from mlp import backends
 from mlp import model
 from mlp.model import PARAM_NAMES
 

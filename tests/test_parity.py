@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import backends
+from mlp import backends
 from mlp import model
-from mlp.train import TrainState, fit
+from mlp.loop import TrainState, fit
 
 from .conftest import backend_params, needs_gpu, synthetic
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import backends
+from mlp import backends
 from mlp import checkpoint, data, evaluate, model, predict, train
 
 from .conftest import GPU_MISSING, REPO, call_cli, files_in, make_dataset, needs_gpu, run_cli

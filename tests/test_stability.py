@@ -7,7 +7,7 @@ import decimal
 import numpy as np
 import pytest
 
-import backends
+from mlp import backends
 from mlp import model
 
 from .conftest import backend_params

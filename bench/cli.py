@@ -1,0 +1,265 @@
+"""`python -m bench`: full-batch training epochs, ours and peers, CPU and GPU, side by side.
+
+Each measurement runs in its own process (bench.worker). The sweep, the peers that are
+missing and the configurations too slow for the time allowed are all listed in the
+results, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import mlp
+from mlp import backends
+from mlp.cli import Parser, positive_int
+from mlp.checkpoint import versions
+from mlp.errors import UserError
+from mlp.files import atomic_write, check_output_path
+
+from . import report
+from .floor import epoch_flops
+from .impls import LIBRARY, PEERS
+from .worker import RESULT_MARK
+
+REAL_N = 12_396
+DEFAULT_SIZES = {"cpu": [REAL_N, 4 * REAL_N], "cuda": [REAL_N, 100_000, 1_000_000]}
+DEFAULT_HIDDEN = [128, 1024]
+DEFAULT_BACKENDS = {"cpu": ["numpy", "torch"], "cuda": ["cupy", "torch"]}
+GEMM_LIBRARIES = {"cpu": ["numpy", "torch"], "cuda": ["cupy", "torch"]}
+
+
+def csv(kind):
+    def parse(text):
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list")
+        return [kind(t) for t in items]
+    return parse
+
+
+def size(text: str) -> int:
+    if text.lower() == "real":
+        return REAL_N
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a row count or 'real', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny sweep in seconds (a smoke test: N=2,000, H=32, float32, 3 epochs; no torch.compile)")
+    p.add_argument("--device", type=csv(str), metavar="LIST",
+                   help="devices, e.g. cpu or cpu,cuda (default: cpu, plus cuda where CuPy sees a GPU)")
+    p.add_argument("--backends", type=csv(str), metavar="LIST",
+                   help="libraries to run our model on (default: numpy,torch on cpu; cupy,torch on cuda)")
+    p.add_argument("--peers", type=csv(str), metavar="LIST",
+                   help=f"peers to compare: {','.join(PEERS)}, or none (default: all)")
+    p.add_argument("--sizes", type=csv(size), metavar="LIST",
+                   help="rows N ('real' = 12,396; larger sizes resample the real rows) "
+                        "(default: real,49584 on cpu; real,1e5,1e6 on cuda)")
+    p.add_argument("--hidden", type=csv(positive_int), metavar="LIST", help="hidden widths H (default: 128,1024)")
+    p.add_argument("--dtype", type=csv(str), metavar="LIST", help="float32,float64 (default: both)")
+    p.add_argument("--epochs", type=positive_int, default=20, help="timed epochs per measurement (default: 20)")
+    p.add_argument("--min-epochs", type=positive_int, default=5,
+                   help="timed epochs always run, even past --budget (default: 5)")
+    p.add_argument("--budget", type=float, default=3.0, metavar="S",
+                   help="seconds of timed epochs per measurement, after --min-epochs (default: 3)")
+    p.add_argument("--warmup", type=positive_int, default=2, help="untimed epochs first (default: 2)")
+    p.add_argument("--max-epoch-seconds", type=float, default=None, metavar="S",
+                   help="skip configurations whose estimated epoch (2x the floor) is longer "
+                        "(default: 1 on cpu, 10 on cuda)")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="MNIST folder (as for mlp.train)")
+    p.add_argument("--json", metavar="PATH", help="write all records and metadata as JSON")
+    p.add_argument("--plot", metavar="PATH", help="write the plot (PNG)")
+    p.add_argument("--markdown", metavar="PATH", help="write the markdown table")
+    return p
+
+
+def run_worker(spec: dict, timeout: float) -> dict:
+    cmd = [sys.executable, "-m", "mlp.bench.worker", json.dumps(spec)]
+    # the worker imports the same `mlp` package as this process, installed or from a checkout
+    root = Path(mlp.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {**spec, "status": "error", "reason": f"took longer than {timeout:.0f} s"}
+    for line in done.stdout.splitlines():
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK):])
+    tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-3:])[:400]
+    return {**spec, "status": "error", "reason": f"worker exited {done.returncode}: {tail}"}
+
+
+def cuda_available() -> bool:
+    if importlib.util.find_spec("cupy") is None:
+        return False
+    try:
+        backends.resolve("cuda", "cupy")
+        return True
+    except backends.BackendError:
+        return False
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parents[1], timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).resolve().parents[1], timeout=5).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    for flag in ("json", "plot", "markdown"):
+        if getattr(args, flag):
+            check_output_path(getattr(args, flag), "--" + flag)
+    devices = args.device or (["cpu", "cuda"] if cuda_available() else ["cpu"])
+    for d in devices:
+        backends.parse_device(d)  # a clear error for a bad name
+    peers = [] if args.peers == ["none"] else (args.peers or list(PEERS))
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        raise UserError(f"unknown peer {unknown[0]!r}: use {', '.join(PEERS)} or none")
+    dtypes = args.dtype or ["float32", "float64"]
+    for d in dtypes:
+        if d not in backends.DTYPES:
+            raise UserError(f"unknown dtype {d!r}: use float32 and/or float64")
+    sizes_for = (lambda dev: [2_000]) if args.quick else (lambda dev: args.sizes or DEFAULT_SIZES[report.device_kind(dev)])
+    hidden = [32] if args.quick else (args.hidden or DEFAULT_HIDDEN)
+    if args.quick:
+        dtypes = args.dtype or ["float32"]
+        args.epochs, args.min_epochs, args.warmup, args.budget = 3, 3, 1, 0.0
+    started = time.time()
+    # the data is loaded (downloaded if need be) once here, so that workers only read it
+    from mlp.data import load_dataset
+
+    load_dataset(args.data_dir, (3, 7), quiet=False)
+
+    probes = []
+    for device in devices:
+        for library in GEMM_LIBRARIES[report.device_kind(device)]:
+            for dtype in dtypes:
+                if importlib.util.find_spec(library) is None:
+                    probes.append({"library": library, "device": device, "dtype": dtype, "status": "skipped",
+                                   "reason": f"{library} is not installed"})
+                    continue
+                r = run_worker({"mode": "probe", "library": library, "device": device, "dtype": dtype}, 600)
+                probes.append(r)
+                if r.get("status", "ok") == "ok":
+                    print(f"probe {library:6s} {device:6s} {dtype}: GEMM {r['gemm_flops_per_s'] / 1e9:8.1f} GFLOP/s, "
+                          f"copy {r['copy_bytes_per_s'] / 1e9:6.1f} GB/s", file=sys.stderr)
+    best_gemm = {}
+    for p in probes:
+        if p.get("status", "ok") == "ok":
+            key = (report.device_kind(p["device"]), p["dtype"])
+            best_gemm[key] = max(best_gemm.get(key, 0.0), p["gemm_flops_per_s"])
+
+    records = []
+    for device in devices:
+        kind = report.device_kind(device)
+        cap = args.max_epoch_seconds or (1.0 if kind == "cpu" else 10.0)
+        impls = [("ours", b) for b in (args.backends or DEFAULT_BACKENDS[kind])] + [(p, LIBRARY[p]) for p in peers]
+        for dtype in dtypes:
+            for h in hidden:
+                for n in sizes_for(device):
+                    rate = best_gemm.get((kind, dtype))
+                    estimate = 2 * epoch_flops(n, 784, h) / rate if rate else 0.0
+                    for impl, backend in impls:
+                        spec = {"mode": "measure", "impl": impl, "backend": backend, "device": device, "dtype": dtype,
+                                "n": n, "hidden": h, "epochs": args.epochs, "min_epochs": args.min_epochs,
+                                "budget_s": args.budget, "warmup": args.warmup, "lr": 0.1, "seed": 0,
+                                "data_dir": args.data_dir}
+                        why_not = None
+                        if args.quick and impl == "torch-compile":
+                            why_not = "not run by --quick (compiling the step takes ~20 s on a 2-core CPU)"
+                        elif estimate > cap and not args.quick:
+                            why_not = f"estimated {estimate:.1f} s per epoch is over --max-epoch-seconds {cap:g}"
+                        if why_not:
+                            r = {**{k: spec[k] for k in ("impl", "backend", "device", "dtype", "n", "hidden")},
+                                 "status": "skipped", "reason": why_not}
+                        else:
+                            r = run_worker(spec, timeout=max(600.0, 40 * estimate * (args.warmup + args.epochs)))
+                        records.append(r)
+                        name = f"ours ({backend})" if impl == "ours" else impl
+                        if r.get("status") == "ok":
+                            print(f"{name:20s} {device:6s} {dtype} N={n:>9,} H={h:>5}: {r['median_ms']:10.3f} ms "
+                                  f"(min {r['min_ms']:.3f}, {r['epochs_timed']} epochs)", file=sys.stderr)
+                        else:
+                            print(f"{name:20s} {device:6s} {dtype} N={n:>9,} H={h:>5}: {r['status']}: {r['reason']}",
+                                  file=sys.stderr)
+
+    command = "python -m bench" + ("" if argv is None and len(sys.argv) <= 1 else " " + shlex.join(
+        sys.argv[1:] if argv is None else [str(a) for a in argv]))
+    result = {
+        "meta": {
+            "command": command,
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "cpu": backends.cpu_name(),
+            "gpus": sorted({r["device_name"] for r in records if r.get("device", "cpu") != "cpu" and r.get("device_name")}),
+            "platform": platform.platform(),
+            "versions": versions(),  # mlp.checkpoint's list
+            "git_commit": git_commit(),
+            "malloc_keeps_freed_memory": os.environ.get("MLP_MALLOC_DEFAULTS") != "1",
+            "wall_seconds": None,
+            "unit": "one full-batch training epoch (forward + hand-written backward + update), data on the device",
+        },
+        "probes": probes,
+        "records": report.enrich(records, probes),
+    }
+    result["speedups"] = report.speedups(result["records"])
+    result["slopes"] = report.slopes(result["records"])
+    result["targets"] = report.targets(result["records"])
+    result["meta"]["wall_seconds"] = round(time.time() - started, 1)
+    table = report.markdown(result)
+    print(table)
+    if args.json:
+        with atomic_write(args.json, "w") as f:
+            json.dump(result, f, indent=1, default=_jsonable)
+    if args.markdown:
+        with atomic_write(args.markdown, "w") as f:
+            f.write(table)
+    if args.plot:
+        report.plot(result, args.plot)
+    bad = [r for r in result["records"] if r.get("loss_check") == "MISMATCH"]
+    if bad:
+        print(f"bench: {len(bad)} runs disagree with ours on the first epoch's loss (see 'loss check')",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _jsonable(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+main.prog = "bench"
+
+
+def cli() -> None:
+    """`python -m bench`, `python -m mlp.bench` and the mlp-bench console script."""
+    from mlp.cli import run
+
+    sys.exit(run(main))
