@@ -8,20 +8,17 @@ divergence check and the metrics), so a full-batch epoch makes one small host ro
 from __future__ import annotations
 
 import json
-import math
 import shutil
-import signal
 import statistics
 import sys
-import time
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 
-import backends
+from mlp import backends
 
 from . import checkpoint, model
+from .loop import ENGINES, Interrupted, StopOnSigint, TrainState, batching, fit, make_engine, params_finite
 from .checkpoint import RUN_KEYS, Checkpoint
 from .cli import Parser, add_data_flags, add_device_flags, positive_float, positive_int, run
 from .data import MNIST_MEAN, MNIST_STD, load_dataset
@@ -72,6 +69,10 @@ def build_parser() -> Parser:
                    help=f"rows per step, or 'full' for the whole training set (default: {d['batch_size']})")
     g.add_argument("--seed", type=int, help=f"seed of the NumPy generator for init and shuffling (default: {d['seed']})")
     g.add_argument("--dtype", choices=backends.DTYPES, help=f"floating-point type (default: {d['dtype']})")
+    g.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="how steps run: eager = one model.train_step call per step from Python; compiled = "
+                        "the epoch's steps as one device program, where the backend has one; auto = compiled "
+                        "where available, else eager (default: auto)")
     o = p.add_argument_group("output")
     o.add_argument("--save", metavar="PATH", help="write a checkpoint (.npz) at the end, on Ctrl-C and every --checkpoint-every epochs")
     o.add_argument("--checkpoint-every", type=positive_int, metavar="K", help="also save every K epochs (needs --save)")
@@ -120,122 +121,6 @@ def _show(value) -> str:
 # ----------------------------------------------------------------------------- training
 
 
-@dataclass
-class TrainState:
-    params: dict                       # on the device
-    rng: np.random.Generator           # host generator: init, then one permutation per epoch
-    epoch: int = 0                     # completed epochs
-    step: int = 0                      # completed steps
-    step_in_epoch: int = 0             # completed steps of the epoch under way
-    epoch_rng_state: dict | None = None  # rng state at the start of the epoch under way
-    losses: list = field(default_factory=list)         # host floats, one per step
-    epoch_seconds: list = field(default_factory=list)
-    partial_epoch_seconds: float = 0.0
-
-
-class Interrupted(Exception):
-    """Ctrl-C arrived; the state is consistent (between two steps)."""
-
-
-class _StopOnSigint:
-    """The first Ctrl-C asks the loop to stop after the current step; a second one
-    interrupts at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self._previous = None
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
-
-
-def batching(n: int, batch_size) -> tuple[int, int]:
-    """(rows per step, steps per epoch) for n rows and a --batch-size (a count or 'full')."""
-    batch = n if batch_size == "full" else batch_size
-    return batch, math.ceil(n / batch)
-
-
-def fit(backend, cfg: dict, X, y, state: TrainState, *, progress=None, on_epoch_end=None, stop=None) -> TrainState:
-    """Train until `cfg['epochs']` epochs are complete.
-
-    X (N, D) and y (N,) are already on the device. A minibatch epoch visits the rows in a
-    fresh permutation drawn from `state.rng` (on the host, then moved to the device once
-    per epoch); a full-batch epoch is one step on X itself. Losses come back to the host
-    once per epoch. Raises DivergedError on a non-finite loss, Interrupted on Ctrl-C."""
-    xp = backend.xp
-    n = X.shape[0]
-    batch, steps_per_epoch = batching(n, cfg["batch_size"])
-    while state.epoch < cfg["epochs"]:
-        if state.step_in_epoch == 0:
-            state.epoch_rng_state = state.rng.bit_generator.state
-        else:  # resuming inside an epoch: redraw the same permutation
-            state.rng.bit_generator.state = state.epoch_rng_state
-        perm = backend.asarray(state.rng.permutation(n)) if batch < n else None
-        started, epoch_losses = time.perf_counter(), []
-        first = state.step_in_epoch
-        for i in range(first, steps_per_epoch):
-            if perm is None:
-                Xb, yb = X, y
-            else:
-                rows = perm[i * batch:min((i + 1) * batch, n)]
-                Xb, yb = xp.take(X, rows, axis=0), xp.take(y, rows, axis=0)
-            state.params, loss = model.train_step(state.params, Xb, yb, cfg["lr"], cfg["activation"])
-            epoch_losses.append(loss)
-            state.step_in_epoch = i + 1
-            if progress is not None:
-                progress.step()
-            if stop is not None and stop.requested and state.step_in_epoch < steps_per_epoch:
-                _gather(backend, state, epoch_losses, first)
-                state.partial_epoch_seconds += time.perf_counter() - started
-                raise Interrupted
-        _gather(backend, state, epoch_losses, first)          # one host round trip per epoch
-        state.epoch_seconds.append(state.partial_epoch_seconds + time.perf_counter() - started)
-        state.partial_epoch_seconds = 0.0
-        state.epoch += 1
-        state.step_in_epoch = 0
-        if progress is not None:
-            progress.epoch_end(state)
-        if on_epoch_end is not None:
-            on_epoch_end(state)
-        if stop is not None and stop.requested and state.epoch < cfg["epochs"]:
-            raise Interrupted
-    return state
-
-
-def _gather(backend, state: TrainState, epoch_losses: list, first_step: int) -> None:
-    """Copy this epoch's losses to the host; stop with DivergedError at the first non-finite one."""
-    if not epoch_losses:
-        return
-    values = backend.to_host(backend.xp.stack(epoch_losses)).astype(np.float64).tolist()
-    for k, value in enumerate(values):
-        if not math.isfinite(value):
-            raise DivergedError(
-                f"the loss became {value} at epoch {state.epoch + 1}, step {state.step + k + 1} "
-                f"(step {first_step + k + 1} of the epoch)"
-            )
-    state.losses.extend(values)
-    state.step += len(values)
-
-
-def params_finite(backend, params) -> bool:
-    xp = backend.xp
-    return all(bool(backend.to_host(xp.all(xp.isfinite(p)))) for p in params.values())
-
-
 # ----------------------------------------------------------------------------- progress
 
 
@@ -263,7 +148,7 @@ class Progress:
             self.bar = tqdm(total=cfg["epochs"], initial=start_epoch, desc="epochs", unit="epoch",
                             file=sys.stderr, **_bar_size())
 
-    def step(self):
+    def step(self, k: int = 1):
         if not self.tty or self.full_batch:
             return
         if self.bar is None:
@@ -271,7 +156,7 @@ class Progress:
 
             self.bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg['epochs']}",
                             unit="step", leave=True, file=sys.stderr, **_bar_size())
-        self.bar.update(1)
+        self.bar.update(k)
 
     def epoch_end(self, state: TrainState):
         self.epoch = state.epoch
@@ -378,12 +263,13 @@ def main(argv=None) -> int:
         if args.checkpoint_every and state.epoch % args.checkpoint_every == 0 and state.epoch < cfg["epochs"]:
             save(state)
 
+    engine = make_engine(backend, args.engine, cfg, X, y)
     progress = Progress(cfg, steps_per_epoch, state.epoch, enabled=not args.quiet)
     try:
-        with _StopOnSigint() as stop, warnings.catch_warnings():
+        with StopOnSigint() as stop, warnings.catch_warnings():
             # a diverging run overflows; that is reported below in one line, not as warnings
             warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero)", RuntimeWarning)
-            fit(backend, cfg, X, y, state, progress=progress, on_epoch_end=on_epoch_end, stop=stop)
+            fit(backend, cfg, X, y, state, engine=engine, progress=progress, on_epoch_end=on_epoch_end, stop=stop)
     except Interrupted:
         progress.close()
         where = f"epoch {state.epoch + (1 if state.step_in_epoch else 0)}, step {state.step}"
