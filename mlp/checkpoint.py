@@ -11,7 +11,6 @@ saved on a GPU loads on a CPU and the other way round.
 from __future__ import annotations
 
 import json
-import platform
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from .errors import CheckpointError
 from .files import atomic_write
 from .model import ACTIVATIONS, PARAM_NAMES
+from .versions import versions
 
 FORMAT = "mlp-checkpoint/1"
 
@@ -40,24 +40,6 @@ class Checkpoint:
     epoch_seconds: np.ndarray = field(default_factory=lambda: np.zeros(0))
     partial_epoch_seconds: float = 0.0
     meta: dict = field(default_factory=dict)  # versions, device it was saved on
-
-
-#: the distributions whose versions a checkpoint, the metrics and the benchmark record
-VERSIONED = ("mlp-by-hand", "numpy", "array-api-compat", "cupy-cuda12x", "cupy-cuda13x", "torch", "jax", "jaxlib",
-             "scikit-learn", "array-api-strict")
-
-
-def versions() -> dict:
-    """Python's version and those of the installed packages in VERSIONED."""
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for dist in VERSIONED:
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def save(path, ckpt: Checkpoint) -> None:

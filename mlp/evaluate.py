@@ -8,48 +8,12 @@ import numpy as np
 
 from mlp import backends
 
-from . import checkpoint, model
+from . import checkpoint
 from .cli import Parser, add_data_flags, add_device_flags, run
 from .data import load_dataset
 from .errors import UserError
 from .files import check_output_path
-
-
-def evaluate(backend, params, X, y, activation, *, chunk: int = 65_536) -> dict:
-    """Mean BCE, accuracy and P(label 1) over (X, y), in chunks of rows to bound memory.
-
-    X and y are host arrays; params live on the backend's device."""
-    xp = backend.xp
-    n = X.shape[0]
-    total_loss = 0.0
-    probs = np.empty(n, dtype=np.float64)
-    dtype = _dtype_name(params["w1"])
-    for start in range(0, n, chunk):
-        Xc = backend.asarray(X[start:start + chunk], dtype)
-        yc = backend.asarray(y[start:start + chunk].reshape(-1, 1), dtype)
-        _, _, z2 = model.forward(params, Xc, activation)
-        total_loss += float(backend.to_host(model.bce_with_logits(z2, yc))) * Xc.shape[0]
-        probs[start:start + chunk] = backend.to_host(xp.reshape(model.sigmoid(z2), (-1,)))
-    predicted = (probs >= 0.5).astype(np.float64)
-    return {
-        "loss": total_loss / n,
-        "accuracy": float(np.mean(predicted == y)),
-        "correct": int(np.sum(predicted == y)),
-        "n": int(n),
-        "probs": probs,
-        "confusion": confusion_matrix(y, predicted),
-    }
-
-
-def _dtype_name(array) -> str:
-    return "float32" if "float32" in str(array.dtype) else "float64"
-
-
-def confusion_matrix(y, predicted) -> np.ndarray:
-    """2x2 counts: rows are the true class (A, B), columns the predicted class (A, B)."""
-    m = np.zeros((2, 2), dtype=np.int64)
-    np.add.at(m, (y.astype(int), predicted.astype(int)), 1)
-    return m
+from .scoring import evaluate
 
 
 def format_confusion(m: np.ndarray, classes) -> str:

@@ -18,13 +18,14 @@ import numpy as np
 from mlp import backends
 
 from . import checkpoint, model
-from .loop import ENGINES, Interrupted, StopOnSigint, TrainState, batching, fit, make_engine, params_finite
 from .checkpoint import RUN_KEYS, Checkpoint
 from .cli import Parser, add_data_flags, add_device_flags, positive_float, positive_int, run
 from .data import MNIST_MEAN, MNIST_STD, load_dataset
 from .errors import CheckpointError, DivergedError, UserError
-from .evaluate import evaluate
 from .files import atomic_write, check_output_path
+from .loop import ENGINES, Interrupted, StopOnSigint, TrainState, batching, fit, make_engine, params_finite
+from .scoring import evaluate
+from .versions import versions
 
 #: what a plain `python -m mlp.train` does (measured in the README: >= 98.5% test accuracy)
 DEFAULTS = {
@@ -319,7 +320,7 @@ def main(argv=None) -> int:
         "n_train": n,
         "n_test": test["n"],
         "confusion": test["confusion"].tolist(),
-        "versions": checkpoint.versions(),
+        "versions": versions(),
     }
     print(f"final train loss {train_loss:.4f} | test loss {test['loss']:.4f} | test accuracy "
           f"{test['accuracy']:.2%} ({test['correct']}/{test['n']}) | median "
