@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import CheckpointError
 from .files import atomic_write
-from .model import ACTIVATIONS, PARAM_NAMES
+from .model import ACTIVATIONS, PARAM_NAMES, param_shapes
 from .versions import versions
 
 FORMAT = "mlp-checkpoint/1"
@@ -124,8 +124,7 @@ def _check(ckpt: Checkpoint, path) -> None:
     if c["activation"] not in ACTIVATIONS:
         raise CheckpointError(f"checkpoint {path} names an unknown activation {c['activation']!r}")
     D, H = int(c["n_features"]), int(c["hidden"])
-    expected = {"w1": (D, H), "b1": (H,), "w2": (H, 1), "b2": (1,)}
-    for name, shape in expected.items():
+    for name, shape in param_shapes(D, H).items():
         arr = ckpt.params[name]
         if arr.shape != shape:
             raise CheckpointError(f"checkpoint {path}: {name} has shape {arr.shape} but its settings "

@@ -22,6 +22,11 @@ ACTIVATIONS = ("relu", "tanh")
 INITS = ("classic", "normal", "he")
 
 
+def param_shapes(D: int, H: int) -> dict:
+    """The shape of each parameter for D input features and H hidden units."""
+    return {"w1": (D, H), "b1": (H,), "w2": (H, 1), "b2": (1,)}
+
+
 # ----------------------------------------------------------------------------- init
 
 
@@ -181,8 +186,7 @@ def _check_inputs(params, X, y, activation):
     if w1.ndim != 2 or w1.shape[0] != D:
         raise ValueError(f"w1 must have shape ({D}, H) for X of shape {tuple(X.shape)}, got {tuple(w1.shape)}")
     H = w1.shape[1]
-    expected = {"b1": (H,), "w2": (H, 1), "b2": (1,)}
-    for name, shape in expected.items():
+    for name, shape in param_shapes(D, H).items():
         if tuple(params[name].shape) != shape:
             raise ValueError(f"{name} must have shape {shape} for w1 of shape {tuple(w1.shape)}, "
                              f"got {tuple(params[name].shape)}")
