@@ -16,11 +16,25 @@ EXIT_INTERRUPTED = 130
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr and exit code 2."""
+    """argparse, but a bad flag is one line on stderr and exit code 2; every command has --version."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"{self.prog.removeprefix('python -m ')} "
+                          f"(mlp-by-hand {package_version()})", help="print the version and exit")
 
     def error(self, message):
         name = self.prog.removeprefix("python -m ")
         self.exit(EXIT_USER_ERROR, f"{name}: error: {message} (see --help)\n")
+
+
+def package_version() -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version("mlp-by-hand")
+    except md.PackageNotFoundError:  # a checkout that was never pip-installed
+        return "unknown"
 
 
 def positive_int(text: str) -> int:

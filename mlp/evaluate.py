@@ -13,6 +13,8 @@ from .cli import Parser, add_data_flags, add_device_flags, run
 from .data import load_dataset
 from .errors import UserError
 from .files import check_output_path
+from .plots import plot_format
+from .progress import fmt_loss
 from .scoring import evaluate
 
 
@@ -32,7 +34,8 @@ def build_parser() -> Parser:
     add_device_flags(p)
     add_data_flags(p)
     p.add_argument("--split", choices=("test", "train"), default="test", help="which split (default: test)")
-    p.add_argument("--plot", metavar="PATH", help="save a PNG of the misclassified digits")
+    p.add_argument("--plot", metavar="PATH", help="save the misclassified digits, each labelled 'true 7, predicted 3, "
+                                                  "P(7)=0.03'; the format follows the suffix: .png, .jpg, .svg, .pdf, ...")
     p.add_argument("--max-shown", type=int, default=64, metavar="K",
                    help="at most K digits in --plot (default: 64)")
     return p
@@ -42,6 +45,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.plot:
         check_output_path(args.plot, "--plot")
+        plot_format(args.plot)
     ckpt = checkpoint.load(args.checkpoint)
     cfg = ckpt.config
     backend = backends.resolve(args.device, args.backend)
@@ -55,7 +59,7 @@ def main(argv=None) -> int:
     a, b = cfg["classes"]
     print(f"checkpoint {args.checkpoint}: epoch {ckpt.epoch}, {cfg['hidden']} hidden {cfg['activation']}, "
           f"{cfg['dtype']}; {backend}")
-    print(f"{args.split} loss {result['loss']:.4f} | accuracy {result['accuracy']:.2%} "
+    print(f"{args.split} loss {fmt_loss(result['loss'])} | accuracy {result['accuracy']:.2%} "
           f"({result['correct']}/{result['n']}) | classes {a} (label 0) vs {b} (label 1)")
     print(format_confusion(result["confusion"], (a, b)))
     if args.plot:

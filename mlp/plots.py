@@ -1,10 +1,28 @@
-"""Figures (matplotlib, headless), each written atomically as PNG."""
+"""Figures (matplotlib, headless), each written atomically in the format its file name asks
+for (.png, .jpg, .svg, .pdf, ...: whatever matplotlib writes); another suffix is refused."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from .errors import UserError
 from .files import atomic_write
+
+
+def plot_format(path, flag: str = "--plot") -> str:
+    """The matplotlib format named by `path`'s suffix; a UserError for none or an unknown one
+    (checked before any work, so a run never ends with an unwritable figure)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        given = f"the suffix .{suffix} names no image format" if suffix else "no suffix to name the image format"
+        raise UserError(f"{flag} {path}: {given}; end the name with one of "
+                        f"{', '.join('.' + f for f in sorted(formats))} (e.g. .png)")
+    return suffix
 
 
 def _pyplot():
@@ -20,44 +38,71 @@ def _save(fig, path) -> None:
     plt = _pyplot()
     try:
         with atomic_write(path) as f:
-            fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+            fig.savefig(f, format=plot_format(path), dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
 
 
-def plot_losses(path, losses, steps_per_epoch: int, title: str) -> None:
-    """The loss of every step, and the mean loss of each epoch drawn at the epoch's last step."""
+def plot_losses(path, losses, steps_per_epoch: int, title: str, rows=(), test_accuracy=None) -> None:
+    """The loss of every step, and the mean loss of each epoch drawn at the epoch's last step.
+
+    With validation figures in `rows` (one dict per epoch: step, val_loss, val_accuracy) the
+    validation loss is drawn beside them, and a second panel shows the validation accuracy
+    per epoch (and the test accuracy reached at the end, as a dashed line)."""
     plt = _pyplot()
     losses = np.asarray(losses, dtype=np.float64)
     steps = np.arange(1, len(losses) + 1)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, losses, lw=0.6, alpha=0.5, color="tab:blue", label="loss per step")
+    val = [r for r in rows if r.get("val_loss") is not None]
+    fig, axes = plt.subplots(1, 2 if val else 1, figsize=(11 if val else 7, 4), squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(steps, losses, lw=0.6, alpha=0.5, color="tab:blue", label="training loss per step")
     n_epochs = len(losses) // steps_per_epoch
     if n_epochs:
         per_epoch = losses[: n_epochs * steps_per_epoch].reshape(n_epochs, steps_per_epoch).mean(axis=1)
         ends = np.arange(1, n_epochs + 1) * steps_per_epoch
-        ax.plot(ends, per_epoch, "o-" if n_epochs <= 50 else "-", ms=3, color="tab:red", label="mean per epoch")
+        ax.plot(ends, per_epoch, "o-" if n_epochs <= 50 else "-", ms=3, color="tab:red",
+                label="training loss, mean per epoch")
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "s-" if len(val) <= 50 else "-", ms=3,
+                color="tab:green", label="validation loss")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("binary cross-entropy")
-    ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
+    if val:
+        acc = axes[0, 1]
+        acc.plot([r["epoch"] for r in val], [100 * r["val_accuracy"] for r in val], "s-", ms=3,
+                 color="tab:green", label="validation accuracy")
+        if test_accuracy is not None:
+            acc.axhline(100 * test_accuracy, ls="--", color="black", lw=1,
+                        label=f"test accuracy at the end ({test_accuracy:.2%})")
+        acc.set_xlabel("epoch")
+        acc.set_ylabel("accuracy (%)")
+        acc.grid(True, alpha=0.3)
+        acc.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
     _save(fig, path)
 
 
+def _probability(p: float) -> str:
+    """0.03, 0.51; 3.2e-04 near 0 and 0.9987 near 1, where two decimals would say 0.00 or 1.00."""
+    return f"{p:.1e}" if p < 0.01 else f"{p:.4f}" if p > 0.99 else f"{p:.2f}"
+
+
 def plot_misclassified(path, X, digits, probs, wrong, image_shape, classes, *, max_shown: int = 64) -> None:
-    """A grid of misclassified images, each titled with its true digit and P(classes[1])."""
+    """A grid of misclassified images, each titled "true 7, predicted 3, P(7)=0.03"."""
     plt = _pyplot()
     shown = wrong[:max_shown]
     cols = max(1, min(8, len(shown)))
     rows = max(1, -(-len(shown) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.0 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, shown):
         ax.imshow(X[i].reshape(image_shape), cmap="gray")
-        ax.set_title(f"{digits[i]}: p({classes[1]})={probs[i]:.2f}", fontsize=7)
+        predicted = classes[1] if probs[i] >= 0.5 else classes[0]
+        ax.set_title(f"true {digits[i]}, predicted {predicted},\nP({classes[1]})={_probability(probs[i])}", fontsize=7)
     if not len(shown):
         axes[0, 0].text(0.5, 0.5, "no misclassified digits", ha="center", va="center")
     fig.suptitle(f"{len(wrong)} misclassified ({classes[0]} vs {classes[1]}), {len(shown)} shown", fontsize=9)

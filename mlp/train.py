@@ -7,9 +7,6 @@ divergence check and the metrics), so a full-batch epoch makes one small host ro
 
 from __future__ import annotations
 
-import json
-import shutil
-import statistics
 import sys
 import warnings
 
@@ -22,10 +19,13 @@ from .checkpoint import RUN_KEYS, Checkpoint
 from .cli import Parser, add_data_flags, add_device_flags, positive_float, positive_int, run
 from .data import MNIST_MEAN, MNIST_STD, load_dataset
 from .errors import CheckpointError, DivergedError, UserError
-from .files import atomic_write, check_output_path
+from .files import check_output_path
+from .history import EarlyStopped, EpochLog, History, holdout, resolve_val_split, val_fraction
 from .loop import ENGINES, Interrupted, StopOnSigint, TrainState, batching, fit, make_engine, params_finite
+from .plots import plot_format
+from .progress import Progress, epoch_train_loss, fmt_loss
 from .scoring import evaluate
-from .versions import versions
+from .summary import continue_command, metrics, summary_line, write_loss_plot, write_metrics, wrote
 
 #: what a plain `python -m mlp.train` does (measured in the README: >= 98.5% test accuracy)
 DEFAULTS = {
@@ -78,9 +78,21 @@ def build_parser() -> Parser:
     o.add_argument("--save", metavar="PATH", help="write a checkpoint (.npz) at the end, on Ctrl-C and every --checkpoint-every epochs")
     o.add_argument("--checkpoint-every", type=positive_int, metavar="K", help="also save every K epochs (needs --save)")
     o.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint up to --epochs in total")
-    o.add_argument("--plot", metavar="PATH", help="save the loss curve as PNG (every step, and each epoch's mean)")
+    o.add_argument("--plot", metavar="PATH",
+                   help="save the loss curve (every step, each epoch's mean, and validation with an accuracy panel "
+                        "when there is a split); the format follows the suffix: .png, .jpg, .svg, .pdf, ...")
     o.add_argument("--metrics-json", metavar="PATH", help="write the final metrics and every step's loss as JSON")
+    o.add_argument("--log", metavar="PATH", help="one row per epoch (epoch, step, train/val loss, val accuracy, "
+                                                 "seconds), flushed as it goes: CSV, or JSON lines for .jsonl")
     o.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines; only the summary")
+    v = p.add_argument_group("validation (held-out training rows; the test set is only used at the end)")
+    v.add_argument("--val-split", type=val_fraction, metavar="F",
+                   help="hold out a seeded fraction F of the training rows and report their loss and accuracy "
+                        "every epoch (default: 0, none; with --resume, the checkpoint's)")
+    v.add_argument("--early-stop", type=positive_int, metavar="PATIENCE",
+                   help="stop when the validation loss has not improved for PATIENCE epochs (needs --val-split)")
+    v.add_argument("--save-best", metavar="PATH",
+                   help="write a checkpoint whenever the validation loss reaches a new minimum (needs --val-split)")
     return p
 
 
@@ -112,6 +124,7 @@ def resolve_config(args, ckpt: Checkpoint | None) -> dict:
         cfg["epochs"] = int(ckpt.meta.get("target_epochs", ckpt.epoch))
     else:
         cfg["epochs"] = DEFAULTS["epochs"]
+    cfg["val_split"] = resolve_val_split(args.val_split, ckpt, args.resume)
     return cfg
 
 
@@ -119,68 +132,67 @@ def _show(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- the run
 
 
-# ----------------------------------------------------------------------------- progress
+def check_flags(args) -> None:
+    """Everything that can be checked before any work: nothing is written yet."""
+    for flag in ("save", "metrics_json", "plot", "save_best", "log"):
+        if getattr(args, flag):
+            check_output_path(getattr(args, flag), "--" + flag.replace("_", "-"))
+    if args.plot:
+        plot_format(args.plot)
+    if args.checkpoint_every and not args.save:
+        raise UserError("--checkpoint-every needs --save PATH to know where to write")
 
 
-def _bar_size() -> dict:
-    """The terminal's size for tqdm: some terminals (and `script`) report 0 x 0, which
-    makes tqdm hide its bar; shutil falls back to 100 x 24 there."""
-    size = shutil.get_terminal_size((100, 24))
-    return {"ncols": min(120, size.columns), "nrows": size.lines}
+def load_rows(args, cfg: dict, ckpt: Checkpoint | None):
+    """The data set, and the host rows to train on and to validate on ((X, y) pairs; val is None
+    without a split)."""
+    if (args.early_stop or args.save_best) and not cfg["val_split"]:
+        flag = "--early-stop" if args.early_stop else "--save-best"
+        raise UserError(f"{flag} watches the validation loss, so it needs --val-split F (e.g. 0.1): "
+                        "held-out training rows, never the test set")
+    data = load_dataset(args.data_dir, cfg["classes"], download=not args.no_download, quiet=args.quiet)
+    X, y = data.train.X, data.train.y
+    if ckpt is not None and ckpt.config["n_features"] != X.shape[1]:
+        raise CheckpointError(f"the checkpoint {args.resume} was trained on {ckpt.config['n_features']} pixels "
+                              f"per image, this data has {X.shape[1]}; use the data set it was trained on")
+    val = None
+    if cfg["val_split"]:
+        rows, held = holdout(X.shape[0], cfg["val_split"], cfg["seed"])
+        (X, y), val = (X[rows], y[rows]), (X[held], y[held])
+    if cfg["batch_size"] != "full" and cfg["batch_size"] > X.shape[0]:
+        raise UserError(f"--batch-size {cfg['batch_size']} is larger than the {X.shape[0]:,} training rows; "
+                        f"use at most {X.shape[0]} or 'full'")
+    return data, (X, y), val
 
 
-class Progress:
-    """tqdm bars on a terminal: one per epoch over its steps, or a single bar over the
-    epochs in full-batch mode. Elsewhere (a log file, CI), a plain line every few epochs."""
-
-    def __init__(self, cfg, steps_per_epoch: int, start_epoch: int, *, enabled: bool):
-        self.cfg, self.steps_per_epoch, self.enabled = cfg, steps_per_epoch, enabled
-        self.epoch = start_epoch
-        self.tty = enabled and sys.stderr.isatty()
-        self.bar = None
-        self.every = max(1, cfg["epochs"] // 20)
-        self.full_batch = steps_per_epoch == 1
-        if self.tty and self.full_batch:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=cfg["epochs"], initial=start_epoch, desc="epochs", unit="epoch",
-                            file=sys.stderr, **_bar_size())
-
-    def step(self, k: int = 1):
-        if not self.tty or self.full_batch:
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg['epochs']}",
-                            unit="step", leave=True, file=sys.stderr, **_bar_size())
-        self.bar.update(k)
-
-    def epoch_end(self, state: TrainState):
-        self.epoch = state.epoch
-        loss = statistics.fmean(state.losses[-self.steps_per_epoch:])
-        text = f"epoch {state.epoch}/{self.cfg['epochs']}  loss {loss:.4f}  {state.epoch_seconds[-1]:.3f} s"
-        if self.tty:
-            self.bar.set_description(f"epoch {state.epoch}/{self.cfg['epochs']}")
-            self.bar.set_postfix_str(f"loss {loss:.4f}")
-            if self.full_batch:
-                self.bar.update(1)
-            else:
-                self.bar.close()
-                self.bar = None
-        elif self.enabled and (state.epoch % self.every == 0 or state.epoch == self.cfg["epochs"]):
-            print(text, file=sys.stderr, flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+def initial_state(backend, cfg: dict, n_features: int, ckpt: Checkpoint | None) -> TrainState:
+    dtype = cfg["dtype"]
+    if ckpt is None:
+        rng = np.random.default_rng(cfg["seed"])
+        host_params = model.init_params(n_features, cfg["hidden"], rng, init=cfg["init"], activation=cfg["activation"])
+        return TrainState(params={k: backend.asarray(v, dtype) for k, v in host_params.items()}, rng=rng)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = ckpt.rng_state
+    return TrainState(
+        params={k: backend.asarray(v, dtype) for k, v in ckpt.params.items()}, rng=rng,
+        epoch=ckpt.epoch, step=ckpt.step, step_in_epoch=ckpt.step_in_epoch,
+        epoch_rng_state=ckpt.rng_state, losses=ckpt.losses.tolist(),
+        epoch_seconds=ckpt.epoch_seconds.tolist(), partial_epoch_seconds=ckpt.partial_epoch_seconds,
+    )
 
 
-# ----------------------------------------------------------------------------- main
+def announce(args, cfg, backend, n: int, n_val: int, n_features: int, ckpt, steps_per_epoch: int) -> None:
+    if args.quiet:
+        return
+    where = f"resuming {args.resume} at epoch {ckpt.epoch}" + (
+        f", step {ckpt.step_in_epoch} of {steps_per_epoch}" if ckpt.step_in_epoch else "") if ckpt else "training"
+    val = f" (+ {n_val:,} held out for validation)" if n_val else ""
+    print(f"{where}: {backend}; {n:,} rows{val} of {n_features} features, classes {cfg['classes'][0]} vs "
+          f"{cfg['classes'][1]}; H={cfg['hidden']} {cfg['activation']} {cfg['init']} init, lr {cfg['lr']}, "
+          f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, {cfg['dtype']}", file=sys.stderr, flush=True)
 
 
 def to_checkpoint(backend, cfg: dict, data_cfg: dict, state: TrainState) -> Checkpoint:
@@ -198,143 +210,111 @@ def to_checkpoint(backend, cfg: dict, data_cfg: dict, state: TrainState) -> Chec
     )
 
 
+class Saver:
+    """Writes checkpoints of the run (only ever of a good state) and remembers the last one."""
+
+    def __init__(self, backend, cfg, data_cfg, ckpt, resume_path):
+        self.backend, self.cfg, self.data_cfg = backend, cfg, data_cfg
+        self.last = {"epoch": ckpt.epoch if ckpt else None, "path": resume_path}
+
+    def __call__(self, path, state: TrainState, *, check: bool = True) -> None:
+        if check and not params_finite(self.backend, state.params):
+            raise DivergedError(f"the parameters became non-finite by epoch {state.epoch}, step {state.step}")
+        checkpoint.save(path, to_checkpoint(self.backend, self.cfg, self.data_cfg, state))
+        self.last.update(epoch=state.epoch, path=path)
+
+
+def interrupted(args, parser, state: TrainState, save: Saver) -> int:
+    where = f"epoch {state.epoch + (1 if state.step_in_epoch else 0)}, step {state.step}"
+    if not args.save:
+        print(f"interrupted at {where}; nothing saved (give --save PATH to keep progress)", file=sys.stderr)
+        return 130
+    save(args.save, state)
+    print(f"interrupted at {where}; checkpoint saved to {args.save}; continue with: "
+          f"{continue_command(parser, args, args.save)}", file=sys.stderr)
+    return 130
+
+
+def diverged(exc, cfg, save: Saver) -> DivergedError:
+    kept = (f"the last good checkpoint is {save.last['path']} (epoch {save.last['epoch']})" if save.last["path"]
+            else "no checkpoint was written (use --save with --checkpoint-every to keep good states)")
+    return DivergedError(f"{exc}; the learning rate (--lr {cfg['lr']}) is probably too high for "
+                         f"--init {cfg['init']} / --batch-size {cfg['batch_size']}: try a smaller --lr; {kept}")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-
-    # everything that can be checked before any work is checked first: nothing is written yet
-    for flag in ("save", "metrics_json", "plot"):
-        if getattr(args, flag):
-            check_output_path(getattr(args, flag), "--" + flag.replace("_", "-"))
-    if args.checkpoint_every and not args.save:
-        raise UserError("--checkpoint-every needs --save PATH to know where to write")
+    check_flags(args)
     ckpt = checkpoint.load(args.resume) if args.resume else None
     cfg = resolve_config(args, ckpt)
-    if ckpt is not None and ckpt.epoch >= cfg["epochs"]:
-        raise UserError(f"the checkpoint {args.resume} already holds {ckpt.epoch} epochs; "
-                        f"ask for more with --epochs N (N > {ckpt.epoch})")
     backend = backends.resolve(args.device, args.backend)
-    data = load_dataset(args.data_dir, cfg["classes"], download=not args.no_download, quiet=args.quiet)
-    n, n_features = data.train.X.shape
-    if ckpt is not None and ckpt.config["n_features"] != n_features:
-        raise CheckpointError(f"the checkpoint {args.resume} was trained on {ckpt.config['n_features']} pixels "
-                              f"per image, this data has {n_features}; use the data set it was trained on")
-    if cfg["batch_size"] != "full" and cfg["batch_size"] > n:
-        raise UserError(f"--batch-size {cfg['batch_size']} is larger than the {n:,} training rows; "
-                        f"use at most {n} or 'full'")
-    data_cfg = {"n_features": n_features, "image_shape": list(data.image_shape),
-                "mean": MNIST_MEAN, "std": MNIST_STD, "n_train": n}
-
-    # to the device, once
-    dtype = cfg["dtype"]
-    X, y = backend.asarray(data.train.X, dtype), backend.asarray(data.train.y, dtype)
-    if ckpt is None:
-        rng = np.random.default_rng(cfg["seed"])
-        host_params = model.init_params(n_features, cfg["hidden"], rng, init=cfg["init"], activation=cfg["activation"])
-        state = TrainState(params={k: backend.asarray(v, dtype) for k, v in host_params.items()}, rng=rng)
-    else:
-        rng = np.random.default_rng()
-        rng.bit_generator.state = ckpt.rng_state
-        state = TrainState(
-            params={k: backend.asarray(v, dtype) for k, v in ckpt.params.items()}, rng=rng,
-            epoch=ckpt.epoch, step=ckpt.step, step_in_epoch=ckpt.step_in_epoch,
-            epoch_rng_state=ckpt.rng_state, losses=ckpt.losses.tolist(),
-            epoch_seconds=ckpt.epoch_seconds.tolist(), partial_epoch_seconds=ckpt.partial_epoch_seconds,
-        )
+    data, (Xh, yh), val = load_rows(args, cfg, ckpt)
+    (n, n_features), n_val, dtype = Xh.shape, 0 if val is None else len(val[1]), cfg["dtype"]
+    data_cfg = {"n_features": n_features, "image_shape": list(data.image_shape), "mean": MNIST_MEAN,
+                "std": MNIST_STD, "n_train": n, "val_split": cfg["val_split"]}
+    X, y = backend.asarray(Xh, dtype), backend.asarray(yh, dtype)                   # to the device, once
+    state = initial_state(backend, cfg, n_features, ckpt)
     _, steps_per_epoch = batching(n, cfg["batch_size"])
-    if not args.quiet:
-        where = f"resuming {args.resume} at epoch {ckpt.epoch}" + (
-            f", step {ckpt.step_in_epoch} of {steps_per_epoch}" if ckpt.step_in_epoch else "") if ckpt else "training"
-        print(f"{where}: {backend}; {n:,} rows of {n_features} features, classes {cfg['classes'][0]} vs "
-              f"{cfg['classes'][1]}; H={cfg['hidden']} {cfg['activation']} {cfg['init']} init, lr {cfg['lr']}, "
-              f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, {dtype}", file=sys.stderr, flush=True)
-
-    saved = {"epoch": ckpt.epoch if ckpt else None, "path": args.resume}
-
-    def write(state: TrainState):
-        checkpoint.save(args.save, to_checkpoint(backend, cfg, data_cfg, state))
-        saved.update(epoch=state.epoch, path=args.save)
-
-    def save(state: TrainState):  # a checkpoint is only ever a good state
-        if not params_finite(backend, state.params):
-            raise DivergedError(f"the parameters became non-finite by epoch {state.epoch}, step {state.step}")
-        write(state)
+    announce(args, cfg, backend, n, n_val, n_features, ckpt, steps_per_epoch)
+    save = Saver(backend, cfg, data_cfg, ckpt, args.resume)
+    progress = Progress(cfg["epochs"], steps_per_epoch, state, enabled=not args.quiet)
+    history = History(backend, cfg["activation"],
+                      val and (backend.asarray(val[0], dtype), backend.asarray(val[1].reshape(-1, 1), dtype)),
+                      patience=args.early_stop, log=args.log and EpochLog(args.log),
+                      save_best=args.save_best and (lambda s: save(args.save_best, s)))
 
     def on_epoch_end(state: TrainState):
+        row = history.epoch_end(state, epoch_train_loss(state, steps_per_epoch), cfg["epochs"])
+        progress.epoch_line(state, row)
         if args.checkpoint_every and state.epoch % args.checkpoint_every == 0 and state.epoch < cfg["epochs"]:
-            save(state)
+            save(args.save, state)
+            progress.note(f"wrote {args.save} (epoch {state.epoch})")
 
-    engine = make_engine(backend, args.engine, cfg, X, y)
-    progress = Progress(cfg, steps_per_epoch, state.epoch, enabled=not args.quiet)
+    stopped = None
     try:
         with StopOnSigint() as stop, warnings.catch_warnings():
             # a diverging run overflows; that is reported below in one line, not as warnings
             warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero)", RuntimeWarning)
-            fit(backend, cfg, X, y, state, engine=engine, progress=progress, on_epoch_end=on_epoch_end, stop=stop)
+            fit(backend, cfg, X, y, state, engine=make_engine(backend, args.engine, cfg, X, y), progress=progress,
+                on_epoch_end=on_epoch_end, stop=stop)
+    except EarlyStopped as exc:
+        stopped = str(exc)
     except Interrupted:
         progress.close()
-        where = f"epoch {state.epoch + (1 if state.step_in_epoch else 0)}, step {state.step}"
-        if args.save:
-            save(state)
-            print(f"interrupted at {where}; checkpoint saved to {args.save}; continue with: "
-                  f"python -m mlp.train --resume {args.save} --save {args.save}", file=sys.stderr)
-        else:
-            print(f"interrupted at {where}; nothing saved (give --save PATH to keep progress)", file=sys.stderr)
-        return 130
+        return interrupted(args, parser, state, save)
     except DivergedError as exc:
         progress.close()
-        kept = (f"the last good checkpoint is {saved['path']} (epoch {saved['epoch']})" if saved["path"]
-                else "no checkpoint was written (use --save with --checkpoint-every to keep good states)")
-        raise DivergedError(f"{exc}; the learning rate (--lr {cfg['lr']}) is probably too high for "
-                            f"--init {cfg['init']} / --batch-size {cfg['batch_size']}: try a smaller --lr; {kept}") from None
-    progress.close()
+        raise diverged(exc, cfg, save) from None
+    finally:
+        progress.close()
+        history.close()
     if not params_finite(backend, state.params):
         raise DivergedError(f"the parameters became non-finite in the last step ({state.step}); "
                             f"try a smaller --lr than {cfg['lr']}")
-    if args.save:
-        write(state)  # just checked finite
-
-    test = evaluate(backend, state.params, data.test.X, data.test.y, cfg["activation"])
-    train_loss = statistics.fmean(state.losses[-steps_per_epoch:])
-    epoch_s = state.epoch_seconds
-    metrics = {
-        "test_accuracy": test["accuracy"],
-        "test_loss": test["loss"],
-        "train_loss": train_loss,
-        "losses": state.losses,
-        "epoch_seconds": epoch_s,
-        "median_epoch_seconds": statistics.median(epoch_s) if epoch_s else None,
-        "device": backend.device,
-        "device_name": backend.device_name,
-        "backend": backend.name,
-        "dtype": dtype,
-        "hidden": cfg["hidden"],
-        "activation": cfg["activation"],
-        "init": cfg["init"],
-        "epochs": cfg["epochs"],
-        "batch_size": cfg["batch_size"],
-        "steps": state.step,
-        "lr": cfg["lr"],
-        "seed": cfg["seed"],
-        "classes": list(cfg["classes"]),
-        "n_train": n,
-        "n_test": test["n"],
-        "confusion": test["confusion"].tolist(),
-        "versions": versions(),
-    }
-    print(f"final train loss {train_loss:.4f} | test loss {test['loss']:.4f} | test accuracy "
-          f"{test['accuracy']:.2%} ({test['correct']}/{test['n']}) | median "
-          f"{metrics['median_epoch_seconds']:.3f} s/epoch | {backend.name} on {backend.device_name}")
-    if args.metrics_json:
-        with atomic_write(args.metrics_json, "w") as f:
-            json.dump(metrics, f, indent=1)
-    if args.plot:
-        from .plots import plot_losses
-
-        plot_losses(args.plot, state.losses, steps_per_epoch,
-                    f"MNIST {cfg['classes'][0]} vs {cfg['classes'][1]}: H={cfg['hidden']} {cfg['activation']}, "
-                    f"lr {cfg['lr']}, batch {cfg['batch_size']}, {dtype}, {backend.name} on {backend.device}")
+    finish(args, cfg, backend, state, history, data, n, n_val, steps_per_epoch, stopped, save)
     return 0
+
+
+def finish(args, cfg, backend, state, history, data, n, n_val, steps_per_epoch, stopped, save) -> None:
+    """After training: the test set (for the first time), the summary, and the outputs."""
+    if stopped:
+        print(stopped, file=sys.stderr)
+    if args.save:
+        save(args.save, state, check=False)  # just checked finite
+        wrote(args.save, f"epoch {state.epoch}")
+    if args.save_best and history.best["written"]:
+        wrote(args.save_best, f"epoch {history.best['epoch']}, the best validation loss, {fmt_loss(history.best['val_loss'])}")
+    if args.log:
+        wrote(args.log, f"{len(history.rows)} epochs")
+    test = evaluate(backend, state.params, data.test.X, data.test.y, cfg["activation"])
+    m = metrics(backend, cfg, state, test, history, n_train=n, n_val=n_val,
+                train_loss=epoch_train_loss(state, steps_per_epoch), stopped=stopped)
+    print(summary_line(m, test, backend))
+    if args.metrics_json:
+        write_metrics(args.metrics_json, m)
+    if args.plot:
+        write_loss_plot(args.plot, m, steps_per_epoch, backend)
 
 
 main.prog = "mlp.train"

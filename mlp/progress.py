@@ -1,0 +1,84 @@
+"""What a training run shows while it runs: one progress bar for the whole run, with an ETA,
+and a line per epoch (training loss, and validation loss and accuracy when there is a split).
+
+On a terminal the bar counts the run's steps (or its epochs in full-batch mode, one step
+each) and the epoch lines are written above it; elsewhere (a log file, CI) there is no bar,
+only the lines. Either way a line is shown every `every` epochs (every epoch for runs of up
+to 20 epochs) and for the last one. Notes (`wrote model.npz (epoch 2)`) go the same way.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import sys
+
+
+def fmt_loss(value) -> str:
+    """A loss with four significant digits: 0.06171, 4.123e-05 (never 0.0000)."""
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _bar_size() -> dict:
+    """The terminal's size for tqdm: some terminals (and `script`) report 0 x 0, which
+    makes tqdm hide its bar; shutil falls back to 100 x 24 there."""
+    size = shutil.get_terminal_size((100, 24))
+    return {"ncols": min(120, size.columns), "nrows": size.lines}
+
+
+class Progress:
+    """The run's bar and epoch lines. `fit` calls `step(k)` after every k steps and
+    `epoch_end(state)`; the command calls `epoch_line(state, row)` once the epoch's figures
+    (validation included) are known, and `note(text)` for anything else worth a line."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int, state, *, enabled: bool):
+        self.epochs, self.steps_per_epoch, self.enabled = epochs, steps_per_epoch, enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.every = max(1, epochs // 20)
+        self.full_batch = steps_per_epoch == 1
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=epochs * steps_per_epoch, initial=state.step, unit="epoch" if self.full_batch else "step",
+                            desc=f"epoch {min(state.epoch + 1, epochs)}/{epochs}", file=sys.stderr, dynamic_ncols=False,
+                            **_bar_size())
+
+    def step(self, k: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(k)
+
+    def epoch_end(self, state) -> None:
+        if self.bar is not None:
+            self.bar.set_description(f"epoch {min(state.epoch + 1, self.epochs)}/{self.epochs}")
+
+    def epoch_line(self, state, row: dict) -> None:
+        """Show the epoch's figures: on the bar always, as a line every `every` epochs."""
+        text = f"epoch {state.epoch}/{self.epochs}  loss {fmt_loss(row['train_loss'])}"
+        if row.get("val_loss") is not None:
+            text += f"  val loss {fmt_loss(row['val_loss'])}  val acc {row['val_accuracy']:.2%}"
+        if self.bar is not None:
+            postfix = f"loss {fmt_loss(row['train_loss'])}"
+            if row.get("val_loss") is not None:
+                postfix += f", val loss {fmt_loss(row['val_loss'])}, val acc {row['val_accuracy']:.2%}"
+            self.bar.set_postfix_str(postfix)
+        if state.epoch % self.every == 0 or state.epoch == self.epochs:
+            self.note(f"{text}  {state.epoch_seconds[-1]:.3f} s")
+
+    def note(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def epoch_train_loss(state, steps_per_epoch: int) -> float:
+    """The mean loss of the last complete epoch's steps."""
+    return statistics.fmean(state.losses[-steps_per_epoch:])

@@ -1,0 +1,97 @@
+"""What a training run tells its user at the end: the metrics, the summary line, a line for
+each file written, and the command that continues an interrupted run."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import statistics
+import sys
+
+from .files import atomic_write
+from .progress import fmt_loss
+from .versions import versions
+
+
+def wrote(path, detail: str | None = None) -> None:
+    """`wrote model.npz (epoch 10)` on stderr: every output a command writes gets one."""
+    print(f"wrote {path}" + (f" ({detail})" if detail else ""), file=sys.stderr, flush=True)
+
+
+def continue_command(parser, args, resume: str) -> str:
+    """The command line that was given, with `--resume resume` in it: every flag the user set
+    (--data-dir, the outputs, ...) is kept, so the line works when copied (shell-quoted)."""
+    words = parser.prog.split()
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "version", "resume"):
+            continue
+        value = getattr(args, action.dest, None)
+        if value is None or value is False or value == action.default:
+            continue
+        flag = action.option_strings[-1]
+        if value is True:
+            words.append(flag)
+        else:
+            words += [flag, *map(str, value if isinstance(value, (list, tuple)) else [value])]
+        if action.dest == "save":
+            words += ["--resume", resume]
+    return shlex.join(words)
+
+
+def metrics(backend, cfg: dict, state, test: dict, history, *, n_train: int, n_val: int, train_loss: float,
+            stopped: str | None) -> dict:
+    """Everything --metrics-json records about the run."""
+    epoch_s = state.epoch_seconds
+    last = history.rows[-1] if history.rows else {}
+    return {
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "train_loss": train_loss,
+        "val_loss": last.get("val_loss"),
+        "val_accuracy": last.get("val_accuracy"),
+        "best_val_loss": history.best["val_loss"] if history.best["epoch"] else None,
+        "best_epoch": history.best["epoch"],
+        "stopped_early": stopped,
+        "losses": state.losses,
+        "history": history.rows,
+        "epoch_seconds": epoch_s,
+        "median_epoch_seconds": statistics.median(epoch_s) if epoch_s else None,
+        "device": backend.device,
+        "device_name": backend.device_name,
+        "backend": backend.name,
+        **{k: cfg[k] for k in ("dtype", "hidden", "activation", "init", "epochs", "batch_size", "lr", "seed")},
+        "completed_epochs": state.epoch,
+        "steps": state.step,
+        "classes": list(cfg["classes"]),
+        "val_split": cfg["val_split"],
+        "n_train": n_train,
+        "n_val": n_val,
+        "n_test": test["n"],
+        "confusion": test["confusion"].tolist(),
+        "versions": versions(),
+    }
+
+
+def summary_line(m: dict, test: dict, backend) -> str:
+    val = ""
+    if m["val_loss"] is not None:
+        val = f" | val loss {fmt_loss(m['val_loss'])} | val accuracy {m['val_accuracy']:.2%}"
+    return (f"final train loss {fmt_loss(m['train_loss'])}{val} | test loss {fmt_loss(m['test_loss'])} | test accuracy "
+            f"{m['test_accuracy']:.2%} ({test['correct']}/{test['n']}) | median "
+            f"{m['median_epoch_seconds']:.3f} s/epoch | {backend.name} on {backend.device_name}")
+
+
+def write_metrics(path, m: dict) -> None:
+    with atomic_write(path, "w") as f:
+        json.dump(m, f, indent=1)
+    wrote(path)
+
+
+def write_loss_plot(path, m: dict, steps_per_epoch: int, backend) -> None:
+    from .plots import plot_losses
+
+    a, b = m["classes"]
+    plot_losses(path, m["losses"], steps_per_epoch,
+                f"MNIST {a} vs {b}: H={m['hidden']} {m['activation']}, lr {m['lr']}, batch {m['batch_size']}, "
+                f"{m['dtype']}, {backend.name} on {backend.device}", m["history"], m["test_accuracy"])
+    wrote(path)
