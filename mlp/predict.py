@@ -1,5 +1,8 @@
 """`python -m mlp.predict --checkpoint PATH IMAGE...`: P(class B) for each image.
 
+An IMAGE may also be a directory (its image and .npy files, sorted by name) or a stacked
+.npy of shape (n, 28, 28), all predicted in one call; `--csv PATH` writes the results.
+
 Images are PNG/JPEG (8-bit grayscale) or .npy arrays of the checkpoint's image size
 (28x28 for MNIST), white digit on black like MNIST. Other sizes and colour modes are
 refused unless --resize is given, which converts them to grayscale and resizes them,
@@ -8,6 +11,7 @@ with a note for each image it changed.
 
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
 
@@ -19,6 +23,9 @@ from . import checkpoint, model
 from .cli import Parser, add_device_flags, run
 from .data import MNIST_MEAN, MNIST_STD
 from .errors import UserError
+from .files import atomic_write, check_output_path
+
+CHUNK = 65_536  # rows per device call
 
 
 def load_image(path, shape: tuple, *, resize: bool, invert: bool) -> tuple[np.ndarray, str | None]:
@@ -78,39 +85,117 @@ def load_image(path, shape: tuple, *, resize: bool, invert: bool) -> tuple[np.nd
     return pixels, ("; ".join(note) or None)
 
 
+#: the files a directory given as IMAGE contributes (others in it are left alone)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
+
+
+def expand_inputs(paths) -> list[Path]:
+    """The IMAGE arguments with each directory replaced by its image and .npy files, sorted by name."""
+    out = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            out.append(path)
+            continue
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise UserError(f"{path}: a directory without image files ({', '.join(IMAGE_SUFFIXES)}); "
+                            "give a directory of images, or the files themselves")
+        out.extend(found)
+    return out
+
+
+def load_stack(path: Path, shape: tuple) -> np.ndarray | None:
+    """The images of a stacked .npy of shape (n, *shape) as pixels in [0, 1], or None when the
+    file is not such a stack (then it is read as one image)."""
+    if path.suffix.lower() != ".npy" or not path.is_file():
+        return None
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None  # load_image says what is wrong with it
+    if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != tuple(shape):
+        return None
+    if arr.dtype == np.uint8:
+        pixels = np.asarray(arr, dtype=np.float64) / 255
+    elif np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer):
+        pixels = np.asarray(arr, dtype=np.float64)
+    else:
+        raise UserError(f"{path}: array of {arr.dtype}; give uint8 pixels or floats in [0, 1]")
+    if not np.isfinite(pixels).all():
+        raise UserError(f"{path}: holds NaN or inf; give finite pixel values")
+    return pixels
+
+
+def collect(paths, shape: tuple, *, resize: bool, invert: bool) -> tuple[list[str], np.ndarray]:
+    """(a name per image, their pixels as rows (n, D)) from files, directories and stacked .npy
+    arrays (whose images are named file.npy[i]); notes on changed images go to stderr."""
+    names, rows = [], []
+    for path in expand_inputs(paths):
+        stack = load_stack(path, shape)
+        if stack is not None:
+            names += [f"{path}[{i}]" for i in range(stack.shape[0])]
+            rows.append((1.0 - stack if invert else stack).reshape(stack.shape[0], -1))
+            continue
+        pixels, note = load_image(path, shape, resize=resize, invert=invert)
+        if note:
+            print(f"note: {path}: {note}", file=sys.stderr)
+        names.append(str(path))
+        rows.append(pixels.reshape(1, -1))
+    return names, np.concatenate(rows)
+
+
+def write_csv(path, names, probs, classes) -> None:
+    a, b = classes
+    with atomic_write(path, "w") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["input", f"p_{b}", "predicted"])
+        for name, p in zip(names, probs):
+            writer.writerow([name, f"{float(p):.6g}", b if p >= 0.5 else a])
+    print(f"wrote {path} ({len(names)} rows)", file=sys.stderr)
+
+
 def build_parser() -> Parser:
     p = Parser(prog="python -m mlp.predict",
                description="Print P(class B) for each image, with the model in a checkpoint.")
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .npz written by mlp.train --save")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG (8-bit grayscale) or .npy files")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="PNG/JPEG (8-bit grayscale) or .npy files, directories of them, or a stacked .npy "
+                        "of shape (n, 28, 28)")
     p.add_argument("--resize", action="store_true",
                    help="convert other colour modes to grayscale and resize other sizes (with a note); "
                         "default: refuse them")
     p.add_argument("--invert", action="store_true", help="invert the pixels (for a dark digit on a light background)")
+    p.add_argument("--csv", metavar="PATH",
+                   help="write one row per image (input, P(B), predicted class) to PATH, and print only a count")
     add_device_flags(p)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.csv:
+        check_output_path(args.csv, "--csv")
     ckpt = checkpoint.load(args.checkpoint)
     cfg = ckpt.config
     shape = tuple(cfg.get("image_shape") or (int(cfg["n_features"]),))
     if int(np.prod(shape)) != cfg["n_features"]:
         raise UserError(f"checkpoint {args.checkpoint}: image shape {shape} does not match its "
                         f"{cfg['n_features']} features; the file is corrupt")
-    loaded = [load_image(p, shape, resize=args.resize, invert=args.invert) for p in args.images]
-    for path, (_, note) in zip(args.images, loaded):
-        if note:
-            print(f"note: {path}: {note}", file=sys.stderr)
-    X = np.stack([pixels.reshape(-1) for pixels, _ in loaded])
+    names, X = collect(args.images, shape, resize=args.resize, invert=args.invert)
     X = (X - cfg.get("mean", MNIST_MEAN)) / cfg.get("std", MNIST_STD)
     backend = backends.resolve(args.device, args.backend)
     params = {k: backend.asarray(v, cfg["dtype"]) for k, v in ckpt.params.items()}
-    probs = backend.to_host(model.predict_proba(params, backend.asarray(X, cfg["dtype"]), cfg["activation"]))
+    probs = np.concatenate([  # in chunks of rows, to bound the device memory
+        backend.to_host(model.predict_proba(params, backend.asarray(X[i:i + CHUNK], cfg["dtype"]), cfg["activation"]))
+        for i in range(0, len(X), CHUNK)])
     a, b = cfg["classes"]
-    for path, p in zip(args.images, probs):
-        print(f"{path}: P({b}) = {float(p):.4f} -> {b if p >= 0.5 else a}")
+    if args.csv:
+        write_csv(args.csv, names, probs, (a, b))
+        n_b = int(np.sum(probs >= 0.5))
+        print(f"{len(names)} images: {len(names) - n_b} predicted {a}, {n_b} predicted {b}")
+        return 0
+    for name, p in zip(names, probs):
+        print(f"{name}: P({b}) = {float(p):.4f} -> {b if p >= 0.5 else a}")
     return 0
 
 
