@@ -103,8 +103,8 @@ class History:
     """Each epoch's figures (`rows`), validation, the log, early stopping and the best checkpoint.
 
     `epoch_end(state, train_loss)` is called by the command at the end of every epoch, after the
-    losses are on the host. `save_best(state)` writes a checkpoint; it is called when the
-    validation loss reaches a new minimum."""
+    losses are on the host, and `stop_if_stalled` once the epoch is reported. `save_best(state)`
+    writes a checkpoint; it is called when the validation loss reaches a new minimum."""
 
     def __init__(self, backend, activation: str, val=None, *, patience=None, save_best=None, log=None):
         self.backend, self.activation, self.val = backend, activation, val   # val: (Xv, yv) on the device
@@ -113,7 +113,7 @@ class History:
         self.best = {"val_loss": math.inf, "epoch": None, "written": False}
         self.since_best = 0
 
-    def epoch_end(self, state, train_loss: float, target_epochs: int) -> dict:
+    def epoch_end(self, state, train_loss: float) -> dict:
         row = {"epoch": state.epoch, "step": state.step, "train_loss": train_loss,
                "val_loss": None, "val_accuracy": None, "seconds": state.epoch_seconds[-1]}
         if self.val is not None:
@@ -123,10 +123,10 @@ class History:
         if self.log is not None:
             self.log.write(row)
         if self.val is not None:
-            self._track(state, row, target_epochs)
+            self._track(state, row)
         return row
 
-    def _track(self, state, row, target_epochs) -> None:
+    def _track(self, state, row) -> None:
         if row["val_loss"] < self.best["val_loss"]:
             self.best.update(val_loss=row["val_loss"], val_accuracy=row["val_accuracy"], epoch=state.epoch)
             self.since_best = 0
@@ -135,6 +135,9 @@ class History:
                 self.best["written"] = True
             return
         self.since_best += 1
+
+    def stop_if_stalled(self, state, target_epochs: int) -> None:
+        """EarlyStopped once the validation loss has not improved for `patience` epochs."""
         if self.patience is not None and self.since_best >= self.patience and state.epoch < target_epochs:
             raise EarlyStopped(
                 f"stopped early at epoch {state.epoch}: the validation loss has not improved for {self.since_best} "

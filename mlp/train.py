@@ -265,11 +265,11 @@ def main(argv=None) -> int:
                       save_best=args.save_best and (lambda s: save(args.save_best, s)))
 
     def on_epoch_end(state: TrainState):
-        row = history.epoch_end(state, epoch_train_loss(state, steps_per_epoch), cfg["epochs"])
-        progress.epoch_line(state, row)
+        progress.epoch_line(state, history.epoch_end(state, epoch_train_loss(state, steps_per_epoch)))
         if args.checkpoint_every and state.epoch % args.checkpoint_every == 0 and state.epoch < cfg["epochs"]:
             save(args.save, state)
             progress.note(f"wrote {args.save} (epoch {state.epoch})")
+        history.stop_if_stalled(state, cfg["epochs"])
 
     stopped = None
     try:
