@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+
+from mlp import model
 
 from mlp.bench import report
 from mlp.bench.floor import epoch_flops, epoch_gemm_flops, epoch_min_bytes, floor_seconds
@@ -59,13 +62,42 @@ def test_bad_bench_flags_are_one_line():
     assert result.returncode == 2 and "sizes must be at least 1" in result.stderr
 
 
-def test_flop_and_byte_counts():
-    # the two big products dominate: 2NDH each
-    assert epoch_gemm_flops(10, 784, 128) == 4 * 10 * 784 * 128 + 4 * 10 * 128
-    assert epoch_flops(10, 784, 128) > epoch_gemm_flops(10, 784, 128)
-    assert epoch_flops(12_396, 784, 128) / epoch_gemm_flops(12_396, 784, 128) < 1.01
-    assert epoch_min_bytes(10, 784, 128, 4) == 4 * (10 * 784 + 10 + 2 * (784 * 128 + 2 * 128 + 1))
-    # compute-bound at these shapes: the floor is the GEMM time
+def _hand_written_torch_step(X, y, w1, b1, w2, b2, lr=0.1):
+    """One training step written out in PyTorch, the maths of the README, independent of our code."""
+    import torch
+
+    z1 = X @ w1 + b1
+    a1 = torch.relu(z1)
+    z2 = a1 @ w2 + b2
+    d_z2 = (torch.sigmoid(z2) - y) / X.shape[0]
+    d_w2, d_b2 = a1.T @ d_z2, d_z2.sum(0)
+    d_z1 = (d_z2 * w2.T) * (z1 > 0)           # the outer product d_z2 @ w2.T, elementwise as in ours
+    d_w1, d_b1 = X.T @ d_z1, d_z1.sum(0)
+    return w1 - lr * d_w1, b1 - lr * d_b1, w2 - lr * d_w2, b2 - lr * d_b2
+
+
+@pytest.mark.parametrize("n, d, h", [(10, 784, 128), (257, 31, 7), (1000, 784, 1024)])
+def test_flop_count_agrees_with_pytorchs_counter(n, d, h):
+    """The matrix-product FLOPs of an epoch, as PyTorch's FlopCounterMode counts them on a
+    hand-written step (it counts matrix products only; the elementwise terms are an estimate)."""
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    g = torch.Generator().manual_seed(0)
+    args = [torch.randn(*shape, generator=g) for shape in ((n, d), (n, 1), (d, h), (h,), (h, 1), (1,))]
+    with FlopCounterMode(display=False) as counter:
+        _hand_written_torch_step(*args)
+    assert epoch_gemm_flops(n, d, h) == counter.get_total_flops()
+    assert epoch_flops(n, d, h) > counter.get_total_flops()  # plus the elementwise work and the update
+
+
+def test_byte_count_and_floor():
+    n, d, h = 10, 784, 128
+    X, y = np.zeros((n, d), np.float32), np.zeros(n, np.float32)
+    params = [np.zeros(s, np.float32) for s in model.param_shapes(d, h).values()]
+    # reading X and y once, and the parameters in and out
+    assert epoch_min_bytes(n, d, h, 4) == X.nbytes + y.nbytes + 2 * sum(p.nbytes for p in params)
+    # compute-bound at these shapes: the floor is the FLOP time; at H=1 and a huge GEMM rate, the bytes
     assert floor_seconds(12_396, 784, 128, 4, 1e11, 1e10) == pytest.approx(epoch_flops(12_396, 784, 128) / 1e11)
     assert floor_seconds(12_396, 784, 1, 4, 1e15, 1e9) == pytest.approx(epoch_min_bytes(12_396, 784, 1, 4) / 1e9)
 

@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import pickle
+import shlex
 import signal
 import subprocess
 import sys
@@ -433,25 +434,30 @@ def test_out_of_memory_is_a_clear_message(data_dir, out):
     assert files_in(out) == []
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resume_matches(data_dir, tmp_path):
-    common = ["--data-dir", data_dir, "--batch-size", "16", "--epochs", "20"]
+def test_ctrl_c_saves_a_checkpoint_and_the_printed_command_resumes_it(data_dir, tmp_path):
+    common = ["--data-dir", data_dir, "--batch-size", "8", "--epochs", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "mlp.train", *map(str, common), "--save", str(tmp_path / "i.npz")],
                             cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stderr.readline().startswith("training:")
-    time.sleep(0.6)
+    assert proc.stderr.readline().startswith("epoch 1/2"), "one epoch done: stop in the middle of the second"
+    time.sleep(0.3)  # past the epoch boundary (an epoch of 1,550 steps takes over a second)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
-    assert "interrupted at epoch" in stderr and f"checkpoint saved to {tmp_path / 'i.npz'}" in stderr
+    assert "interrupted at epoch 2" in stderr and f"checkpoint saved to {tmp_path / 'i.npz'}" in stderr
     assert "Traceback" not in stderr and stdout == ""
     stopped = checkpoint.load(tmp_path / "i.npz")
-    assert stopped.epoch < 20, "the run must have been interrupted, not finished"
-    code, _, err = call_cli(train.main, "--data-dir", data_dir, "--resume", tmp_path / "i.npz", "--quiet",
-                            "--save", tmp_path / "resumed.npz")
-    assert code == 0, err
+    assert stopped.epoch == 1 and 0 < stopped.step_in_epoch, "interrupted in mid-epoch, not finished"
+    # the hint is a command that works when copied: it names the data, the checkpoint and the outputs
+    words = shlex.split(stderr.split("continue with: ")[1].strip())
+    assert words[:3] == ["python", "-m", "mlp.train"]
+    resumed = subprocess.run([sys.executable, *words[1:]], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {tmp_path / 'i.npz'} at epoch 1, step {stopped.step_in_epoch}" in resumed.stderr
     code, _, err = call_cli(train.main, *common, "--quiet", "--save", tmp_path / "whole.npz")
     assert code == 0, err
-    whole, resumed = checkpoint.load(tmp_path / "whole.npz"), checkpoint.load(tmp_path / "resumed.npz")
+    whole, resumed = checkpoint.load(tmp_path / "whole.npz"), checkpoint.load(tmp_path / "i.npz")
+    assert resumed.epoch == 2
     np.testing.assert_array_equal(resumed.losses, whole.losses)
     for k in model.PARAM_NAMES:
         np.testing.assert_array_equal(resumed.params[k], whole.params[k])
