@@ -144,6 +144,11 @@ def collect(paths, shape: tuple, *, resize: bool, invert: bool) -> tuple[list[st
     return names, np.concatenate(rows)
 
 
+def probability(p) -> str:
+    """0.9987, 0.0028; 3.1e-05 below 0.001, where four decimals would say 0.0000."""
+    return f"{float(p):.4f}" if p >= 1e-3 else f"{float(p):.2g}"
+
+
 def write_csv(path, names, probs, classes) -> None:
     a, b = classes
     with atomic_write(path, "w") as f:
@@ -195,7 +200,7 @@ def main(argv=None) -> int:
         print(f"{len(names)} images: {len(names) - n_b} predicted {a}, {n_b} predicted {b}")
         return 0
     for name, p in zip(names, probs):
-        print(f"{name}: P({b}) = {float(p):.4f} -> {b if p >= 0.5 else a}")
+        print(f"{name}: P({b}) = {probability(p)} -> {b if p >= 0.5 else a}")
     return 0
 
 

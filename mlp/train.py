@@ -304,7 +304,7 @@ def finish(args, cfg, backend, state, history, data, n, n_val, steps_per_epoch, 
         save(args.save, state, check=False)  # just checked finite
         wrote(args.save, f"epoch {state.epoch}")
     if args.save_best and history.best["written"]:
-        wrote(args.save_best, f"epoch {history.best['epoch']}, the best validation loss, {fmt_loss(history.best['val_loss'])}")
+        wrote(args.save_best, f"epoch {history.best['epoch']}, validation loss {fmt_loss(history.best['val_loss'])}")
     if args.log:
         wrote(args.log, f"{len(history.rows)} epochs")
     test = evaluate(backend, state.params, data.test.X, data.test.y, cfg["activation"])
