@@ -224,6 +224,15 @@ class Saver:
         self.last.update(epoch=state.epoch, path=path)
 
 
+def watch(args, backend, cfg: dict, val, save: "Saver") -> History:
+    """Validation (its rows to the device, once), the --log file, early stopping, --save-best."""
+    if val is not None:
+        val = backend.asarray(val[0], cfg["dtype"]), backend.asarray(val[1].reshape(-1, 1), cfg["dtype"])
+    return History(backend, cfg["activation"], val, patience=args.early_stop,
+                   log=EpochLog(args.log) if args.log else None,
+                   save_best=(lambda state: save(args.save_best, state)) if args.save_best else None)
+
+
 def interrupted(args, parser, state: TrainState, save: Saver) -> int:
     where = f"epoch {state.epoch + (1 if state.step_in_epoch else 0)}, step {state.step}"
     if not args.save:
@@ -257,12 +266,10 @@ def main(argv=None) -> int:
     state = initial_state(backend, cfg, n_features, ckpt)
     _, steps_per_epoch = batching(n, cfg["batch_size"])
     announce(args, cfg, backend, n, n_val, n_features, ckpt, steps_per_epoch)
+    engine = make_engine(backend, args.engine, cfg, X, y)
     save = Saver(backend, cfg, data_cfg, ckpt, args.resume)
     progress = Progress(cfg["epochs"], steps_per_epoch, state, enabled=not args.quiet)
-    history = History(backend, cfg["activation"],
-                      val and (backend.asarray(val[0], dtype), backend.asarray(val[1].reshape(-1, 1), dtype)),
-                      patience=args.early_stop, log=args.log and EpochLog(args.log),
-                      save_best=args.save_best and (lambda s: save(args.save_best, s)))
+    history = watch(args, backend, cfg, val, save)   # the last check is done: from here on, files are written
 
     def on_epoch_end(state: TrainState):
         progress.epoch_line(state, history.epoch_end(state, epoch_train_loss(state, steps_per_epoch)))
@@ -276,8 +283,7 @@ def main(argv=None) -> int:
         with StopOnSigint() as stop, warnings.catch_warnings():
             # a diverging run overflows; that is reported below in one line, not as warnings
             warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero)", RuntimeWarning)
-            fit(backend, cfg, X, y, state, engine=make_engine(backend, args.engine, cfg, X, y), progress=progress,
-                on_epoch_end=on_epoch_end, stop=stop)
+            fit(backend, cfg, X, y, state, engine=engine, progress=progress, on_epoch_end=on_epoch_end, stop=stop)
     except EarlyStopped as exc:
         stopped = str(exc)
     except Interrupted:
