@@ -125,6 +125,9 @@ def resolve_config(args, ckpt: Checkpoint | None) -> dict:
     else:
         cfg["epochs"] = DEFAULTS["epochs"]
     cfg["val_split"] = resolve_val_split(args.val_split, ckpt, args.resume)
+    if ckpt is not None and ckpt.epoch >= cfg["epochs"]:
+        raise UserError(f"the checkpoint {args.resume} already holds {ckpt.epoch} epochs; "
+                        f"ask for more with --epochs N (N > {ckpt.epoch})")
     return cfg
 
 
