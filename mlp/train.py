@@ -183,7 +183,7 @@ class Progress:
 # ----------------------------------------------------------------------------- main
 
 
-def to_checkpoint(backend, cfg: dict, data_cfg: dict, state: TrainState) -> Checkpoint:
+def to_checkpoint(backend, cfg: dict, data_cfg: dict, state: TrainState, engine: str | None = None) -> Checkpoint:
     return Checkpoint(
         params={k: backend.to_host(v) for k, v in state.params.items()},
         config={**{k: cfg[k] for k in RUN_KEYS}, **data_cfg},
@@ -194,7 +194,7 @@ def to_checkpoint(backend, cfg: dict, data_cfg: dict, state: TrainState) -> Chec
         losses=np.asarray(state.losses, dtype=np.float64),
         epoch_seconds=np.asarray(state.epoch_seconds, dtype=np.float64),
         partial_epoch_seconds=state.partial_epoch_seconds,
-        meta={"saved_on": str(backend), "target_epochs": cfg["epochs"]},
+        meta={"saved_on": str(backend), "target_epochs": cfg["epochs"], "engine": engine},
     )
 
 
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     saved = {"epoch": ckpt.epoch if ckpt else None, "path": args.resume}
 
     def write(state: TrainState):
-        checkpoint.save(args.save, to_checkpoint(backend, cfg, data_cfg, state))
+        checkpoint.save(args.save, to_checkpoint(backend, cfg, data_cfg, state, engine.name))
         saved.update(epoch=state.epoch, path=args.save)
 
     def save(state: TrainState):  # a checkpoint is only ever a good state
@@ -307,6 +307,7 @@ def main(argv=None) -> int:
         "device": backend.device,
         "device_name": backend.device_name,
         "backend": backend.name,
+        "engine": engine.name,
         "dtype": dtype,
         "hidden": cfg["hidden"],
         "activation": cfg["activation"],
