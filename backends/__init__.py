@@ -65,6 +65,8 @@ class Backend:
     _to_host: Callable[[Any], np.ndarray] = field(repr=False)
     _synchronize: Callable[[], None] = field(repr=False)
     _device_name: Callable[[], str] = field(repr=False)
+    # the compiled engine where this backend has one: (step, X, y, batch) -> engine (see mlp.loop)
+    compiled_engine: Callable | None = field(default=None, repr=False)
 
     def asarray(self, host_array, dtype: str | None = None):
         """Copy a host (NumPy) array to this device, optionally casting to 'float32'/'float64'.
@@ -79,9 +81,12 @@ class Backend:
         """Copy a device array (or 0-d loss) back to a NumPy array."""
         return self._to_host(x)
 
-    def synchronize(self) -> None:
-        """Block until all work queued on the device has finished (no-op on the CPU)."""
-        self._synchronize()
+    def synchronize(self, *arrays) -> None:
+        """Block until the device's queued work has finished (CPU NumPy: nothing to wait for).
+
+        JAX has no device-wide barrier: there, pass the arrays to wait for (the outputs of
+        the work being timed); without any, JAX's synchronize is an error, not a silent no-op."""
+        self._synchronize(*arrays)
 
     @property
     def device_name(self) -> str:
@@ -184,7 +189,7 @@ def _numpy(index: int | None) -> Backend:
         version=np.__version__,
         _asarray=lambda host, dtype: np.array(host, copy=True),
         _to_host=_same_on_host,
-        _synchronize=lambda: None,
+        _synchronize=lambda *arrays: None,
         _device_name=cpu_name,
     )
 
@@ -202,7 +207,7 @@ def _array_api_strict(index: int | None) -> Backend:
         version=getattr(xp, "__version__", "?"),
         _asarray=lambda host, dtype: xp.asarray(host, copy=True),
         _to_host=lambda x: np.array(to_host(x), copy=True),
-        _synchronize=lambda: None,
+        _synchronize=lambda *arrays: None,
         _device_name=cpu_name,
     )
 
@@ -214,7 +219,7 @@ def _torch(index: int | None) -> Backend:
     if index is None:
         dev = torch.device("cpu")
         name = "cpu"
-        sync = lambda: None  # noqa: E731
+        sync = lambda *arrays: None  # noqa: E731  (eager CPU torch runs each op to completion)
         device_name = cpu_name
     else:
         if not torch.cuda.is_available():
@@ -229,7 +234,7 @@ def _torch(index: int | None) -> Backend:
             raise BackendError(f"device cuda:{index} does not exist; devices: {names}")
         dev = torch.device("cuda", index)
         name = f"cuda:{index}"
-        sync = lambda: torch.cuda.synchronize(dev)  # noqa: E731
+        sync = lambda *arrays: torch.cuda.synchronize(dev)  # noqa: E731
         device_name = lambda: torch.cuda.get_device_name(index)  # noqa: E731
 
     return Backend(
@@ -241,7 +246,14 @@ def _torch(index: int | None) -> Backend:
         _to_host=lambda x: x.detach().cpu().numpy().copy(),
         _synchronize=sync,
         _device_name=device_name,
+        compiled_engine=None if index is None else _torch_graph_factory(dev),
     )
+
+
+def _torch_graph_factory(dev):
+    from .torch_graph import factory
+
+    return factory(dev)
 
 
 def _cupy(index: int | None) -> Backend:
@@ -285,7 +297,7 @@ def _cupy(index: int | None) -> Backend:
         version=cupy.__version__,
         _asarray=asarray,
         _to_host=lambda x: cupy.asnumpy(x),
-        _synchronize=lambda: cupy.cuda.Device(index).synchronize(),
+        _synchronize=lambda *arrays: cupy.cuda.Device(index).synchronize(),
         _device_name=lambda: gpu_name(index),
     )
 
@@ -293,6 +305,8 @@ def _cupy(index: int | None) -> Backend:
 def _jax(index: int | None) -> Backend:
     jax = _import("jax", "jax")
     jax.config.update("jax_enable_x64", True)  # float64 stays float64 when asked for
+    # float32 products in full float32, as NumPy, CuPy and torch (TF32 off) do here, not TF32
+    jax.config.update("jax_default_matmul_precision", "highest")
     import jax.numpy as jnp
 
     if index is None:
@@ -314,10 +328,13 @@ def _jax(index: int | None) -> Backend:
         dev = gpus[index]
         name, device_name = f"cuda:{index}", (lambda: dev.device_kind)
 
-    def sync():
-        # JAX dispatches asynchronously; waiting on a fresh tiny computation on the device
-        # waits for everything queued before it on that device.
-        jax.device_put(0.0, dev).block_until_ready()
+    def sync(*arrays):
+        # JAX dispatches asynchronously and has no device-wide barrier (a fresh scalar's
+        # block_until_ready returns with earlier work still queued): wait on the outputs.
+        if not arrays:
+            raise ValueError("JAX has no device-wide barrier: pass the arrays to wait for, "
+                             "backend.synchronize(*outputs)")
+        jax.block_until_ready(arrays)
 
     return Backend(
         name="jax",
@@ -328,7 +345,14 @@ def _jax(index: int | None) -> Backend:
         _to_host=lambda x: np.array(x, copy=True),
         _synchronize=sync,
         _device_name=device_name,
+        compiled_engine=_jax_scan_factory(dev),
     )
+
+
+def _jax_scan_factory(dev):
+    from .jax_engine import factory
+
+    return factory(dev)
 
 
 _FACTORIES = {

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from .impls import torch_manual_step
+    from .torch_peers import torch_manual_step
 
     backends.keep_freed_memory()
     X, y = training_rows(args.data_dir, args.n, args.dtype)

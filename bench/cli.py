@@ -23,20 +23,21 @@ import numpy as np
 
 import mlp
 from mlp import backends
-from mlp.cli import Parser, positive_int
+from mlp.cli import Parser, add_data_flags, positive_int
 from mlp.checkpoint import versions
 from mlp.errors import UserError
 from mlp.files import atomic_write, check_output_path
 
 from . import report
 from .floor import epoch_flops
-from .impls import LIBRARY, PEERS
-from .worker import RESULT_MARK
+from .impls import COMPILED, LIBRARY, MINIBATCH_PEERS, PEERS
+from .worker import RECORD_KEYS, RESULT_MARK
 
-REAL_N = 12_396
-DEFAULT_SIZES = {"cpu": [REAL_N, 4 * REAL_N], "cuda": [REAL_N, 100_000, 1_000_000]}
+REAL = "real"                      # N = all the real training rows (12,396 for 3 vs 7), read from the data
+DEFAULT_SIZES = {"cpu": [REAL, "4x"], "cuda": [REAL, 100_000, 1_000_000]}
 DEFAULT_HIDDEN = [128, 1024]
-DEFAULT_BACKENDS = {"cpu": ["numpy", "torch"], "cuda": ["cupy", "torch"]}
+DEFAULT_BATCHES = [64, 512, 4096]  # the minibatch sweep, at N = real and H = 128 (the default job is B = 64)
+DEFAULT_BACKENDS = {"cpu": ["numpy", "torch", "jax"], "cuda": ["cupy", "torch", "jax"]}
 GEMM_LIBRARIES = {"cpu": ["numpy", "torch"], "cuda": ["cupy", "torch"]}
 
 
@@ -49,9 +50,9 @@ def csv(kind):
     return parse
 
 
-def size(text: str) -> int:
-    if text.lower() == "real":
-        return REAL_N
+def size(text: str):
+    if text.lower() == REAL:
+        return REAL
     try:
         value = int(float(text))
     except ValueError:
@@ -64,7 +65,8 @@ def size(text: str) -> int:
 def build_parser() -> Parser:
     p = Parser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
-                   help="a tiny sweep in seconds (a smoke test: N=2,000, H=32, float32, 3 epochs; no torch.compile)")
+                   help="a tiny sweep in seconds (a smoke test: N=2,000, H=32, float32, 3 epochs, minibatch B=512; "
+                        "no torch.compile)")
     p.add_argument("--device", type=csv(str), metavar="LIST",
                    help="devices, e.g. cpu or cpu,cuda (default: cpu, plus cuda where CuPy sees a GPU)")
     p.add_argument("--backends", type=csv(str), metavar="LIST",
@@ -72,8 +74,11 @@ def build_parser() -> Parser:
     p.add_argument("--peers", type=csv(str), metavar="LIST",
                    help=f"peers to compare: {','.join(PEERS)}, or none (default: all)")
     p.add_argument("--sizes", type=csv(size), metavar="LIST",
-                   help="rows N ('real' = 12,396; larger sizes resample the real rows) "
-                        "(default: real,49584 on cpu; real,1e5,1e6 on cuda)")
+                   help="rows N of the full-batch sweep ('real' = all real training rows; larger sizes resample "
+                        "them) (default: real and 4x real on cpu; real,1e5,1e6 on cuda)")
+    p.add_argument("--batches", type=csv(positive_int), metavar="LIST",
+                   help="the minibatch sweep at N = real, H = 128: rows per step (default: 64,512,4096)")
+    p.add_argument("--no-minibatch", action="store_true", help="skip the minibatch sweep")
     p.add_argument("--hidden", type=csv(positive_int), metavar="LIST", help="hidden widths H (default: 128,1024)")
     p.add_argument("--dtype", type=csv(str), metavar="LIST", help="float32,float64 (default: both)")
     p.add_argument("--epochs", type=positive_int, default=20, help="timed epochs per measurement (default: 20)")
@@ -85,7 +90,7 @@ def build_parser() -> Parser:
     p.add_argument("--max-epoch-seconds", type=float, default=None, metavar="S",
                    help="skip configurations whose estimated epoch (2x the floor) is longer "
                         "(default: 1 on cpu, 10 on cuda)")
-    p.add_argument("--data-dir", default=None, metavar="DIR", help="MNIST folder (as for mlp.train)")
+    add_data_flags(p)   # --data-dir / $MLP_DATA_DIR / ~/.cache/mlp/mnist, exactly as mlp.train
     p.add_argument("--json", metavar="PATH", help="write all records and metadata as JSON")
     p.add_argument("--plot", metavar="PATH", help="write the plot (PNG)")
     p.add_argument("--markdown", metavar="PATH", help="write the markdown table")
@@ -129,11 +134,8 @@ def git_commit() -> str | None:
         return None
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    for flag in ("json", "plot", "markdown"):
-        if getattr(args, flag):
-            check_output_path(getattr(args, flag), "--" + flag)
+def plan(args) -> dict:
+    """The sweep asked for: devices, peers, dtypes, sizes, widths, batches; errors are one line."""
     devices = args.device or (["cpu", "cuda"] if cuda_available() else ["cpu"])
     for d in devices:
         backends.parse_device(d)  # a clear error for a bad name
@@ -141,21 +143,18 @@ def main(argv=None) -> int:
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         raise UserError(f"unknown peer {unknown[0]!r}: use {', '.join(PEERS)} or none")
-    dtypes = args.dtype or ["float32", "float64"]
+    dtypes = args.dtype or (["float32"] if args.quick else ["float32", "float64"])
     for d in dtypes:
         if d not in backends.DTYPES:
             raise UserError(f"unknown dtype {d!r}: use float32 and/or float64")
-    sizes_for = (lambda dev: [2_000]) if args.quick else (lambda dev: args.sizes or DEFAULT_SIZES[report.device_kind(dev)])
-    hidden = [32] if args.quick else (args.hidden or DEFAULT_HIDDEN)
     if args.quick:
-        dtypes = args.dtype or ["float32"]
         args.epochs, args.min_epochs, args.warmup, args.budget = 3, 3, 1, 0.0
-    started = time.time()
-    # the data is loaded (downloaded if need be) once here, so that workers only read it
-    from mlp.data import load_dataset
+    batches = [] if args.no_minibatch else (args.batches or ([512] if args.quick else DEFAULT_BATCHES))
+    return {"devices": devices, "peers": peers, "dtypes": dtypes, "hidden": [32] if args.quick else
+            (args.hidden or DEFAULT_HIDDEN), "batches": batches}
 
-    load_dataset(args.data_dir, (3, 7), quiet=False)
 
+def run_probes(devices, dtypes) -> list:
     probes = []
     for device in devices:
         for library in GEMM_LIBRARIES[report.device_kind(device)]:
@@ -169,68 +168,97 @@ def main(argv=None) -> int:
                 if r.get("status", "ok") == "ok":
                     print(f"probe {library:6s} {device:6s} {dtype}: GEMM {r['gemm_flops_per_s'] / 1e9:8.1f} GFLOP/s, "
                           f"copy {r['copy_bytes_per_s'] / 1e9:6.1f} GB/s", file=sys.stderr)
+    return probes
+
+
+def rows(kind: str, backend_names, peers, batch) -> list:
+    """(impl, backend, engine) of each row: ours once per engine it has there, then the peers."""
+    ours = [("ours", b, e) for b in backend_names for e in ("eager", "compiled") if e == "eager" or (b, kind) in COMPILED]
+    return ours + [(p, LIBRARY[p], None) for p in peers if batch is None or p in MINIBATCH_PEERS]
+
+
+def measure_all(args, sweep, real_n: int, d: int, best_gemm: dict) -> list:
+    records = []
+    for device in sweep["devices"]:
+        kind = report.device_kind(device)
+        cap = args.max_epoch_seconds or (1.0 if kind == "cpu" else 10.0)
+        sizes = [2_000] if args.quick else [real_n if s == REAL else 4 * real_n if s == "4x" else s
+                                             for s in (args.sizes or DEFAULT_SIZES[kind])]
+        configs = [(dtype, h, n, None) for dtype in sweep["dtypes"] for h in sweep["hidden"] for n in sizes]
+        configs += [(dtype, sweep["hidden"][0] if args.quick else 128, sizes[0] if args.quick else real_n, b)
+                    for dtype in sweep["dtypes"] for b in sweep["batches"]]
+        for dtype, h, n, batch in configs:
+            rate = best_gemm.get((kind, dtype))
+            estimate = 2 * epoch_flops(n, d, h) / rate if rate else 0.0
+            for impl, backend, engine in rows(kind, args.backends or DEFAULT_BACKENDS[kind], sweep["peers"], batch):
+                spec = {"mode": "measure", "impl": impl, "backend": backend, "engine": engine, "batch": batch,
+                        "device": device, "dtype": dtype, "n": n, "hidden": h, "epochs": args.epochs,
+                        "min_epochs": args.min_epochs, "budget_s": args.budget, "warmup": args.warmup, "lr": 0.1,
+                        "seed": 0, "data_dir": args.data_dir}
+                why_not = None
+                if args.quick and impl == "torch-compile":
+                    why_not = "not run by --quick (compiling the step takes ~20 s on a 2-core CPU)"
+                elif estimate > cap and not args.quick:
+                    why_not = f"estimated {estimate:.1f} s per epoch is over --max-epoch-seconds {cap:g}"
+                if why_not:
+                    r = {**{k: spec[k] for k in RECORD_KEYS}, "status": "skipped", "reason": why_not}
+                else:
+                    r = run_worker(spec, timeout=max(600.0, 40 * estimate * (args.warmup + args.epochs)))
+                records.append(r)
+                head = f"{report.label(r):26s} {device:6s} {dtype} N={n:>9,} H={h:>5} B={batch or 'full':>5}"
+                print(f"{head}: {r['median_ms']:10.3f} ms (min {r['min_ms']:.3f}, {r['epochs_timed']} epochs)"
+                      if r.get("status") == "ok" else f"{head}: {r['status']}: {r['reason']}", file=sys.stderr)
+    return records
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    for flag in ("json", "plot", "markdown"):
+        if getattr(args, flag):
+            check_output_path(getattr(args, flag), "--" + flag)
+    sweep = plan(args)
+    started = time.time()
+    from mlp.data import load_dataset   # loaded (downloaded if need be) once here; workers only read it
+
+    real = load_dataset(args.data_dir, (3, 7), download=not args.no_download, quiet=False).train.X
+    probes = run_probes(sweep["devices"], sweep["dtypes"])
     best_gemm = {}
     for p in probes:
         if p.get("status", "ok") == "ok":
             key = (report.device_kind(p["device"]), p["dtype"])
             best_gemm[key] = max(best_gemm.get(key, 0.0), p["gemm_flops_per_s"])
-
-    records = []
-    for device in devices:
-        kind = report.device_kind(device)
-        cap = args.max_epoch_seconds or (1.0 if kind == "cpu" else 10.0)
-        impls = [("ours", b) for b in (args.backends or DEFAULT_BACKENDS[kind])] + [(p, LIBRARY[p]) for p in peers]
-        for dtype in dtypes:
-            for h in hidden:
-                for n in sizes_for(device):
-                    rate = best_gemm.get((kind, dtype))
-                    estimate = 2 * epoch_flops(n, 784, h) / rate if rate else 0.0
-                    for impl, backend in impls:
-                        spec = {"mode": "measure", "impl": impl, "backend": backend, "device": device, "dtype": dtype,
-                                "n": n, "hidden": h, "epochs": args.epochs, "min_epochs": args.min_epochs,
-                                "budget_s": args.budget, "warmup": args.warmup, "lr": 0.1, "seed": 0,
-                                "data_dir": args.data_dir}
-                        why_not = None
-                        if args.quick and impl == "torch-compile":
-                            why_not = "not run by --quick (compiling the step takes ~20 s on a 2-core CPU)"
-                        elif estimate > cap and not args.quick:
-                            why_not = f"estimated {estimate:.1f} s per epoch is over --max-epoch-seconds {cap:g}"
-                        if why_not:
-                            r = {**{k: spec[k] for k in ("impl", "backend", "device", "dtype", "n", "hidden")},
-                                 "status": "skipped", "reason": why_not}
-                        else:
-                            r = run_worker(spec, timeout=max(600.0, 40 * estimate * (args.warmup + args.epochs)))
-                        records.append(r)
-                        name = f"ours ({backend})" if impl == "ours" else impl
-                        if r.get("status") == "ok":
-                            print(f"{name:20s} {device:6s} {dtype} N={n:>9,} H={h:>5}: {r['median_ms']:10.3f} ms "
-                                  f"(min {r['min_ms']:.3f}, {r['epochs_timed']} epochs)", file=sys.stderr)
-                        else:
-                            print(f"{name:20s} {device:6s} {dtype} N={n:>9,} H={h:>5}: {r['status']}: {r['reason']}",
-                                  file=sys.stderr)
-
-    command = "python -m bench" + ("" if argv is None and len(sys.argv) <= 1 else " " + shlex.join(
-        sys.argv[1:] if argv is None else [str(a) for a in argv]))
-    result = {
-        "meta": {
-            "command": command,
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "cpu": backends.cpu_name(),
-            "gpus": sorted({r["device_name"] for r in records if r.get("device", "cpu") != "cpu" and r.get("device_name")}),
-            "platform": platform.platform(),
-            "versions": versions(),  # mlp.checkpoint's list
-            "git_commit": git_commit(),
-            "malloc_keeps_freed_memory": os.environ.get("MLP_MALLOC_DEFAULTS") != "1",
-            "wall_seconds": None,
-            "unit": "one full-batch training epoch (forward + hand-written backward + update), data on the device",
-        },
-        "probes": probes,
-        "records": report.enrich(records, probes),
-    }
+    records = measure_all(args, sweep, real.shape[0], real.shape[1], best_gemm)
+    result = {"meta": metadata(argv, records, real.shape), "probes": probes,
+              "records": report.enrich(records, probes)}
     result["speedups"] = report.speedups(result["records"])
     result["slopes"] = report.slopes(result["records"])
-    result["targets"] = report.targets(result["records"])
+    result["targets"] = report.targets(result["records"], real.shape[0])
     result["meta"]["wall_seconds"] = round(time.time() - started, 1)
+    return write_outputs(args, result)
+
+
+def metadata(argv, records, real_shape) -> dict:
+    command = "python -m bench" + ("" if argv is None and len(sys.argv) <= 1 else " " + shlex.join(
+        sys.argv[1:] if argv is None else [str(a) for a in argv]))
+    return {
+        "command": command,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": backends.cpu_name(),
+        "gpus": sorted({r["device_name"] for r in records if r.get("device", "cpu") != "cpu" and r.get("device_name")}),
+        "devices": sorted({r["device"] for r in records if r.get("device")}),
+        "platform": platform.platform(),
+        "versions": versions(),  # mlp.checkpoint's list
+        "git_commit": git_commit(),
+        "malloc_keeps_freed_memory": os.environ.get("MLP_MALLOC_DEFAULTS") != "1",
+        "real_rows": real_shape[0],
+        "features": real_shape[1],
+        "wall_seconds": None,
+        "unit": "one training epoch over N rows (forward + hand-written backward + update), data on the device; "
+                "full batch = one step, minibatch = ceil(N/B) steps on a seeded permutation",
+    }
+
+
+def write_outputs(args, result) -> int:
     table = report.markdown(result)
     print(table)
     if args.json:
@@ -243,7 +271,7 @@ def main(argv=None) -> int:
         report.plot(result, args.plot)
     bad = [r for r in result["records"] if r.get("loss_check") == "MISMATCH"]
     if bad:
-        print(f"bench: {len(bad)} runs disagree with ours on the first epoch's loss (see 'loss check')",
+        print(f"bench: {len(bad)} runs disagree with ours on the first step's loss (see 'loss check')",
               file=sys.stderr)
         return 1
     return 0

@@ -7,7 +7,7 @@ FLOPs of one full-batch epoch, N rows, D inputs, H hidden units (multiply-add = 
     elementwise (N, 1)      ~20 N                                         product, mask, sums)
     update                  2 (D H + 2 H + 1)
 
-The matrix products dominate (D = 784), so the floor is the GEMM time at the device's
+The matrix products dominate (D = 784 pixels for MNIST), so the floor is the GEMM time at the device's
 measured rate. The byte floor is reading X once (N D itemsize), plus y and the
 parameters in and out; the epoch can be no faster than either:
 
@@ -21,11 +21,12 @@ import time
 import numpy as np
 
 
-def epoch_flops(n: int, d: int, h: int) -> int:
+def epoch_flops(n: int, d: int, h: int, steps: int = 1) -> int:
+    """FLOPs of an epoch over n rows in `steps` steps (1: full batch): the update runs per step."""
     gemm = 4 * n * d * h + 4 * n * h
     elementwise = 7 * n * h + 20 * n
     update = 2 * (d * h + 2 * h + 1)
-    return gemm + elementwise + update
+    return gemm + elementwise + steps * update
 
 
 def epoch_gemm_flops(n: int, d: int, h: int) -> int:
@@ -37,8 +38,8 @@ def epoch_min_bytes(n: int, d: int, h: int, itemsize: int) -> int:
     return itemsize * (n * d + n + 2 * params)
 
 
-def floor_seconds(n, d, h, itemsize, gemm_flops_per_s, bytes_per_s) -> float:
-    compute = epoch_flops(n, d, h) / gemm_flops_per_s
+def floor_seconds(n, d, h, itemsize, gemm_flops_per_s, bytes_per_s, steps: int = 1) -> float:
+    compute = epoch_flops(n, d, h, steps) / gemm_flops_per_s
     memory = epoch_min_bytes(n, d, h, itemsize) / bytes_per_s if bytes_per_s else 0.0
     return max(compute, memory)
 
@@ -70,30 +71,20 @@ def probe(library: str, device: str, dtype: str) -> dict:
     B = rng.standard_normal((n, n)).astype(dtype)
     copy_elems = (1 << 28 if gpu else 1 << 25) // np.dtype(dtype).itemsize  # 256 MiB / 32 MiB
     src = rng.standard_normal(copy_elems).astype(dtype)
-    if library == "numpy":
-        dst = np.empty_like(src)
-        gemm = _best_rate(lambda: A @ B, lambda: None, 2 * n**3)
-        bandwidth = _best_rate(lambda: np.copyto(dst, src), lambda: None, 2 * src.nbytes)
-    elif library == "cupy":
-        import cupy
+    from mlp import backends
 
-        dA, dB, dsrc = cupy.asarray(A), cupy.asarray(B), cupy.asarray(src)
-        ddst = cupy.empty_like(dsrc)
-        sync = cupy.cuda.get_current_stream().synchronize
-        gemm = _best_rate(lambda: dA @ dB, sync, 2 * n**3)
-        bandwidth = _best_rate(lambda: ddst.__setitem__(Ellipsis, dsrc), sync, 2 * dsrc.nbytes)
-    elif library == "torch":
+    b = backends.resolve(device, library)        # the device as mlp.train finds it, and its sync
+    if library == "torch" and gpu:                 # parity with CuPy's default: no TF32 in a float32 product
         import torch
 
-        dev = torch.device(device)
-        tA, tB, tsrc = (torch.tensor(a, device=dev) for a in (A, B, src))
-        tdst = torch.empty_like(tsrc)
-        sync = (lambda: torch.cuda.synchronize(dev)) if gpu else (lambda: None)
-        if gpu:  # parity with CuPy's default: no TF32 in a float32 product
-            torch.backends.cuda.matmul.allow_tf32 = False
-        gemm = _best_rate(lambda: tA @ tB, sync, 2 * n**3)
-        bandwidth = _best_rate(lambda: tdst.copy_(tsrc), sync, 2 * tsrc.nbytes)
-    else:
-        raise ValueError(f"no probe for {library}")
+        torch.backends.cuda.matmul.allow_tf32 = False
+    if library == "jax":
+        raise ValueError("no probe for jax: it has no device-wide sync to time a bare product")
+    dA, dB, dsrc = b.asarray(A), b.asarray(B), b.asarray(src)
+    ddst = b.xp.zeros_like(dsrc)
+    copy = {"numpy": lambda: np.copyto(ddst, dsrc), "torch": lambda: ddst.copy_(dsrc)}.get(
+        library, lambda: ddst.__setitem__(Ellipsis, dsrc))
+    gemm = _best_rate(lambda: dA @ dB, b.synchronize, 2 * n**3)
+    bandwidth = _best_rate(copy, b.synchronize, 2 * src.nbytes)
     return {"library": library, "device": device, "dtype": dtype, "gemm_size": n,
             "gemm_flops_per_s": gemm, "copy_bytes_per_s": bandwidth}

@@ -1,15 +1,22 @@
-"""What the benchmark times: one full-batch training epoch (forward, backward, update).
+"""What the benchmark times: one training epoch (forward, backward, update) over N rows.
 
-Every implementation does the same maths on the same data from the same initial
-parameters, so the loss of its first epoch must agree with ours (the report checks).
+Full batch: one step on all N rows. Minibatch (B rows a step): the N rows in a permutation
+drawn on the host from a seeded generator, ceil(N / B) steps, the last one on the N mod B
+rows left. Every implementation does the same maths on the same rows from the same initial
+parameters, so the loss of its first step must agree with ours (the report checks).
 
-    ours            mlp.model.train_step, through a backend (numpy, cupy, torch, jax)
-    torch-manual    the same forward/backward written in torch ops, eager, in-place update
-    torch-autograd  nn.Linear + ReLU + nn.Linear, BCEWithLogitsLoss, optim.SGD, eager
-    torch-compile   torch.compile of the torch-manual step
-    jax-jit         the same step in jax.numpy, hand-written, under jax.jit
-    sklearn         MLPClassifier(solver='sgd', batch_size=N, momentum=0, alpha=0), one
-                    partial_fit per epoch (CPU only)
+    ours            mlp.model.train_step through a backend (numpy, cupy, torch, jax) and an
+                    engine of mlp.loop: eager (a step per Python call) or compiled (jax.jit of
+                    lax.scan on JAX; the epoch in CUDA graphs on torch + CUDA)
+    torch-manual    our formulation written in torch ops, eager (full batch)
+    torch-expert    what a PyTorch expert writes: addmm for the bias, in-place relu_,
+                    aten.threshold_backward, addmm_/sub_ updates in place, eager
+    torch-autograd  nn.Linear + ReLU + nn.Linear, BCEWithLogitsLoss, optim.SGD, eager (full batch)
+    torch-compile   torch.compile of the torch-manual step (full batch)
+    jax-jit         the same step in jax.numpy, hand-written, under jax.jit (full batch)
+    sklearn         MLPClassifier(solver='sgd', batch_size=N, momentum=0, alpha=0), timed
+                    as fit(max_iter=k) / k, which validates its input once per k epochs (CPU,
+                    full batch)
 """
 
 from __future__ import annotations
@@ -18,9 +25,16 @@ import importlib.util
 
 import numpy as np
 
-PEERS = ("torch-manual", "torch-autograd", "torch-compile", "jax-jit", "sklearn")
-LIBRARY = {"torch-manual": "torch", "torch-autograd": "torch", "torch-compile": "torch", "jax-jit": "jax",
-           "sklearn": "sklearn"}
+from mlp import backends
+
+PEERS = ("torch-manual", "torch-expert", "torch-autograd", "torch-compile", "jax-jit", "sklearn")
+MINIBATCH_PEERS = ("torch-expert",)   # the others time a full-batch step only
+LIBRARY = {"torch-manual": "torch", "torch-expert": "torch", "torch-autograd": "torch", "torch-compile": "torch",
+           "jax-jit": "jax", "sklearn": "sklearn"}
+# where our backends have a compiled engine (backends' `compiled_engine`), known here without
+# importing the libraries into the sweep's own process
+COMPILED = {("jax", "cpu"), ("jax", "cuda"), ("torch", "cuda")}
+SKLEARN_EPOCHS_PER_FIT = 5
 
 
 class Unavailable(Exception):
@@ -36,14 +50,24 @@ def check_available(impl: str, backend: str | None, device: str) -> None:
         raise Unavailable("scikit-learn runs on the CPU only")
 
 
+def _resolve(device: str, library: str):
+    try:
+        return backends.resolve(device, library)
+    except backends.BackendError as exc:
+        raise Unavailable(str(exc)) from None
+
+
 class Impl:
-    """setup() once; epoch() runs one full-batch step; sync() waits for the device;
-    last_loss() returns the loss of the latest step as a float (forces a sync)."""
+    """setup() once; epoch() runs one epoch (epochs_per_call of them for sklearn); sync()
+    waits for the device; first_loss() is the loss of the first step of the latest call, at
+    the parameters it started from; last_loss() that of its last step (both force a sync)."""
 
     compiles = False
+    epochs_per_call = 1
 
-    def __init__(self, device: str, dtype: str, lr: float):
+    def __init__(self, device: str, dtype: str, lr: float, batch=None, seed: int = 0):
         self.device, self.dtype, self.lr = device, dtype, lr
+        self.batch, self.rng = batch, np.random.default_rng(seed)   # batch None: full batch
 
     def setup(self, X: np.ndarray, y: np.ndarray, params: dict) -> None:
         raise NotImplementedError
@@ -54,156 +78,75 @@ class Impl:
     def sync(self) -> None:
         pass
 
+    def first_loss(self) -> float:
+        raise NotImplementedError
+
     def last_loss(self) -> float:
         raise NotImplementedError
 
     def device_name(self) -> str:
-        from mlp import backends
-
         return backends.cpu_name()
+
+    def permutation(self, n: int):
+        """This epoch's rows, drawn on the host as mlp.loop does; None in full batch."""
+        return None if self.batch is None or self.batch >= n else self.rng.permutation(n)
 
 
 class Ours(Impl):
-    def __init__(self, backend: str, device: str, dtype: str, lr: float):
-        super().__init__(device, dtype, lr)
-        from mlp import backends
-
-        self.backend = backends.resolve(device, backend)
+    def __init__(self, backend: str, engine: str, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend, self.engine_name = _resolve(self.device, backend), engine
 
     def setup(self, X, y, params):
+        from mlp import loop
+        from mlp.errors import UserError
+
         b = self.backend
+        self.n = X.shape[0]
         self.X, self.y = b.asarray(X, self.dtype), b.asarray(y, self.dtype)
         self.params = {k: b.asarray(v, self.dtype) for k, v in params.items()}
+        self.steps = -(-self.n // (self.batch or self.n))
+        cfg = {"batch_size": self.batch or "full", "lr": self.lr, "activation": "relu"}
+        try:
+            self.engine = loop.make_engine(b, self.engine_name, cfg, self.X, self.y)
+        except UserError as exc:
+            raise Unavailable(str(exc)) from None
 
     def epoch(self):
-        from mlp import model
+        self.engine.begin_epoch(self.permutation(self.n))
+        self.params, self.losses = self.engine.run(self.params, 0, self.steps)
 
-        self.params, self.loss = model.train_step(self.params, self.X, self.y, self.lr, "relu")
+    def _losses(self):
+        xp = self.backend.xp
+        return self.backend.to_host(xp.concat([xp.reshape(v, (-1,)) for v in self.losses]))
 
     def sync(self):
-        self.backend.synchronize()
+        self.backend.synchronize(self.params, self.losses)
+
+    def first_loss(self):
+        return float(self._losses()[0])
 
     def last_loss(self):
-        return float(self.backend.to_host(self.loss))
+        return float(self._losses()[-1])
 
     def device_name(self):
         return self.backend.device_name
 
 
-class _Torch(Impl):
-    def __init__(self, device, dtype, lr):
-        super().__init__(device, dtype, lr)
-        import torch
-
-        if device != "cpu" and not torch.cuda.is_available():
-            raise Unavailable("this PyTorch sees no CUDA GPU")
-        self.torch = torch
-        self.dev = torch.device(device)
-
-    def setup(self, X, y, params):
-        torch = self.torch
-        dt = getattr(torch, self.dtype)
-        self.X = torch.tensor(X, dtype=dt, device=self.dev)
-        self.y = torch.tensor(y, dtype=dt, device=self.dev).reshape(-1, 1)
-        self.p = {k: torch.tensor(v, dtype=dt, device=self.dev) for k, v in params.items()}
-
-    def sync(self):
-        if self.dev.type == "cuda":
-            self.torch.cuda.synchronize(self.dev)
-
-    def last_loss(self):
-        return float(self.loss)
-
-    def device_name(self):
-        if self.dev.type == "cuda":
-            return self.torch.cuda.get_device_name(self.dev)
-        return super().device_name()
-
-
-def torch_manual_step(w1, b1, w2, b2, X, y, lr: float):
-    """The exercise in torch ops, by hand (the same formulation as mlp.model)."""
-    import torch
-    import torch.nn.functional as F
-
-    z1 = X @ w1 + b1
-    a1 = torch.relu(z1)
-    z2 = a1 @ w2 + b2
-    loss = F.binary_cross_entropy_with_logits(z2, y)
-    d_z2 = (torch.sigmoid(z2) - y) / X.shape[0]
-    d_w2 = a1.T @ d_z2
-    d_b2 = d_z2.sum(0)
-    d_a1 = d_z2 * w2.T
-    d_z1 = d_a1 * (z1 > 0)
-    d_w1 = X.T @ d_z1
-    d_b1 = d_z1.sum(0)
-    return w1 - lr * d_w1, b1 - lr * d_b1, w2 - lr * d_w2, b2 - lr * d_b2, loss
-
-
-class TorchManual(_Torch):
-    def epoch(self):
-        with self.torch.no_grad():
-            p = self.p
-            *new, self.loss = torch_manual_step(p["w1"], p["b1"], p["w2"], p["b2"], self.X, self.y, self.lr)
-            self.p = dict(zip(("w1", "b1", "w2", "b2"), new))
-
-
-class TorchCompile(_Torch):
-    compiles = True
-
-    def setup(self, X, y, params):
-        super().setup(X, y, params)
-        self.step = self.torch.compile(torch_manual_step)
-
-    def epoch(self):
-        with self.torch.no_grad():
-            p = self.p
-            *new, self.loss = self.step(p["w1"], p["b1"], p["w2"], p["b2"], self.X, self.y, self.lr)
-            self.p = dict(zip(("w1", "b1", "w2", "b2"), new))
-
-
-class TorchAutograd(_Torch):
-    def setup(self, X, y, params):
-        super().setup(X, y, params)
-        torch = self.torch
-        H = params["w1"].shape[1]
-        dt = getattr(torch, self.dtype)
-        self.net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], H), torch.nn.ReLU(), torch.nn.Linear(H, 1))
-        self.net.to(device=self.dev, dtype=dt)
-        with torch.no_grad():  # nn.Linear keeps weights as (out, in)
-            self.net[0].weight.copy_(self.p["w1"].T)
-            self.net[0].bias.copy_(self.p["b1"])
-            self.net[2].weight.copy_(self.p["w2"].T)
-            self.net[2].bias.copy_(self.p["b2"])
-        self.criterion = torch.nn.BCEWithLogitsLoss()
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=self.lr)
-
-    def epoch(self):
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.criterion(self.net(self.X), self.y)
-        loss.backward()
-        self.opt.step()
-        self.loss = loss.detach()
-
-
 class JaxJit(Impl):
     compiles = True
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = _resolve(self.device, "jax")   # x64 on, matmuls at "highest" (no TF32)
+
     def setup(self, X, y, params):
         import jax
-
-        jax.config.update("jax_enable_x64", True)
         import jax.numpy as jnp
 
-        if self.device == "cpu":
-            dev = jax.devices("cpu")[0]
-        else:
-            try:
-                dev = jax.devices("gpu")[0]
-            except RuntimeError:
-                raise Unavailable("JAX sees no GPU") from None
-        self.jax, self.dev = jax, dev
-        dt = getattr(jnp, self.dtype)
-        put = lambda a: jax.device_put(jnp.asarray(a, dtype=dt), dev)  # noqa: E731
+        b = self.backend
+        self.jax = jax
+        put = lambda a: b.asarray(a, self.dtype)  # noqa: E731
         self.X, self.y = put(X), put(y.reshape(-1, 1))
         self.p = tuple(put(params[k]) for k in ("w1", "b1", "w2", "b2"))
         lr = self.lr
@@ -229,16 +172,20 @@ class JaxJit(Impl):
         self.p, self.loss = self.step(self.p, self.X, self.y)
 
     def sync(self):
-        self.jax.block_until_ready((self.p, self.loss))
+        self.backend.synchronize(self.p, self.loss)
 
-    def last_loss(self):
+    def first_loss(self):
         return float(self.loss)
 
+    last_loss = first_loss
+
     def device_name(self):
-        return self.dev.device_kind if self.device != "cpu" else super().device_name()
+        return self.backend.device_name
 
 
 class Sklearn(Impl):
+    epochs_per_call = SKLEARN_EPOCHS_PER_FIT
+
     def setup(self, X, y, params):
         import warnings
 
@@ -250,23 +197,34 @@ class Sklearn(Impl):
         self.y = y.astype(np.int64)
         self.clf = MLPClassifier(hidden_layer_sizes=(params["w1"].shape[1],), activation="relu", solver="sgd",
                                  batch_size=X.shape[0], learning_rate="constant", learning_rate_init=self.lr,
-                                 momentum=0.0, nesterovs_momentum=False, alpha=0.0, shuffle=False, max_iter=1,
-                                 random_state=0)
-        self.clf.partial_fit(self.X[:2], self.y[:2], classes=[0, 1])  # builds the model and its optimiser
+                                 momentum=0.0, nesterovs_momentum=False, alpha=0.0, shuffle=False,
+                                 max_iter=self.epochs_per_call, tol=0.0, n_iter_no_change=10**9, random_state=0)
+        self.clf.partial_fit(self.X[:2], self.y[:2], classes=[0, 1])  # builds the model
+        self.clf.set_params(warm_start=True)                          # fit() continues from these arrays
         for target, source in zip(self.clf.coefs_ + self.clf.intercepts_,
                                   (params["w1"], params["w2"], params["b1"], params["b2"])):
-            target[...] = source  # in place: the optimiser holds these very arrays
+            target[...] = source  # in place: warm_start keeps these very arrays
 
     def epoch(self):
-        self.clf.partial_fit(self.X, self.y)
+        self.clf.fit(self.X, self.y)                                   # epochs_per_call epochs
+        self.curve = self.clf.loss_curve_[-self.epochs_per_call:]
+
+    def first_loss(self):
+        return float(self.curve[0])
 
     def last_loss(self):
-        return float(self.clf.loss_)
+        return float(self.curve[-1])
 
 
-def make(impl: str, backend: str | None, device: str, dtype: str, lr: float) -> Impl:
+def make(impl: str, backend: str | None, device: str, dtype: str, lr: float, *, engine: str = "eager",
+         batch=None, seed: int = 0) -> Impl:
     check_available(impl, backend, device)
+    if batch is not None and impl not in ("ours", *MINIBATCH_PEERS):
+        raise Unavailable(f"{impl} is timed in full batch only")
+    from .torch_peers import TorchAutograd, TorchCompile, TorchExpert, TorchManual
+
+    kwargs = {"batch": batch, "seed": seed}
     if impl == "ours":
-        return Ours(backend, device, dtype, lr)
-    return {"torch-manual": TorchManual, "torch-autograd": TorchAutograd, "torch-compile": TorchCompile,
-            "jax-jit": JaxJit, "sklearn": Sklearn}[impl](device, dtype, lr)
+        return Ours(backend, engine, device, dtype, lr, **kwargs)
+    return {"torch-manual": TorchManual, "torch-expert": TorchExpert, "torch-autograd": TorchAutograd,
+            "torch-compile": TorchCompile, "jax-jit": JaxJit, "sklearn": Sklearn}[impl](device, dtype, lr, **kwargs)

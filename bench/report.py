@@ -9,10 +9,10 @@ import numpy as np
 
 from .floor import epoch_flops, epoch_min_bytes, floor_seconds
 
-D = 784
-REFERENCE_BACKEND = {"cpu": "numpy", "cuda": "cupy"}
+REFERENCE_BACKEND = {"cpu": "numpy", "cuda": "cupy"}   # eager: the project's default on each device
 LOSS_TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
-IMPL_ORDER = {"ours": 0, "torch-manual": 1, "torch-autograd": 2, "torch-compile": 3, "jax-jit": 4, "sklearn": 5}
+IMPL_ORDER = {"ours": 0, "torch-manual": 1, "torch-expert": 2, "torch-autograd": 3, "torch-compile": 4,
+              "jax-jit": 5, "sklearn": 6}
 
 
 def device_kind(device: str) -> str:
@@ -20,11 +20,17 @@ def device_kind(device: str) -> str:
 
 
 def label(r: dict) -> str:
-    return f"ours ({r['backend']})" if r["impl"] == "ours" else r["impl"]
+    return f"ours ({r['backend']}, {r.get('engine') or 'eager'})" if r["impl"] == "ours" else r["impl"]
+
+
+def batch_of(r: dict):
+    """None for a full-batch record, else the rows per step."""
+    return r.get("batch")
 
 
 def is_reference(r: dict) -> bool:
-    return r["impl"] == "ours" and r["backend"] == REFERENCE_BACKEND[device_kind(r["device"])]
+    return (r["impl"] == "ours" and r["backend"] == REFERENCE_BACKEND[device_kind(r["device"])]
+            and (r.get("engine") or "eager") == "eager")
 
 
 def enrich(records: list, probes: list) -> list:
@@ -36,22 +42,23 @@ def enrich(records: list, probes: list) -> list:
             key = (device_kind(p["device"]), p["dtype"])
             gemm, bw = rates[key]
             rates[key] = (max(gemm, p["gemm_flops_per_s"]), max(bw, p["copy_bytes_per_s"]))
-    refs = {(r["device"], r["dtype"], r["n"], r["hidden"]): r for r in records
+    refs = {(r["device"], r["dtype"], r["n"], r["hidden"], batch_of(r)): r for r in records
             if r.get("status") == "ok" and is_reference(r)}
     for r in records:
         if r.get("status") != "ok":
             continue
-        n, h, itemsize = r["n"], r["hidden"], np.dtype(r["dtype"]).itemsize
-        r["flops"] = epoch_flops(n, D, h)
-        r["min_bytes"] = epoch_min_bytes(n, D, h, itemsize)
+        n, d, h, itemsize = r["n"], r["d"], r["hidden"], np.dtype(r["dtype"]).itemsize
+        steps = 1 if batch_of(r) is None else -(-n // batch_of(r))
+        r["flops"] = epoch_flops(n, d, h, steps)
+        r["min_bytes"] = epoch_min_bytes(n, d, h, itemsize)
         r["gflops"] = r["flops"] / (r["median_ms"] * 1e6)
         gemm, bw = rates[(device_kind(r["device"]), r["dtype"])]
         if gemm:
-            r["floor_ms"] = floor_seconds(n, D, h, itemsize, gemm, bw) * 1e3
+            r["floor_ms"] = floor_seconds(n, d, h, itemsize, gemm, bw, steps) * 1e3
             r["fraction_of_floor"] = r["floor_ms"] / r["median_ms"]
         else:
             r["floor_ms"] = r["fraction_of_floor"] = None
-        ref = refs.get((r["device"], r["dtype"], n, h))
+        ref = refs.get((r["device"], r["dtype"], n, h, batch_of(r)))
         r["ratio_to_ours"] = r["median_ms"] / ref["median_ms"] if ref else None
         if ref:
             rel = abs(r["initial_loss"] - ref["initial_loss"]) / abs(ref["initial_loss"])
@@ -61,15 +68,18 @@ def enrich(records: list, probes: list) -> list:
 
 
 def speedups(records: list) -> list:
-    """GPU over CPU for ours (CuPy vs NumPy) at each configuration measured on both."""
-    ok = [r for r in records if r.get("status") == "ok" and is_reference(r)]
-    cpu = {(r["dtype"], r["n"], r["hidden"]): r for r in ok if r["device"] == "cpu"}
+    """GPU over CPU: each of our GPU rows (any backend, any engine) against ours on the CPU
+    (NumPy, eager: the default there) at each configuration measured on both, full batch and
+    minibatch alike."""
+    ok = [r for r in records if r.get("status") == "ok" and r["impl"] == "ours"]
+    cpu = {(r["dtype"], r["n"], r["hidden"], batch_of(r)): r for r in ok if r["device"] == "cpu" and is_reference(r)}
     out = []
     for r in ok:
-        key = (r["dtype"], r["n"], r["hidden"])
+        key = (r["dtype"], r["n"], r["hidden"], batch_of(r))
         if r["device"] != "cpu" and key in cpu:
-            out.append({"dtype": key[0], "n": key[1], "hidden": key[2], "cpu_ms": cpu[key]["median_ms"],
-                        "gpu_ms": r["median_ms"], "speedup": cpu[key]["median_ms"] / r["median_ms"],
+            out.append({"dtype": key[0], "n": key[1], "hidden": key[2], "batch": key[3], "gpu_impl": label(r),
+                        "cpu_ms": cpu[key]["median_ms"], "gpu_ms": r["median_ms"],
+                        "speedup": cpu[key]["median_ms"] / r["median_ms"],
                         "gpu": r.get("device_name"), "cpu": cpu[key].get("device_name")})
     return out
 
@@ -78,7 +88,7 @@ def slopes(records: list) -> list:
     """Least-squares slope of log(ms) against log(N*H) for each implementation and dtype."""
     groups = defaultdict(list)
     for r in records:
-        if r.get("status") == "ok":
+        if r.get("status") == "ok" and batch_of(r) is None:
             groups[(label(r), r["device"], r["dtype"])].append((r["n"] * r["hidden"], r["median_ms"]))
     out = []
     for (name, device, dtype), pts in sorted(groups.items()):
@@ -94,11 +104,11 @@ def slopes(records: list) -> list:
     return out
 
 
-def targets(records: list) -> list:
-    """The issue's CPU targets at float32, N=12,396, H=128, as measured in this run."""
-    at = {label(r): r for r in records if r.get("status") == "ok" and r["device"] == "cpu"
-          and r["dtype"] == "float32" and r["n"] == 12_396 and r["hidden"] == 128}
-    ours = at.get("ours (numpy)")
+def targets(records: list, real_n: int) -> list:
+    """The CPU targets at float32, N = all real rows, H=128, full batch, as measured in this run."""
+    at = {label(r): r for r in records if r.get("status") == "ok" and r["device"] == "cpu" and batch_of(r) is None
+          and r["dtype"] == "float32" and r["n"] == real_n and r["hidden"] == 128}
+    ours = at.get("ours (numpy, eager)")
     if ours is None:
         return []
     out = []
@@ -121,14 +131,19 @@ def _fmt(v, spec, none="–"):
     return none if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
-def summary(records: list) -> list:
-    """Median ms per epoch: one row per implementation, one column per configuration."""
-    ok = [r for r in records if r.get("status") == "ok"]
-    configs = sorted({(r["device"], r["dtype"], r["hidden"], r["n"]) for r in ok})
+def summary(records: list, minibatch: bool = False) -> list:
+    """Median ms per epoch: one row per implementation, one column per configuration;
+    the full-batch records, or the minibatch ones."""
+    ok = [r for r in records if r.get("status") == "ok" and (batch_of(r) is not None) == minibatch]
+    if not ok:
+        return []
+    key = lambda r: (r["device"], r["dtype"], r["hidden"], r["n"], batch_of(r) or 0)  # noqa: E731
+    configs = sorted({key(r) for r in ok})
     names = sorted({label(r) for r in ok}, key=lambda n: (IMPL_ORDER.get(n.split(" ")[0], 9), n))
-    cell = {(label(r), r["device"], r["dtype"], r["hidden"], r["n"]): r for r in ok}
-    floors = {(r["device"], r["dtype"], r["hidden"], r["n"]): r.get("floor_ms") for r in ok}
-    head = "| ms per epoch | " + " | ".join(f"{d} {t} N={n:,} H={h}" for d, t, h, n in configs) + " |"
+    cell = {(label(r), *key(r)): r for r in ok}
+    floors = {key(r): r.get("floor_ms") for r in ok}
+    head = "| ms per epoch | " + " | ".join(f"{d} {t} N={n:,} H={h}" + (f" B={b}" if b else "")
+                                           for d, t, h, n, b in configs) + " |"
     lines = [head, "|---|" + "---:|" * len(configs)]
     for name in names:
         row = []
@@ -141,21 +156,37 @@ def summary(records: list) -> list:
     return lines
 
 
+def no_speedup_reason(meta: dict) -> str:
+    devices = meta.get("devices") or []
+    if devices and "cpu" not in devices:
+        return "CPU not measured in this run, so there is no GPU-over-CPU speed-up to report."
+    if not any(d != "cpu" for d in devices):
+        return "no GPU was measured in this run, so there is no speed-up to report."
+    return "no configuration was measured on both the CPU and the GPU in this run."
+
+
 def markdown(result: dict) -> str:
     records, meta = result["records"], result["meta"]
     lines = [f"Machine: {meta['cpu']}" + (f"; GPU: {', '.join(meta['gpus'])}" if meta.get("gpus") else "; no GPU"),
              f"Command: `{meta['command']}` ({meta['date']})", ""]
-    lines += ["Median ms per full-batch epoch (in brackets: time relative to ours on the same device):", ""]
-    lines += summary(records) + ["", "All measurements:", ""]
-    lines += ["| impl | device | dtype | N | H | median ms | min–max ms | GFLOP/s | floor ms | % of floor "
+    lines += ["Median ms per full-batch epoch (in brackets: time relative to ours, NumPy or CuPy eager, on the "
+              "same device):", ""]
+    lines += summary(records) or ["no full-batch measurement in this run"]
+    mini = summary(records, minibatch=True)
+    if mini:
+        lines += ["", "Median ms per minibatch epoch (ceil(N/B) steps on a seeded permutation; in brackets as above):",
+                  ""] + mini
+    lines += ["", "All measurements (B: rows per step; peak MiB: the run's peak memory on its device):", ""]
+    lines += ["| impl | device | dtype | N | H | B | median ms | min–max ms | GFLOP/s | floor ms | % of floor "
               "| × ours | peak MiB | epochs | loss check |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     ok = sorted((r for r in records if r.get("status") == "ok"),
-                key=lambda r: (r["device"], r["dtype"], r["hidden"], r["n"], IMPL_ORDER.get(r["impl"], 9),
-                               r["backend"] or ""))
+                key=lambda r: (r["device"], r["dtype"], batch_of(r) or 0, r["hidden"], r["n"],
+                               IMPL_ORDER.get(r["impl"], 9), label(r)))
     for r in ok:
         lines.append(
-            f"| {label(r)} | {r['device']} | {r['dtype']} | {r['n']:,} | {r['hidden']} | {r['median_ms']:.2f} | "
+            f"| {label(r)} | {r['device']} | {r['dtype']} | {r['n']:,} | {r['hidden']} | {batch_of(r) or 'full'} | "
+            f"{r['median_ms']:.2f} | "
             f"{r['min_ms']:.2f}–{r['max_ms']:.2f} | {r['gflops']:.0f} | {_fmt(r.get('floor_ms'), '.2f')} | "
             f"{_fmt(None if r.get('fraction_of_floor') is None else 100 * r['fraction_of_floor'], '.0f')} | "
             f"{_fmt(r.get('ratio_to_ours'), '.2f')} | {_fmt(None if r.get('peak_mem_bytes') is None else r['peak_mem_bytes'] / 2**20, '.0f')} | "
@@ -167,20 +198,22 @@ def markdown(result: dict) -> str:
         for r in skipped:
             what = label(r) if r.get("impl") else f"probe {r.get('library')}"
             line = f"- {what} on {r.get('device')} {r.get('dtype')}" + (
-                f" N={r['n']:,} H={r['hidden']}" if r.get("n") else "") + f": {r.get('status')}: {r.get('reason')}"
+                f" N={r['n']:,} H={r['hidden']} B={batch_of(r) or 'full'}" if r.get("n") else "") + (
+                f": {r.get('status')}: {r.get('reason')}")
             key = (what, r.get("device"), r.get("reason"))
             if r.get("status") == "skipped" and key in seen:
                 continue
             seen.add(key)
             lines.append(line)
     sp = result.get("speedups") or []
-    lines += ["", "GPU over CPU (ours: CuPy vs NumPy):", ""]
+    lines += ["", "GPU over CPU (ours on the GPU, each backend and engine, vs ours on the CPU: NumPy, eager):", ""]
     if sp:
-        lines += ["| dtype | N | H | CPU ms | GPU ms | speed-up |", "|---|---:|---:|---:|---:|---:|"]
-        lines += [f"| {s['dtype']} | {s['n']:,} | {s['hidden']} | {s['cpu_ms']:.2f} | {s['gpu_ms']:.3f} | "
-                  f"{s['speedup']:.1f}× |" for s in sp]
+        lines += ["| GPU row | dtype | N | H | B | CPU ms | GPU ms | speed-up |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {s['gpu_impl']} | {s['dtype']} | {s['n']:,} | {s['hidden']} | {s['batch'] or 'full'} | "
+                  f"{s['cpu_ms']:.2f} | {s['gpu_ms']:.3f} | {s['speedup']:.1f}× |" for s in sp]
     else:
-        lines.append("no GPU was measured in this run, so there is no speed-up to report.")
+        lines.append(no_speedup_reason(meta))
     sl = result.get("slopes") or []
     if sl:
         lines += ["", "Scaling: slope of log(ms) against log(N·H) (1.0 = linear):", "",
@@ -193,13 +226,16 @@ def markdown(result: dict) -> str:
         for p in result["probes"] if p.get("status", "ok") == "ok")]
     tg = result.get("targets") or []
     if tg:
-        lines += ["", "Targets (CPU, float32, N=12,396, H=128):", ""]
+        lines += ["", f"Targets (CPU, float32, N={meta.get('real_rows', 0):,}, H=128, full batch):", ""]
         lines += [f"- {name}: {text}: " + {True: "met", False: "MISSED", None: "not checked"}[met]
                   for name, text, met in tg]
     return "\n".join(lines) + "\n"
 
 
 def plot(result: dict, path) -> None:
+    """Log-log ms per epoch: a full-batch panel (x = N) per dtype and H, a minibatch panel
+    (x = B) per dtype, and the GPU-over-CPU speed-ups as labelled bars. Every panel has its
+    legend and says how many of its points were not measured."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,48 +243,62 @@ def plot(result: dict, path) -> None:
 
     from mlp.files import atomic_write
 
-    records = [r for r in result["records"] if r.get("status") == "ok"]
-    dtypes = sorted({r["dtype"] for r in records}, key=lambda d: d != "float32")
-    hiddens = sorted({r["hidden"] for r in records})
+    everything = result["records"]
+    records = [r for r in everything if r.get("status") == "ok"]
     if not records:
         return
+    dtypes = sorted({r["dtype"] for r in records}, key=lambda d: d != "float32")
+    hiddens = sorted({r["hidden"] for r in records if batch_of(r) is None})
+    minibatch = any(batch_of(r) is not None for r in records)
+    columns = len(hiddens) + minibatch
     sp = result.get("speedups") or []
     bottom = 1.0 if sp else 0.25
-    fig = plt.figure(figsize=(5.2 * len(hiddens), 3.8 * (len(dtypes) + bottom)))
-    grid = fig.add_gridspec(len(dtypes) + 1, len(hiddens), height_ratios=[1] * len(dtypes) + [bottom])
+    fig = plt.figure(figsize=(5.2 * columns, 3.8 * (len(dtypes) + bottom)))
+    grid = fig.add_gridspec(len(dtypes) + 1, columns, height_ratios=[1] * len(dtypes) + [bottom])
     names = sorted({(label(r), r["device"]) for r in records}, key=lambda nd: (not nd[0].startswith("ours"), nd))
-    colors = {name: plt.cm.tab10(i % 10) for i, name in enumerate(names)}
+    colors = {name: plt.cm.tab20(i % 20) for i, name in enumerate(names)}
+    panels = [(h, None) for h in hiddens] + ([(None, "minibatch")] if minibatch else [])
     for i, dtype in enumerate(dtypes):
-        for j, h in enumerate(hiddens):
+        for j, (h, mb) in enumerate(panels):
             ax = fig.add_subplot(grid[i, j])
+            here = lambda r: r.get("dtype") == dtype and ((batch_of(r) is not None) if mb  # noqa: E731
+                                                          else batch_of(r) is None and r.get("hidden") == h)
+            x = (lambda r: batch_of(r)) if mb else (lambda r: r["n"])  # noqa: E731
             for name in names:
-                pts = sorted((r["n"], r["median_ms"]) for r in records
-                             if (label(r), r["device"]) == name and r["dtype"] == dtype and r["hidden"] == h)
+                pts = sorted((x(r), r["median_ms"]) for r in records if (label(r), r["device"]) == name and here(r))
                 if pts:
                     ax.plot(*zip(*pts), "o-", ms=3, color=colors[name], label=f"{name[0]} [{name[1]}]")
             for device in sorted({r["device"] for r in records}):
-                fl = sorted({(r["n"], r["floor_ms"]) for r in records if r["device"] == device
-                             and r["dtype"] == dtype and r["hidden"] == h and r.get("floor_ms")})
+                fl = sorted({(x(r), r["floor_ms"]) for r in records if r["device"] == device and here(r)
+                             and r.get("floor_ms")})
                 if fl:
                     ax.plot(*zip(*fl), "k--" if device == "cpu" else "k:", marker="_", ms=12, lw=1,
                             label=f"floor [{device}]")
-            ax.set(xscale="log", yscale="log", xlabel="N (rows)", ylabel="ms per full-batch epoch",
-                   title=f"{dtype}, H={h}")
+            missing = sum(1 for r in everything if r.get("status") != "ok" and r.get("n") and here(r))
+            if missing:
+                ax.text(0.02, 0.02, f"{missing} point(s) not measured: see the table", transform=ax.transAxes,
+                        fontsize=7, color="tab:red")
+            n_mb = sorted({r["n"] for r in records if here(r)})
+            ax.set(xscale="log", yscale="log", xlabel="B (rows per step)" if mb else "N (rows)",
+                   ylabel="ms per epoch", title=f"{dtype}, " + (f"minibatch, N={n_mb[0]:,}" if mb and n_mb
+                                                                 else f"full batch, H={h}"))
             ax.grid(True, which="both", alpha=0.3)
-            if i == 0 and j == 0:
-                ax.legend(fontsize=7)
+            ax.legend(fontsize=6)
     ax = fig.add_subplot(grid[len(dtypes), :])
     if sp:
-        tags = [f"{s['dtype']}\nN={s['n']:,}\nH={s['hidden']}" for s in sp]
-        ax.bar(range(len(sp)), [s["speedup"] for s in sp], color="tab:green")
-        ax.set_xticks(range(len(sp)), tags, fontsize=7)
-        ax.set_ylabel("GPU / CPU speed-up (ours)")
+        tags = [f"{s['gpu_impl']}\n{s['dtype']} N={s['n']:,}\nH={s['hidden']} B={s['batch'] or 'full'}" for s in sp]
+        bars = ax.bar(range(len(sp)), [s["speedup"] for s in sp], color="tab:green", label="GPU / CPU (ours)")
+        ax.bar_label(bars, labels=[f"{s['speedup']:.1f}×" for s in sp], fontsize=7)
+        ax.axhline(1.0, color="k", lw=0.8, label="as fast as the CPU")
+        ax.set_xticks(range(len(sp)), tags, fontsize=6)
+        ax.set_ylabel("speed-up over ours on the CPU")
         ax.set_yscale("log")
+        ax.legend(fontsize=7)
     else:
-        ax.text(0.5, 0.5, "GPU / CPU speed-up: no GPU was measured in this run", ha="center", va="center")
+        ax.text(0.5, 0.5, "GPU / CPU speed-up: " + no_speedup_reason(result["meta"]), ha="center", va="center")
         ax.set_axis_off()
     meta = result["meta"]
-    fig.suptitle(f"Full-batch epoch, MNIST 3 vs 7 rows — {meta['cpu']}"
+    fig.suptitle(f"Training epoch, MNIST 3 vs 7 rows — {meta['cpu']}"
                  + (f" + {', '.join(meta['gpus'])}" if meta.get("gpus") else ""), fontsize=10)
     fig.tight_layout()
     try:

@@ -16,6 +16,7 @@ import traceback
 import numpy as np
 
 RESULT_MARK = "@@bench-result@@ "
+RECORD_KEYS = ("impl", "backend", "engine", "batch", "device", "dtype", "n", "hidden")
 
 
 def _proc_status(field: str) -> int | None:
@@ -77,7 +78,10 @@ class PeakMemory:
             import torch
 
             return int(torch.cuda.max_memory_allocated())
-        stats = getattr(getattr(impl_obj, "dev", None), "memory_stats", lambda: None)() or {}
+        import jax
+
+        index = int(self.device.split(":")[1]) if ":" in self.device else 0
+        stats = jax.devices("gpu")[index].memory_stats() or {}
         return stats.get("peak_bytes_in_use")
 
 
@@ -99,26 +103,31 @@ def measure(spec: dict) -> dict:
 
     from . import impls
 
-    record = {k: spec[k] for k in ("impl", "backend", "device", "dtype", "n", "hidden")}
+    record = {k: spec.get(k) for k in RECORD_KEYS}
     try:
-        impl = impls.make(spec["impl"], spec["backend"], spec["device"], spec["dtype"], spec["lr"])
+        impl = impls.make(spec["impl"], spec["backend"], spec["device"], spec["dtype"], spec["lr"],
+                          engine=spec.get("engine") or "eager", batch=spec.get("batch"), seed=spec.get("seed", 0))
     except impls.Unavailable as exc:
         return {**record, "status": "skipped", "reason": str(exc)}
     record["device_name"] = impl.device_name()
     X, y = training_rows(spec.get("data_dir"), spec["n"], spec["dtype"])
+    record["d"] = X.shape[1]
     params = model.init_params(X.shape[1], spec["hidden"], np.random.default_rng(spec.get("seed", 0)),
                                init="he", activation="relu")
     memory = PeakMemory(spec["impl"], spec["backend"], spec["device"])
     memory.start()
-    impl.setup(X, y, params)
+    try:
+        impl.setup(X, y, params)
+    except impls.Unavailable as exc:
+        return {**record, "status": "skipped", "reason": str(exc)}
     del X, y
 
-    # warm-up: the first epoch includes any compilation, and its loss is at the initial parameters
+    # warm-up: the first epoch includes any compilation; its first step's loss is at the initial parameters
     t0 = time.perf_counter()
     impl.epoch()
     impl.sync()
-    first_epoch_s = time.perf_counter() - t0
-    initial_loss = impl.last_loss()
+    first_epoch_s = (time.perf_counter() - t0) / impl.epochs_per_call
+    initial_loss = impl.first_loss()
     for _ in range(spec["warmup"] - 1):
         impl.epoch()
     impl.sync()
@@ -130,7 +139,7 @@ def measure(spec: dict) -> dict:
         t0 = time.perf_counter()
         impl.epoch()
         impl.sync()
-        times.append(time.perf_counter() - t0)
+        times.extend([(time.perf_counter() - t0) / impl.epochs_per_call] * impl.epochs_per_call)
         if len(times) >= spec["min_epochs"] and time.perf_counter() - started > spec["budget_s"]:
             break
     final_loss = impl.last_loss()
@@ -144,6 +153,7 @@ def measure(spec: dict) -> dict:
         "max_ms": ms[-1],
         "iqr_ms": q3 - q1,
         "epochs_timed": len(ms),
+        "epochs_per_call": impl.epochs_per_call,
         "warmup": spec["warmup"],
         "first_epoch_ms": first_epoch_s * 1e3,
         "initial_loss": initial_loss,
@@ -172,7 +182,7 @@ def main(argv=None) -> int:
 
         reason = (f"out of memory ({describe_out_of_memory(exc)})" if is_out_of_memory(exc)
                   else f"{type(exc).__name__}: {exc}")
-        result = {**{k: spec.get(k) for k in ("impl", "backend", "device", "dtype", "n", "hidden", "library")},
+        result = {**{k: spec.get(k) for k in (*RECORD_KEYS, "library")},
                   "status": "error", "reason": " ".join(reason.split())[:500],
                   "traceback": traceback.format_exc()[-2000:]}
     print(RESULT_MARK + json.dumps(result), flush=True)

@@ -105,7 +105,7 @@ def load(path) -> Checkpoint:
             losses=arrays["losses"],
             epoch_seconds=arrays["epoch_seconds"],
             partial_epoch_seconds=float(meta.get("partial_epoch_seconds", 0.0)),
-            meta={k: v for k, v in meta.items() if k in ("saved_on", "versions", "target_epochs")},
+            meta={k: v for k, v in meta.items() if k in ("saved_on", "versions", "target_epochs", "engine")},
         )
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"checkpoint {path} has format {meta.get('format')!r}, "

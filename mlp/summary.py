@@ -38,7 +38,7 @@ def continue_command(parser, args, resume: str) -> str:
     return shlex.join(words)
 
 
-def metrics(backend, cfg: dict, state, test: dict, history, *, n_train: int, n_val: int, train_loss: float,
+def metrics(backend, cfg: dict, state, test: dict, history, *, engine: str, n_train: int, n_val: int, train_loss: float,
             stopped: str | None) -> dict:
     """Everything --metrics-json records about the run."""
     epoch_s = state.epoch_seconds
@@ -59,6 +59,7 @@ def metrics(backend, cfg: dict, state, test: dict, history, *, n_train: int, n_v
         "device": backend.device,
         "device_name": backend.device_name,
         "backend": backend.name,
+        "engine": engine,
         **{k: cfg[k] for k in ("dtype", "hidden", "activation", "init", "epochs", "batch_size", "lr", "seed")},
         "completed_epochs": state.epoch,
         "steps": state.step,

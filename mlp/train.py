@@ -198,7 +198,7 @@ def announce(args, cfg, backend, n: int, n_val: int, n_features: int, ckpt, step
           f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, {cfg['dtype']}", file=sys.stderr, flush=True)
 
 
-def to_checkpoint(backend, cfg: dict, data_cfg: dict, state: TrainState) -> Checkpoint:
+def to_checkpoint(backend, cfg: dict, data_cfg: dict, state: TrainState, engine: str | None = None) -> Checkpoint:
     return Checkpoint(
         params={k: backend.to_host(v) for k, v in state.params.items()},
         config={**{k: cfg[k] for k in RUN_KEYS}, **data_cfg},
@@ -209,21 +209,21 @@ def to_checkpoint(backend, cfg: dict, data_cfg: dict, state: TrainState) -> Chec
         losses=np.asarray(state.losses, dtype=np.float64),
         epoch_seconds=np.asarray(state.epoch_seconds, dtype=np.float64),
         partial_epoch_seconds=state.partial_epoch_seconds,
-        meta={"saved_on": str(backend), "target_epochs": cfg["epochs"]},
+        meta={"saved_on": str(backend), "target_epochs": cfg["epochs"], "engine": engine},
     )
 
 
 class Saver:
     """Writes checkpoints of the run (only ever of a good state) and remembers the last one."""
 
-    def __init__(self, backend, cfg, data_cfg, ckpt, resume_path):
-        self.backend, self.cfg, self.data_cfg = backend, cfg, data_cfg
+    def __init__(self, backend, cfg, data_cfg, ckpt, resume_path, engine: str):
+        self.backend, self.cfg, self.data_cfg, self.engine = backend, cfg, data_cfg, engine
         self.last = {"epoch": ckpt.epoch if ckpt else None, "path": resume_path}
 
     def __call__(self, path, state: TrainState, *, check: bool = True) -> None:
         if check and not params_finite(self.backend, state.params):
             raise DivergedError(f"the parameters became non-finite by epoch {state.epoch}, step {state.step}")
-        checkpoint.save(path, to_checkpoint(self.backend, self.cfg, self.data_cfg, state))
+        checkpoint.save(path, to_checkpoint(self.backend, self.cfg, self.data_cfg, state, self.engine))
         self.last.update(epoch=state.epoch, path=path)
 
 
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
     _, steps_per_epoch = batching(n, cfg["batch_size"])
     announce(args, cfg, backend, n, n_val, n_features, ckpt, steps_per_epoch)
     engine = make_engine(backend, args.engine, cfg, X, y)
-    save = Saver(backend, cfg, data_cfg, ckpt, args.resume)
+    save = Saver(backend, cfg, data_cfg, ckpt, args.resume, engine.name)
     progress = Progress(cfg["epochs"], steps_per_epoch, state, enabled=not args.quiet)
     history = watch(args, backend, cfg, val, save)   # the last check is done: from here on, files are written
 
@@ -317,7 +317,7 @@ def finish(args, cfg, backend, state, history, data, n, n_val, steps_per_epoch, 
     if args.log:
         wrote(args.log, f"{len(history.rows)} epochs")
     test = evaluate(backend, state.params, data.test.X, data.test.y, cfg["activation"])
-    m = metrics(backend, cfg, state, test, history, n_train=n, n_val=n_val,
+    m = metrics(backend, cfg, state, test, history, engine=save.engine, n_train=n, n_val=n_val,
                 train_loss=epoch_train_loss(state, steps_per_epoch), stopped=stopped)
     print(summary_line(m, test, backend))
     if args.metrics_json:

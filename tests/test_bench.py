@@ -16,13 +16,17 @@ from mlp.bench.impls import PEERS
 
 from .conftest import run_cli
 
-FIELDS = ("impl", "backend", "device", "device_name", "dtype", "n", "hidden", "median_ms", "min_ms", "max_ms",
+FIELDS = ("impl", "backend", "device", "device_name", "dtype", "n", "d", "hidden", "median_ms", "min_ms", "max_ms",
           "epochs_timed", "gflops", "fraction_of_floor", "peak_mem_bytes")
+
+
+QUICK_PEERS = ("torch-expert", "jax-jit", "sklearn")   # the peers this change touched; a process each costs seconds
 
 
 def test_quick_sweep_end_to_end(data_dir, tmp_path):
     result = run_cli("bench", "--quick", "--json", tmp_path / "b.json", "--markdown", tmp_path / "b.md",
-                     "--plot", tmp_path / "b.png", env={"MLP_DATA_DIR": str(data_dir)}, timeout=600)
+                     "--plot", tmp_path / "b.png", "--backends", "numpy,jax", "--peers", ",".join(QUICK_PEERS),
+                     "--data-dir", data_dir, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads((tmp_path / "b.json").read_text())
     meta = out["meta"]
@@ -31,25 +35,31 @@ def test_quick_sweep_end_to_end(data_dir, tmp_path):
     assert meta["command"].startswith("python -m bench --quick")
     records = out["records"]
     ours = [r for r in records if r["impl"] == "ours" and r["backend"] == "numpy"]
-    assert len(ours) == 1 and ours[0]["status"] == "ok"
+    assert [(r["batch"], r["engine"], r["status"]) for r in ours] == [(None, "eager", "ok"), (512, "eager", "ok")]
+    # each engine is its own row, in full batch and minibatch alike
+    jax_rows = {(r["batch"], r["engine"]) for r in records if r["impl"] == "ours" and r["backend"] == "jax"}
+    assert jax_rows == {(None, "eager"), (None, "compiled"), (512, "eager"), (512, "compiled")}
     for r in records:
         assert r["status"] in ("ok", "skipped", "error"), r
         if r["status"] == "ok":
             for key in FIELDS:
                 assert r.get(key) is not None, (key, r)
-            assert r["min_ms"] <= r["median_ms"] <= r["max_ms"] and r["epochs_timed"] == 3
-            assert r["loss_check"] == "ok", r  # every implementation starts from the same loss as ours
+            assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+            assert r["epochs_timed"] == 3 or r["epochs_per_call"] > 1 and r["epochs_timed"] == r["epochs_per_call"]
+            assert r["d"] == 784
+            assert r["loss_check"] == "ok", r  # every implementation's first step has ours's loss
             assert 0 < r["fraction_of_floor"]
         else:
             assert r["reason"], r
-    # every peer is accounted for: measured, or listed with the reason it was not
-    for peer in PEERS:
-        assert any(r["impl"] == peer for r in records), peer
-    assert [r for r in records if r["impl"] == "torch-compile"][0]["status"] == "skipped"
+    # every peer asked for is accounted for: measured, or listed with the reason it was not
+    assert {r["impl"] for r in records} == {"ours", *QUICK_PEERS}
+    assert {r["batch"] for r in records if r["impl"] == "torch-expert"} == {None, 512}
     assert any(p.get("status", "ok") == "ok" and p["library"] == "numpy" for p in out["probes"])
     table = (tmp_path / "b.md").read_text()
-    assert "| ours (numpy) | cpu | float32 | 2,000 | 32 |" in table
-    assert "no GPU was measured" in table or "GPU over CPU" in table
+    assert "| ours (numpy, eager) | cpu | float32 | 2,000 | 32 | full |" in table
+    assert "| ours (jax, compiled) | cpu | float32 | 2,000 | 32 | 512 |" in table
+    assert "Median ms per minibatch epoch" in table
+    assert "no GPU was measured in this run" in table
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert table.strip() in result.stdout
 
@@ -102,9 +112,10 @@ def test_byte_count_and_floor():
     assert floor_seconds(12_396, 784, 1, 4, 1e15, 1e9) == pytest.approx(epoch_min_bytes(12_396, 784, 1, 4) / 1e9)
 
 
-def fake(impl, n, h, ms, backend=None, device="cpu", dtype="float32", loss=0.7):
-    return {"impl": impl, "backend": backend, "device": device, "dtype": dtype, "n": n, "hidden": h,
-            "median_ms": ms, "min_ms": ms, "max_ms": ms, "epochs_timed": 20, "status": "ok", "initial_loss": loss}
+def fake(impl, n, h, ms, backend=None, device="cpu", dtype="float32", loss=0.7, engine=None, batch=None):
+    return {"impl": impl, "backend": backend, "engine": engine or ("eager" if impl == "ours" else None),
+            "batch": batch, "device": device, "dtype": dtype, "n": n, "d": 784, "hidden": h, "median_ms": ms,
+            "min_ms": ms, "max_ms": ms, "epochs_timed": 20, "status": "ok", "initial_loss": loss}
 
 
 def test_report_arithmetic():
@@ -113,14 +124,21 @@ def test_report_arithmetic():
     records = [fake("ours", 1000, 100, 10.0, "numpy"), fake("ours", 4000, 100, 40.0, "numpy"),
                fake("ours", 16000, 100, 160.0, "numpy"), fake("torch-manual", 1000, 100, 5.0),
                fake("sklearn", 1000, 100, 20.0, loss=0.8),
-               fake("ours", 1000, 100, 1.0, "cupy", device="cuda:0")]
+               fake("ours", 1000, 100, 1.0, "cupy", device="cuda:0"),
+               fake("ours", 1000, 100, 50.0, "numpy", batch=64), fake("ours", 1000, 100, 5.0, "jax", "cuda:0",
+                                                                     engine="compiled", batch=64)]
     report.enrich(records, probes)
     assert records[3]["ratio_to_ours"] == 0.5 and records[4]["ratio_to_ours"] == 2.0
     assert records[3]["loss_check"] == "ok" and records[4]["loss_check"] == "MISMATCH"
     assert records[0]["floor_ms"] == pytest.approx(epoch_flops(1000, 784, 100) / 1e11 * 1e3)
     assert records[0]["fraction_of_floor"] == pytest.approx(records[0]["floor_ms"] / 10.0)
     assert records[5]["floor_ms"] is None  # no probe for the GPU: no floor, and no invented one
-    (slope,) = [s for s in report.slopes(records) if s["impl"] == "ours (numpy)"]
+    assert records[6]["flops"] == epoch_flops(1000, 784, 100, steps=16)   # the update runs once per step
+    (slope,) = [s for s in report.slopes(records) if s["impl"] == "ours (numpy, eager)"]
     assert slope["slope"] == pytest.approx(1.0) and slope["points"] == 3
-    (sp,) = report.speedups(records)
-    assert sp["speedup"] == pytest.approx(10.0) and sp["n"] == 1000
+    full, mini = report.speedups(records)
+    assert full["speedup"] == pytest.approx(10.0) and full["n"] == 1000 and full["batch"] is None
+    assert mini["speedup"] == pytest.approx(10.0) and mini["batch"] == 64 and mini["gpu_impl"] == "ours (jax, compiled)"
+    meta = {"devices": ["cuda:0"]}
+    assert report.no_speedup_reason(meta).startswith("CPU not measured in this run")
+    assert report.no_speedup_reason({"devices": ["cpu"]}).startswith("no GPU was measured")

@@ -1,0 +1,241 @@
+"""Engines: the compiled epoch gives what the eager loop gives, resumes as it does, and a
+step issues no host-to-device copy. JAX-CPU runs the compiled engine in CI; the CUDA-graph
+engine's step logic runs without capture on CPU torch, and its capture is tested on a GPU."""
+
+from __future__ import annotations
+
+import json
+import importlib.util
+
+import numpy as np
+import pytest
+
+from mlp import backends, checkpoint, model, train
+from mlp.loop import EagerEngine, Interrupted, TrainState, fit, make_engine
+
+from .conftest import call_cli, make_dataset, needs_torch_gpu, synthetic
+
+needs = {name: pytest.mark.skipif(importlib.util.find_spec(name) is None, reason=f"{name} is not installed")
+         for name in ("jax", "torch")}
+TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
+N, D, H = 300, 40, 16            # B = 64: 4 full steps and a remainder of 44 rows per epoch
+
+
+def start(backend, dtype, seed=3):
+    X, y = synthetic(N, D, seed=1)
+    rng = np.random.default_rng(seed)
+    params = model.init_params(D, H, rng, init="he")
+    state = TrainState(params={k: backend.asarray(v, dtype) for k, v in params.items()}, rng=rng)
+    return backend.asarray(X, dtype), backend.asarray(y, dtype), state
+
+
+def train_with(backend_name, engine, dtype, batch_size, epochs=2, segment=None, device="cpu", **engine_kw):
+    backend = backends.resolve(device, backend_name)
+    X, y, state = start(backend, dtype)
+    cfg = {"epochs": epochs, "batch_size": batch_size, "lr": 0.05, "activation": "relu"}
+    if isinstance(engine, str):
+        engine = make_engine(backend, engine, cfg, X, y)
+    else:  # an engine class, built as the backend's factory would
+        engine = engine(backend.compiled_engine.args[0] if engine_kw.get("capture", True) else "cpu", *_step(cfg),
+                        X, y, 64 if batch_size != "full" else N, **engine_kw)
+    if segment:
+        engine.segment = segment
+    fit(backend, cfg, X, y, state, engine=engine)
+    return engine, np.array(state.losses), {k: backend.to_host(v) for k, v in state.params.items()}
+
+
+_cache = {}
+
+
+def cached(*args, **kw):
+    """train_with, once per set of arguments in this session (JAX compiles each shape once)."""
+    key = (args, tuple(sorted(kw.items())))
+    if key not in _cache:
+        _cache[key] = train_with(*args, **kw)
+    return _cache[key]
+
+
+def _step(cfg):
+    import functools
+
+    return (functools.partial(model.train_step, lr=cfg["lr"], activation=cfg["activation"]),)
+
+
+def assert_close(a, b, tol):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape
+    assert float(np.max(np.abs(a - b)) / np.max(np.abs(b))) <= tol
+
+
+@needs["jax"]
+@pytest.mark.parametrize("dtype, batch_size, segment", [
+    ("float32", 64, None), ("float32", 64, 3), ("float64", 64, None), ("float64", 64, 3),   # 3: split scans
+    ("float64", "full", None)])
+def test_compiled_jax_matches_eager(dtype, batch_size, segment):
+    engine, losses, params = cached("jax", "compiled", dtype, batch_size, segment=segment)
+    assert type(engine).__name__ == "JaxScanEngine" and engine.name == "compiled"
+    _, eager_losses, eager_params = cached("jax", "eager", dtype, batch_size)
+    assert len(losses) == 2 * (5 if batch_size == 64 else 1)
+    half = len(losses) // 2
+    assert eager_losses[half:].mean() < eager_losses[:half].mean(), "the run must learn"
+    assert_close(losses, eager_losses, TOLERANCE[dtype])
+    for k in model.PARAM_NAMES:
+        assert params[k].dtype == np.dtype(dtype)
+        assert_close(params[k], eager_params[k], TOLERANCE[dtype])
+
+
+@needs["jax"]
+def test_compiled_jax_resumed_mid_epoch_equals_uninterrupted(dtype="float64"):
+    """Stopped after the first segment (step 3 of 5), saved to host arrays, resumed with a new engine."""
+    backend = backends.resolve("cpu", "jax")
+    _, whole_losses, whole_params = cached("jax", "compiled", dtype, 64, segment=3)
+
+    class StopNow:
+        requested = True
+
+    X, y, state = start(backend, dtype)
+    cfg = {"epochs": 2, "batch_size": 64, "lr": 0.05, "activation": "relu"}
+    engine = make_engine(backend, "compiled", cfg, X, y)
+    engine.segment = 3
+    with pytest.raises(Interrupted):
+        fit(backend, cfg, X, y, state, engine=engine, stop=StopNow())
+    assert (state.epoch, state.step_in_epoch, len(state.losses)) == (0, 3, 3)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state.epoch_rng_state              # what a checkpoint keeps
+    resumed = TrainState(params={k: backend.asarray(backend.to_host(v)) for k, v in state.params.items()}, rng=rng,
+                         step=state.step, step_in_epoch=state.step_in_epoch, epoch_rng_state=state.epoch_rng_state,
+                         losses=list(state.losses))
+    fit(backend, cfg, X, y, resumed, engine=make_engine(backend, "compiled", cfg, X, y))
+    np.testing.assert_array_equal(np.array(resumed.losses), whole_losses)
+    for k in model.PARAM_NAMES:
+        np.testing.assert_array_equal(backend.to_host(resumed.params[k]), whole_params[k])
+
+
+@needs["torch"]
+@pytest.mark.parametrize("batch_size", [64, "full"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cuda_graph_step_logic_matches_eager_on_cpu(dtype, batch_size):
+    """The in-place steps that the CUDA-graph engine captures, run without capture on CPU torch."""
+    from mlp.backends.torch_graph import TorchGraphEngine
+
+    engine, losses, params = train_with("torch", TorchGraphEngine, dtype, batch_size, segment=3, capture=False)
+    _, eager_losses, eager_params = cached("torch", "eager", dtype, batch_size)
+    assert_close(losses, eager_losses, TOLERANCE[dtype])
+    for k in model.PARAM_NAMES:
+        assert_close(params[k], eager_params[k], TOLERANCE[dtype])
+
+
+@pytest.mark.gpu
+@needs_torch_gpu
+@pytest.mark.parametrize("batch_size", [64, "full"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cuda_graph_engine_matches_eager(dtype, batch_size):
+    backend = backends.resolve("cuda", "torch")
+    X, y, _ = start(backend, dtype)
+    cfg = {"epochs": 2, "batch_size": batch_size, "lr": 0.05, "activation": "relu"}
+    assert type(make_engine(backend, "auto", cfg, X, y)).__name__ == "TorchGraphEngine"
+    engine, losses, params = train_with("torch", "compiled", dtype, batch_size, device="cuda", segment=3)
+    assert len(engine.graphs) == (2 if batch_size == 64 else 1)      # steps 0-2 and 3-4, captured once each
+    _, eager_losses, eager_params = train_with("torch", "eager", dtype, batch_size, device="cuda")
+    assert_close(losses, eager_losses, TOLERANCE[dtype])
+    for k in model.PARAM_NAMES:
+        assert_close(params[k], eager_params[k], TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("name, expected", [("numpy", "EagerEngine"), ("array_api_strict", "EagerEngine"),
+                                            ("torch", "EagerEngine"), ("jax", "JaxScanEngine")])
+def test_auto_picks_compiled_only_where_there_is_one(name, expected):
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"{name} is not installed")
+    backend = backends.resolve("cpu", name)
+    X, y, _ = start(backend, "float64")
+    cfg = {"batch_size": 64, "lr": 0.1, "activation": "relu"}
+    assert type(make_engine(backend, "auto", cfg, X, y)).__name__ == expected
+    assert isinstance(make_engine(backend, "eager", cfg, X, y), EagerEngine)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("small-mnist")
+    make_dataset(folder, n_train=400, n_test=60, labels=[3, 7])
+    return folder
+
+
+def test_compiled_where_there_is_none_is_one_line_exit_2(small_data, tmp_path):
+    code, out, err = call_cli(train.main, "--data-dir", small_data, "--quiet", "--engine", "compiled",
+                              "--save", tmp_path / "c.npz")
+    assert code == 2 and out == ""
+    assert err.strip() == ("mlp.train: error: --engine compiled: the numpy backend on cpu has no compiled engine; "
+                           "use --engine eager (or auto), or a backend that has one")
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs["jax"]
+def test_compiled_run_resumes_and_records_its_engine(small_data, tmp_path):
+    common = ["--data-dir", small_data, "--quiet", "--backend", "jax", "--batch-size", "64", "--hidden", "8"]
+    assert call_cli(train.main, *common, "--epochs", "3", "--save", tmp_path / "whole.npz",
+                    "--metrics-json", tmp_path / "m.json")[0] == 0
+    assert call_cli(train.main, *common, "--epochs", "1", "--save", tmp_path / "half.npz")[0] == 0
+    code, _, err = call_cli(train.main, "--data-dir", small_data, "--quiet", "--backend", "jax",
+                            "--resume", tmp_path / "half.npz", "--epochs", "3", "--save", tmp_path / "resumed.npz")
+    assert code == 0, err
+    whole, resumed = checkpoint.load(tmp_path / "whole.npz"), checkpoint.load(tmp_path / "resumed.npz")
+    assert whole.meta["engine"] == resumed.meta["engine"] == "compiled"
+    assert json.loads((tmp_path / "m.json").read_text())["engine"] == "compiled"
+    np.testing.assert_array_equal(resumed.losses, whole.losses)
+    for k in model.PARAM_NAMES:
+        np.testing.assert_array_equal(resumed.params[k], whole.params[k])
+
+
+@needs["jax"]
+def test_jax_synchronize_waits_for_the_arrays_it_is_given():
+    backend = backends.resolve("cpu", "jax")
+    with pytest.raises(ValueError, match="no device-wide barrier"):
+        backend.synchronize()
+    a = backend.asarray(np.random.default_rng(0).standard_normal((1024, 1024)))
+    out = a
+    for _ in range(8):
+        out = out @ a / 32.0
+    backend.synchronize(out)
+    assert out.is_ready()
+
+
+# ----------------------------------------------------------------------------- host copies
+
+FORBIDDEN = ("aten.lift_fresh", "aten.lift_fresh_copy", "aten._to_copy", "aten.copy_", "aten._local_scalar_dense")
+
+
+@needs["torch"]
+@pytest.mark.parametrize("activation", model.ACTIVATIONS)
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_a_torch_step_makes_no_host_tensor(device, activation):
+    """Every op of a step, as PyTorch dispatches it: none lifts a Python number into a host
+    tensor or copies between devices or reads a value back, and on the 'meta' device (where a
+    host tensor would stand out) every tensor stays on the step's device. Fails with the old
+    `xp.maximum(z, 0.0)`, which array-api-compat turns into a host tensor and a copy."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops, self.devices = [], set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.ops.append(str(func.overloadpacket))
+            flat, _ = tree_flatten((args, kwargs, out))
+            self.devices |= {t.device.type for t in flat if isinstance(t, torch.Tensor)}
+            return out
+
+    rng = np.random.default_rng(0)
+    params = {k: torch.tensor(v, device=device) for k, v in model.init_params(20, 8, rng).items()}
+    X = torch.tensor(rng.standard_normal((16, 20)), device=device)
+    y = torch.tensor((rng.random(16) > 0.5).astype(np.float64), device=device)
+    model.train_step(params, X, y, 0.1, activation)          # any first-call set-up happens outside
+    with Record() as seen:
+        model.train_step(params, X, y, 0.1, activation)
+    assert "aten.mm" in seen.ops, "the recorder must see the step's ops"
+    assert not [op for op in seen.ops if op in FORBIDDEN]
+    assert seen.devices == {device}
