@@ -183,6 +183,19 @@ def test_unknown_plot_suffix_is_refused_before_any_work(small, tmp_path):
     assert code == 2 and "the suffix .xyz names no image format" in err and files_in(tmp_path) == []
 
 
+def test_evaluate_writes_the_format_its_plot_names(small, tmp_path):
+    assert call_cli(train.main, "--data-dir", small, "--epochs", "1", "--batch-size", "16", "--quiet",
+                    "--save", tmp_path / "m.npz")[0] == 0
+    code, out, err = call_cli(evaluate.main, "--checkpoint", tmp_path / "m.npz", "--data-dir", small,
+                              "--plot", tmp_path / "wrong.jpg")
+    assert code == 0, err
+    assert (tmp_path / "wrong.jpg").read_bytes()[:3] == JPEG and f"wrote {tmp_path / 'wrong.jpg'}" in err
+    code, _, err = call_cli(evaluate.main, "--checkpoint", tmp_path / "m.npz", "--data-dir", small,
+                            "--plot", tmp_path / "wrong.bmpx")
+    assert code == 2 and "the suffix .bmpx names no image format" in err
+    assert not (tmp_path / "wrong.bmpx").exists()
+
+
 def test_predict_a_directory_and_a_stack_with_csv(small, tmp_path):
     from PIL import Image
 
