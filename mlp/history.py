@@ -79,14 +79,27 @@ class EpochLog:
     """--log PATH: one row per epoch, written and flushed as the epoch ends, so the run can be
     watched (`tail -f`) or plotted while it runs. JSON lines for .jsonl/.ndjson, else CSV."""
 
-    def __init__(self, path):
+    def __init__(self, path, keep_until: int = 0):
+        """A new log; resuming a run (keep_until = the checkpoint's epoch), the rows of that run's
+        epochs up to keep_until are kept from an existing log at `path`, so the log stays whole."""
         self.path = Path(path)
         self.json = self.path.suffix.lower() in (".jsonl", ".ndjson")
+        kept = self._rows_until(keep_until) if keep_until else []
         self.file = open(self.path, "w", newline="")
         self.writer = None if self.json else csv.DictWriter(self.file, COLUMNS)
         if self.writer is not None:
             self.writer.writeheader()
-            self.file.flush()
+        for row in kept:
+            self.write(row)
+        self.file.flush()
+
+    def _rows_until(self, epoch: int) -> list[dict]:
+        try:
+            with open(self.path, newline="") as f:
+                rows = [json.loads(line) for line in f if line.strip()] if self.json else list(csv.DictReader(f))
+            return [r for r in rows if int(r["epoch"]) <= epoch]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []  # no log, or not one of ours: start a new one
 
     def write(self, row: dict) -> None:
         if self.json:

@@ -227,12 +227,12 @@ class Saver:
         self.last.update(epoch=state.epoch, path=path)
 
 
-def watch(args, backend, cfg: dict, val, save: "Saver") -> History:
+def watch(args, backend, cfg: dict, val, save: "Saver", state_epoch: int) -> History:
     """Validation (its rows to the device, once), the --log file, early stopping, --save-best."""
     if val is not None:
         val = backend.asarray(val[0], cfg["dtype"]), backend.asarray(val[1].reshape(-1, 1), cfg["dtype"])
     return History(backend, cfg["activation"], val, patience=args.early_stop,
-                   log=EpochLog(args.log) if args.log else None,
+                   log=EpochLog(args.log, keep_until=state_epoch) if args.log else None,
                    save_best=(lambda state: save(args.save_best, state)) if args.save_best else None)
 
 
@@ -272,7 +272,7 @@ def main(argv=None) -> int:
     engine = make_engine(backend, args.engine, cfg, X, y)
     save = Saver(backend, cfg, data_cfg, ckpt, args.resume, engine.name)
     progress = Progress(cfg["epochs"], steps_per_epoch, state, enabled=not args.quiet)
-    history = watch(args, backend, cfg, val, save)   # the last check is done: from here on, files are written
+    history = watch(args, backend, cfg, val, save, state.epoch)   # checks are done: from here on, files are written
 
     def on_epoch_end(state: TrainState):
         progress.epoch_line(state, history.epoch_end(state, epoch_train_loss(state, steps_per_epoch)))

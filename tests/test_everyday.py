@@ -154,6 +154,18 @@ def test_epoch_log_is_flushed_as_it_goes(tmp_path):
     log.close()
 
 
+def test_a_resumed_run_continues_its_log(small, tmp_path):
+    common = ["--data-dir", small, "--batch-size", "16", "--quiet", "--log", tmp_path / "l.csv", "--save", tmp_path / "a.npz"]
+    assert call_cli(train.main, *common, "--epochs", "2")[0] == 0
+    with open(tmp_path / "l.csv", "a") as f:  # an epoch logged after the last checkpoint, then a crash
+        f.write("3,15,999,,,0.1\n")
+    code, _, err = call_cli(train.main, *common, "--resume", tmp_path / "a.npz", "--epochs", "4")
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "l.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[2]["train_loss"]) != 999 and int(rows[3]["step"]) == 4 * 5  # 80 rows, batch 16: 5 steps
+
+
 def test_losses_keep_significant_digits():
     assert fmt_loss(4.1e-05) == "4.1e-05"
     assert fmt_loss(0.061712) == "0.06171"
@@ -181,6 +193,19 @@ def test_unknown_plot_suffix_is_refused_before_any_work(small, tmp_path):
     code, _, err = call_cli(train.main, "--data-dir", small, "--plot", tmp_path / "loss.xyz",
                             "--save", tmp_path / "m.npz")
     assert code == 2 and "the suffix .xyz names no image format" in err and files_in(tmp_path) == []
+
+
+def test_evaluate_writes_the_format_its_plot_names(small, tmp_path):
+    assert call_cli(train.main, "--data-dir", small, "--epochs", "1", "--batch-size", "16", "--quiet",
+                    "--save", tmp_path / "m.npz")[0] == 0
+    code, out, err = call_cli(evaluate.main, "--checkpoint", tmp_path / "m.npz", "--data-dir", small,
+                              "--plot", tmp_path / "wrong.jpg")
+    assert code == 0, err
+    assert (tmp_path / "wrong.jpg").read_bytes()[:3] == JPEG and f"wrote {tmp_path / 'wrong.jpg'}" in err
+    code, _, err = call_cli(evaluate.main, "--checkpoint", tmp_path / "m.npz", "--data-dir", small,
+                            "--plot", tmp_path / "wrong.bmpx")
+    assert code == 2 and "the suffix .bmpx names no image format" in err
+    assert not (tmp_path / "wrong.bmpx").exists()
 
 
 def test_predict_a_directory_and_a_stack_with_csv(small, tmp_path):
