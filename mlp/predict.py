@@ -9,7 +9,6 @@ with a note for each image it changed.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -19,63 +18,7 @@ from . import checkpoint, model
 from .cli import Parser, add_device_flags, run
 from .data import MNIST_MEAN, MNIST_STD
 from .errors import UserError
-
-
-def load_image(path, shape: tuple, *, resize: bool, invert: bool) -> tuple[np.ndarray, str | None]:
-    """(pixels in [0, 1] of `shape`, a note on what was changed or None)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    note = []
-    if path.suffix.lower() == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise UserError(f"{path}: not a readable .npy array ({exc}); save it with numpy.save") from None
-        if arr.dtype == np.uint8:
-            pixels = arr.astype(np.float64) / 255
-        elif np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer):
-            pixels = arr.astype(np.float64)
-        else:
-            raise UserError(f"{path}: array of {arr.dtype}; give uint8 pixels or floats in [0, 1]")
-        if not np.isfinite(pixels).all():
-            raise UserError(f"{path}: holds NaN or inf; give finite pixel values")
-        if pixels.size == int(np.prod(shape)) and pixels.ndim in (1, len(shape)) and (
-                pixels.ndim == 1 or pixels.shape == tuple(shape)):
-            pixels = pixels.reshape(shape)
-        elif resize and pixels.ndim == 2:
-            from PIL import Image
-
-            img = Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8), mode="L")
-            note.append(f"resized {pixels.shape[1]}x{pixels.shape[0]} to {shape[1]}x{shape[0]}")
-            pixels = np.asarray(img.resize((shape[1], shape[0]), Image.LANCZOS), dtype=np.float64) / 255
-        else:
-            raise UserError(f"{path}: array of shape {arr.shape}, the model needs {tuple(shape)} "
-                            f"(or {int(np.prod(shape))} values); pass --resize to resize a 2-D array")
-    else:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as img:
-                img.load()
-        except (UnidentifiedImageError, OSError) as exc:
-            raise UserError(f"{path}: not a readable image ({exc}); give a PNG, JPEG or .npy file") from None
-        if img.mode != "L":
-            if not resize:
-                raise UserError(f"{path}: image mode {img.mode}, the model needs 8-bit grayscale (mode L); "
-                                "convert it, or pass --resize to convert it here")
-            note.append(f"converted {img.mode} to grayscale")
-            img = img.convert("L")
-        if img.size != (shape[1], shape[0]):
-            if not resize:
-                raise UserError(f"{path}: {img.size[0]}x{img.size[1]} pixels, the model needs "
-                                f"{shape[1]}x{shape[0]}; pass --resize to resize it")
-            note.append(f"resized {img.size[0]}x{img.size[1]} to {shape[1]}x{shape[0]}")
-            img = img.resize((shape[1], shape[0]), Image.LANCZOS)
-        pixels = np.asarray(img, dtype=np.float64) / 255
-    if invert:
-        pixels = 1.0 - pixels
-    return pixels, ("; ".join(note) or None)
+from .images import load_image, looks_wrong
 
 
 def build_parser() -> Parser:
@@ -100,9 +43,11 @@ def main(argv=None) -> int:
         raise UserError(f"checkpoint {args.checkpoint}: image shape {shape} does not match its "
                         f"{cfg['n_features']} features; the file is corrupt")
     loaded = [load_image(p, shape, resize=args.resize, invert=args.invert) for p in args.images]
-    for path, (_, note) in zip(args.images, loaded):
+    for path, (pixels, note) in zip(args.images, loaded):
         if note:
             print(f"note: {path}: {note}", file=sys.stderr)
+        if (warning := looks_wrong(pixels)) is not None:
+            print(f"warning: {path}: {warning}", file=sys.stderr)
     X = np.stack([pixels.reshape(-1) for pixels, _ in loaded])
     X = (X - cfg.get("mean", MNIST_MEAN)) / cfg.get("std", MNIST_STD)
     backend = backends.resolve(args.device, args.backend)
@@ -115,6 +60,7 @@ def main(argv=None) -> int:
 
 
 main.prog = "mlp.predict"
+main.oom_advice = "predict fewer images at once, or use --device cpu"
 
 
 def cli() -> None:

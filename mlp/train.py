@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import statistics
 import sys
 import warnings
@@ -19,11 +20,11 @@ from mlp import backends
 
 from . import checkpoint, model
 from .checkpoint import RUN_KEYS, Checkpoint
-from .cli import Parser, add_data_flags, add_device_flags, positive_float, positive_int, run
-from .data import MNIST_MEAN, MNIST_STD, load_dataset
+from .cli import Parser, add_data_flags, add_device_flags, exit_code, positive_float, positive_int, run, seed_int
+from .data import MNIST_MEAN, MNIST_STD, data_paths, default_data_dir, fingerprint, load_dataset
 from .errors import CheckpointError, DivergedError, UserError
-from .files import atomic_write, check_output_path
-from .loop import ENGINES, Interrupted, StopOnSigint, TrainState, batching, fit, make_engine, params_finite
+from .files import atomic_write, check_output_path, check_outputs, lock
+from .loop import ENGINES, Interrupted, StopOnSignals, TrainState, batching, fit, make_engine, params_finite
 from .scoring import evaluate
 from .versions import versions
 
@@ -68,7 +69,7 @@ def build_parser() -> Parser:
                    help=f"total epochs of the run, counting those in --resume's checkpoint (default: {d['epochs']})")
     g.add_argument("--batch-size", type=batch_size_arg, metavar="N|full",
                    help=f"rows per step, or 'full' for the whole training set (default: {d['batch_size']})")
-    g.add_argument("--seed", type=int, help=f"seed of the NumPy generator for init and shuffling (default: {d['seed']})")
+    g.add_argument("--seed", type=seed_int, help=f"seed of the NumPy generator for init and shuffling (default: {d['seed']})")
     g.add_argument("--dtype", choices=backends.DTYPES, help=f"floating-point type (default: {d['dtype']})")
     g.add_argument("--engine", choices=ENGINES, default="auto",
                    help="how steps run: eager = one model.train_step call per step from Python; compiled = "
@@ -208,6 +209,12 @@ def main(argv=None) -> int:
             check_output_path(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.checkpoint_every and not args.save:
         raise UserError("--checkpoint-every needs --save PATH to know where to write")
+    inputs = {"--resume": args.resume, **{f"--data-dir's {p.name}": p  # --resume x --save x: in place
+                                          for p in data_paths(args.data_dir or default_data_dir())}}
+    check_outputs({"--save": args.save, "--metrics-json": args.metrics_json, "--plot": args.plot}, inputs,
+                  allowed={("--save", "--resume")})
+    if args.save:
+        lock(args.save, "--save")  # a second run writing the same checkpoint is refused; released at exit
     ckpt = checkpoint.load(args.resume) if args.resume else None
     cfg = resolve_config(args, ckpt)
     if ckpt is not None and ckpt.epoch >= cfg["epochs"]:
@@ -223,7 +230,12 @@ def main(argv=None) -> int:
         raise UserError(f"--batch-size {cfg['batch_size']} is larger than the {n:,} training rows; "
                         f"use at most {n} or 'full'")
     data_cfg = {"n_features": n_features, "image_shape": list(data.image_shape),
-                "mean": MNIST_MEAN, "std": MNIST_STD, "n_train": n}
+                "mean": MNIST_MEAN, "std": MNIST_STD, "n_train": n, "data_fingerprint": fingerprint(data.train)}
+    if ckpt is not None:
+        note = checkpoint.check_same_data(ckpt, args.resume, n, data_cfg["data_fingerprint"],
+                                          batching(n, cfg["batch_size"])[1])
+        if note:
+            print(f"note: {note}", file=sys.stderr)
 
     # to the device, once
     dtype = cfg["dtype"]
@@ -252,7 +264,8 @@ def main(argv=None) -> int:
     saved = {"epoch": ckpt.epoch if ckpt else None, "path": args.resume}
 
     def write(state: TrainState):
-        checkpoint.save(args.save, to_checkpoint(backend, cfg, data_cfg, state))
+        previous = f"epoch {saved['epoch']}" if saved["path"] == args.save and saved["epoch"] is not None else None
+        checkpoint.save_or_rescue(args.save, to_checkpoint(backend, cfg, data_cfg, state), previous)
         saved.update(epoch=state.epoch, path=args.save)
 
     def save(state: TrainState):  # a checkpoint is only ever a good state
@@ -267,20 +280,21 @@ def main(argv=None) -> int:
     engine = make_engine(backend, args.engine, cfg, X, y)
     progress = Progress(cfg, steps_per_epoch, state.epoch, enabled=not args.quiet)
     try:
-        with StopOnSigint() as stop, warnings.catch_warnings():
+        with StopOnSignals() as stop, warnings.catch_warnings():
             # a diverging run overflows; that is reported below in one line, not as warnings
             warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero)", RuntimeWarning)
             fit(backend, cfg, X, y, state, engine=engine, progress=progress, on_epoch_end=on_epoch_end, stop=stop)
     except Interrupted:
         progress.close()
         where = f"epoch {state.epoch + (1 if state.step_in_epoch else 0)}, step {state.step}"
+        by = "" if stop.signum == signal.SIGINT else f" by {signal.Signals(stop.signum).name}"
         if args.save:
             save(state)
-            print(f"interrupted at {where}; checkpoint saved to {args.save}; continue with: "
+            print(f"interrupted{by} at {where}; checkpoint saved to {args.save}; continue with: "
                   f"python -m mlp.train --resume {args.save} --save {args.save}", file=sys.stderr)
         else:
-            print(f"interrupted at {where}; nothing saved (give --save PATH to keep progress)", file=sys.stderr)
-        return 130
+            print(f"interrupted{by} at {where}; nothing saved (give --save PATH to keep progress)", file=sys.stderr)
+        return exit_code(stop.signum)
     except DivergedError as exc:
         progress.close()
         kept = (f"the last good checkpoint is {saved['path']} (epoch {saved['epoch']})" if saved["path"]
