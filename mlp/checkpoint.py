@@ -110,7 +110,8 @@ def load(path) -> Checkpoint:
     try:
         with Npz(path) as z:
             if "meta" not in z.names:
-                raise CheckpointError(f"{path} is not an mlp checkpoint (no 'meta' entry); use a file written by --save")
+                raise CheckpointError(f"{path} is not an mlp checkpoint (no 'meta' entry); "
+                                      "use a file written by --save")
             missing = [k for k in (*PARAM_NAMES, "losses", "epoch_seconds") if k not in z.names]
             if missing:
                 raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; it is incomplete or not ours")

@@ -152,7 +152,8 @@ def _download(url: str, dest: Path, sha256: str, size: int, quiet: bool) -> Path
                     f.write(chunk)
             if n != size or digest.hexdigest() != sha256:
                 raise DataError(
-                    f"download of {url} failed its check (got {'more than ' if n > size else ''}{min(n, size):,} bytes, sha256 {digest.hexdigest()[:16]}..., "
+                    f"download of {url} failed its check (got {'more than ' if n > size else ''}{min(n, size):,} "
+                    f"bytes, sha256 {digest.hexdigest()[:16]}..., "
                     f"expected {size:,} bytes, sha256 {sha256[:16]}...); nothing was kept; {_files_help(dest.parent)}"
                 )
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:

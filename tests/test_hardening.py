@@ -135,14 +135,15 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(tiny, tmp_path):
     proc = popen_train("--data-dir", tiny / "data", "--resume", ckpt, "--save", ckpt, "--epochs", "2", "--quiet",
                        preexec_fn=small_files)
     _, stderr = proc.communicate(timeout=60)
+    rescue = Path(tempfile.gettempdir()) / f"mlp-rescue-{proc.pid}.npz"
     assert proc.returncode == 2, stderr
     assert stderr.strip().splitlines() == [
         f"mlp.train: error: cannot write the checkpoint {ckpt} (File too large); {ckpt} was left as it was "
-        f"(epoch 1); the parameters could not be saved elsewhere either (/tmp/mlp-rescue-{proc.pid}.npz: File too large); "
+        f"(epoch 1); the parameters could not be saved elsewhere either ({rescue}: File too large); "
         "free some space (or raise ulimit -f) and resume from it"]
     assert ckpt.read_bytes() == before
     assert files_in(tmp_path) == ["c.npz"]
-    assert not os.path.exists(f"/tmp/mlp-rescue-{proc.pid}.npz")
+    assert not rescue.exists()
 
 
 def test_no_space_left_saves_a_rescue_copy(tiny, tmp_path, monkeypatch):
@@ -170,6 +171,18 @@ def test_no_space_left_saves_a_rescue_copy(tiny, tmp_path, monkeypatch):
     finally:
         rescue.unlink(missing_ok=True)
     assert ckpt.read_bytes() == before and files_in(tmp_path) == ["c.npz"]
+    # any other output: one line, exit 2, the file it would replace untouched
+    monkeypatch.setattr(checkpoint.np, "savez", real_savez)
+    (tmp_path / "m.json").write_text("{}")
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train.json, "dump", no_space)
+    assert_refused(call_cli(train.main, "--data-dir", tiny / "data", "--epochs", "1", "--batch-size", "8",
+                            "--hidden", "4", "--quiet", "--metrics-json", tmp_path / "m.json"),
+                   "mlp.train: error: No space left on device; nothing was replaced: free some space")
+    assert (tmp_path / "m.json").read_text() == "{}" and files_in(tmp_path) == ["c.npz", "m.json"]
 
 
 def test_a_second_run_on_the_same_checkpoint_is_refused(tiny, tmp_path):
@@ -443,8 +456,9 @@ def test_data_folder_without_search_permission(tiny):
 def test_outputs_honour_the_umask(tiny, tmp_path, umask, mode):
     previous = os.umask(umask)
     try:
-        code, _, err = call_cli(train.main, "--data-dir", tiny / "data", "--epochs", "1", "--hidden", "4", "--batch-size", "8",
-                                "--quiet", "--save", tmp_path / "c.npz", "--metrics-json", tmp_path / "m.json")
+        code, _, err = call_cli(train.main, "--data-dir", tiny / "data", "--epochs", "1", "--hidden", "4",
+                                "--batch-size", "8", "--quiet", "--save", tmp_path / "c.npz",
+                                "--metrics-json", tmp_path / "m.json")
     finally:
         os.umask(previous)
     assert code == 0, err
