@@ -43,9 +43,17 @@ def tiny(tmp_path_factory):
     return root
 
 
-def popen_train(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "mlp.train", *map(str, args)], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+def popen_train(*args, limit=None):
+    """`python -m mlp.train args`; limit=(resource.RLIMIT_x, bytes) is set by the child itself
+    (no preexec_fn: forking a multithreaded test process is not safe)."""
+    prefix = []
+    if limit is not None:
+        prefix = ["-c", f"import resource, runpy, sys; resource.setrlimit({limit[0]}, ({limit[1]}, {limit[1]})); "
+                        "sys.argv[0] = 'mlp.train'; runpy.run_module('mlp.train', run_name='__main__')"]
+    else:
+        prefix = ["-m", "mlp.train"]
+    return subprocess.Popen([sys.executable, *prefix, *map(str, args)], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 # ----------------------------------------------------------------------------- 1. nothing lost
@@ -127,13 +135,9 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(tiny, tmp_path):
     ckpt = tmp_path / "c.npz"
     ckpt.write_bytes((tiny / "c.npz").read_bytes())
     before = ckpt.read_bytes()
-    limit = 20_000   # bytes per file: the checkpoint (and its rescue copy) is larger
-
-    def small_files():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
+    # 20 kB per file (ulimit -f): the checkpoint (and its rescue copy) is larger
     proc = popen_train("--data-dir", tiny / "data", "--resume", ckpt, "--save", ckpt, "--epochs", "2", "--quiet",
-                       preexec_fn=small_files)
+                       limit=(resource.RLIMIT_FSIZE, 20_000))
     _, stderr = proc.communicate(timeout=60)
     rescue = Path(tempfile.gettempdir()) / f"mlp-rescue-{proc.pid}.npz"
     assert proc.returncode == 2, stderr
@@ -213,12 +217,8 @@ def test_idx_bombs_and_impossible_headers(tiny, tmp_path):
     zeros = gzip.compress(bytes(1 << 20), compresslevel=9)   # ~1 kB each: 1 GiB from 1 MB of gzip
     bomb = gzip.compress(idx(8, (40, 28, 28), bytes(40 * 784))) + zeros * 1024
     target.write_bytes(bomb)
-    limit = 1 << 30   # address space: the bomb alone would need all of it
-
-    def bounded():
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    proc = popen_train("--data-dir", folder, "--quiet", preexec_fn=bounded)
+    # 1 GiB of address space: the bomb alone would need all of it
+    proc = popen_train("--data-dir", folder, "--quiet", limit=(resource.RLIMIT_AS, 1 << 30))
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 2, stderr
     assert "unexpected bytes after the (40, 28, 28) array its header describes" in stderr
