@@ -11,15 +11,18 @@ saved on a GPU loads on a CPU and the other way round.
 from __future__ import annotations
 
 import json
-import zipfile
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .checkpoint_meta import MAX_META_BYTES, _STRUCTURE, _config, _meta, check_same_data  # noqa: F401
 from .errors import CheckpointError
-from .files import atomic_write
-from .model import ACTIVATIONS, PARAM_NAMES, param_shapes
+from .files import atomic_write, describe_kind
+from .model import PARAM_NAMES, param_shapes
+from .npz import Npz, NpzError
 from .versions import versions
 
 FORMAT = "mlp-checkpoint/1"
@@ -63,13 +66,41 @@ def save(path, ckpt: Checkpoint) -> None:
         np.savez(f, **arrays)
 
 
+def save_or_rescue(path, ckpt: Checkpoint, previous: str | None = None) -> None:
+    """save(), but a full disk (ENOSPC, EFBIG past `ulimit -f`, a quota) is one CheckpointError
+    saying that `path` was left as it was, and where the parameters went: a rescue copy in the
+    temporary folder when that can be written, else nowhere (and why)."""
+    try:
+        save(path, ckpt)
+    except OSError as exc:
+        rescue = Path(tempfile.gettempdir()) / f"mlp-rescue-{os.getpid()}.npz"
+        try:
+            save(rescue, ckpt)
+            where = f"the parameters of epoch {ckpt.epoch}, step {ckpt.step} were saved to {rescue} instead"
+        except OSError as again:
+            where = f"the parameters could not be saved elsewhere either ({rescue}: {again.strerror})"
+        kept = f"{path} was left as it was" + (f" ({previous})" if previous else "")
+        raise CheckpointError(f"cannot write the checkpoint {path} ({exc.strerror}); {kept}; {where}; "
+                              "free some space (or raise ulimit -f) and resume from it") from None
+
+
 def load(path) -> Checkpoint:
-    """Read and check a checkpoint; anything wrong with it is a CheckpointError."""
+    """Read and check a checkpoint; anything wrong with it is a CheckpointError.
+
+    Only the known members are read, each after its declared shape and dtype were checked
+    against the metadata (so a header claiming TiBs is refused before any allocation), and
+    every metadata field is validated before use (see `_config` and `_position`)."""
     path = Path(path)
+    kind = describe_kind(path)
+    if kind is not None:
+        raise CheckpointError(f"checkpoint {path} is {kind}, not a file; give the path that --save wrote")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; give the path that --save wrote")
-    with open(path, "rb") as f:
-        head = f.read(4)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({exc.strerror}); check its permissions") from None
     if head[:1] == b"\x80":
         raise CheckpointError(f"checkpoint {path} holds pickled objects, which are never loaded (they can run "
                               "code): it is a pickle file, not an .npz; use a checkpoint written by --save")
@@ -77,65 +108,57 @@ def load(path) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint (not an .npz archive); "
                               "use a file written by --save")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
+        with Npz(path) as z:
+            if "meta" not in z.names:
+                raise CheckpointError(f"{path} is not an mlp checkpoint (no 'meta' entry); "
+                                      "use a file written by --save")
+            missing = [k for k in (*PARAM_NAMES, "losses", "epoch_seconds") if k not in z.names]
+            if missing:
+                raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; it is incomplete or not ours")
+            meta_array = z.read("meta", shape=(), max_bytes=MAX_META_BYTES)
+            if meta_array.dtype.kind != "U":
+                raise NpzError(f"meta: {meta_array.dtype}, expected text")
+            meta = _meta(str(meta_array), path)
+            config = _config(meta["config"], path)
+            D, H, dtype = config["n_features"], config["hidden"], config["dtype"]
+            shapes = param_shapes(D, H)
+            params = {}
+            for name, shape in shapes.items():
+                got_shape, got_dtype = z.header(name)
+                if got_shape != shape:
+                    raise CheckpointError(f"checkpoint {path}: {name} has shape {got_shape} but its settings "
+                                          f"(hidden={H}, features={D}) need {shape}; the file is corrupt")
+                if got_dtype != np.dtype(dtype):
+                    raise CheckpointError(f"checkpoint {path}: {name} is {got_dtype}, its settings say {dtype}")
+                params[name] = z.read(name, shape=shape, dtype=dtype)
+            losses = z.read("losses", shape=(meta["step"],), dtype=np.float64)
+            epoch_seconds = z.read("epoch_seconds", shape=(meta["epoch"],), dtype=np.float64)
+    except NpzError as exc:
+        if exc.pickled:
             raise CheckpointError(f"checkpoint {path} holds pickled objects, which are never loaded "
                                   "(they can run code); use a checkpoint written by --save") from None
-        raise CheckpointError(f"checkpoint {path} is corrupt ({exc}); use another checkpoint") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt ({exc}); use another checkpoint or "
                               "a file written by --save") from None
-    if "meta" not in arrays:
-        raise CheckpointError(f"{path} is not an mlp checkpoint (no 'meta' entry); use a file written by --save")
-    missing = [k for k in (*PARAM_NAMES, "losses", "epoch_seconds") if k not in arrays]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; it is incomplete or not ours")
-    try:
-        meta = json.loads(str(arrays["meta"]))
-        config = meta["config"]
-        ckpt = Checkpoint(
-            params={k: arrays[k] for k in PARAM_NAMES},
-            config=config,
-            epoch=int(meta["epoch"]),
-            step=int(meta["step"]),
-            step_in_epoch=int(meta["step_in_epoch"]),
-            rng_state=meta["rng_state"],
-            losses=arrays["losses"],
-            epoch_seconds=arrays["epoch_seconds"],
-            partial_epoch_seconds=float(meta.get("partial_epoch_seconds", 0.0)),
-            meta={k: v for k, v in meta.items() if k in ("saved_on", "versions", "target_epochs", "engine")},
-        )
-        if meta.get("format") != FORMAT:
-            raise CheckpointError(f"checkpoint {path} has format {meta.get('format')!r}, "
-                                  f"this version reads {FORMAT!r}")
-        _check(ckpt, path)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {path} has corrupt metadata ({exc.__class__.__name__}: {exc})") from None
+    ckpt = Checkpoint(
+        params=params, config=config, epoch=meta["epoch"], step=meta["step"],
+        step_in_epoch=meta["step_in_epoch"], rng_state=meta["rng_state"], losses=losses,
+        epoch_seconds=epoch_seconds, partial_epoch_seconds=meta["partial_epoch_seconds"],
+        meta={k: v for k, v in meta.items() if k not in _STRUCTURE},
+    )
+    _check(ckpt, path)
     return ckpt
 
 
 def _check(ckpt: Checkpoint, path) -> None:
-    c = ckpt.config
-    for key in (*RUN_KEYS, "n_features"):
-        if key not in c:
-            raise CheckpointError(f"checkpoint {path} lacks the setting {key!r}")
-    if c["activation"] not in ACTIVATIONS:
-        raise CheckpointError(f"checkpoint {path} names an unknown activation {c['activation']!r}")
-    D, H = int(c["n_features"]), int(c["hidden"])
-    for name, shape in param_shapes(D, H).items():
-        arr = ckpt.params[name]
-        if arr.shape != shape:
-            raise CheckpointError(f"checkpoint {path}: {name} has shape {arr.shape} but its settings "
-                                  f"(hidden={H}, features={D}) need {shape}; the file is corrupt")
-        if arr.dtype != np.dtype(c["dtype"]):
-            raise CheckpointError(f"checkpoint {path}: {name} is {arr.dtype}, its settings say {c['dtype']}")
+    for name, arr in ckpt.params.items():
         if not np.isfinite(arr).all():
             raise CheckpointError(f"checkpoint {path}: {name} holds NaN or inf; it is not a usable model")
+    for name, arr in (("losses", ckpt.losses), ("epoch_seconds", ckpt.epoch_seconds)):
+        if not np.isfinite(arr).all() or (name == "epoch_seconds" and (arr < 0).any()):
+            raise CheckpointError(f"checkpoint {path}: {name} holds NaN, inf or negative values; the file is corrupt")
     try:  # the run continues from this state: it must be one the generator accepts
+        if not isinstance(ckpt.rng_state, dict):
+            raise TypeError(f"a {type(ckpt.rng_state).__name__}, not a mapping")
         np.random.default_rng().bit_generator.state = ckpt.rng_state
-    except (TypeError, ValueError, KeyError) as exc:
+    except (TypeError, ValueError, KeyError, OverflowError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint {path}: its random-generator state is corrupt ({exc})") from None
-    if ckpt.losses.ndim != 1 or ckpt.losses.shape[0] != ckpt.step:
-        raise CheckpointError(f"checkpoint {path}: {ckpt.losses.shape} losses for {ckpt.step} steps; the file is corrupt")

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 
 from mlp.backends import BACKENDS, describe_out_of_memory, is_out_of_memory
 
-from .errors import USER_ERRORS, DivergedError
+from .errors import USER_ERRORS, DivergedError, Signalled
+from .files import DISK_FULL, release_locks
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_OUT_OF_MEMORY = 4
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+#: signals that stop a command as Ctrl-C does (training finishes its step and saves first)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def exit_code(signum: int) -> int:
+    """The shell's convention: 128 + the signal's number (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
+    return 128 + int(signum)
 
 
 class Parser(argparse.ArgumentParser):
@@ -47,6 +59,24 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """A seed NumPy's generator accepts (a whole number >= 0), below 2**128 (a checkpoint keeps it)."""
+    value = non_negative_int(text)
+    if value >= 1 << 128:
+        raise argparse.ArgumentTypeError(f"must be below 2**128, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -73,24 +103,70 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
                    help="never download: fail if the data dir lacks the files")
 
 
+def _raise_signalled(signum, frame):
+    raise Signalled(signum)
+
+
+@contextlib.contextmanager
+def _signals():
+    """SIGTERM and SIGHUP unwind like Ctrl-C (temporary files are removed on the way out);
+    a write past `ulimit -f` fails with EFBIG instead of killing the process (SIGXFSZ)."""
+    wanted = {signal.SIGTERM: _raise_signalled, signal.SIGHUP: _raise_signalled,
+              signal.SIGXFSZ: signal.SIG_IGN}
+    previous = {}
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        for signum, handler in wanted.items():
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of stdout went away (`| head -1`): stop without a word."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
+
+
 def run(main, argv=None) -> int:
     """Call main(argv); turn the errors a user can act on into one line and an exit code."""
     prog = getattr(main, "prog", "mlp")
     try:
-        return main(argv) or 0
+        with _signals():
+            code = main(argv) or 0
+            sys.stdout.flush()
+            return code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except USER_ERRORS as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except DivergedError as exc:
         print(f"{prog}: diverged: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
+    except Signalled as exc:
+        print(f"{prog}: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return exit_code(exc.signum)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"{prog}: error: {exc.strerror}{where}; nothing was replaced: free some space (or raise the "
+              "file-size limit, ulimit -f) and run again", file=sys.stderr)
+        return EXIT_USER_ERROR
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        print(f"{prog}: out of memory: {describe_out_of_memory(exc)} failed; "
-              "reduce --batch-size or --hidden (or, for the data itself, use a device with more memory)",
-              file=sys.stderr)
+        advice = getattr(main, "oom_advice", "reduce --batch-size or --hidden (or, for the data itself, "
+                                                "use a device with more memory)")
+        print(f"{prog}: out of memory: {describe_out_of_memory(exc)} failed; {advice}", file=sys.stderr)
         return EXIT_OUT_OF_MEMORY
+    finally:
+        release_locks()

@@ -1,6 +1,7 @@
 """MNIST-style data: the IDX reader, the download cache, class-pair selection, normalisation.
 
-Everything here works on host NumPy arrays; moving them to a device is `backends`' job.
+The IDX format itself is in `mlp.idx`. Everything here works on host NumPy arrays; moving
+them to a device is `backends`' job.
 
 The four standard files live in a data directory: `--data-dir`, else `$MLP_DATA_DIR`, else
 `$XDG_CACHE_HOME/mlp/mnist` (default `~/.cache/mlp/mnist`). Missing files are downloaded
@@ -12,21 +13,20 @@ Files that are already present are used as they are, after the IDX checks below.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import http.client
 import os
+import stat
 import sys
 import urllib.error
 import urllib.request
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DataError
-from .files import atomic_write
+from .files import atomic_write, describe_kind
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
@@ -45,76 +45,7 @@ MNIST_FILES = {
                     "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", 4_542),
 }
 
-#: IDX type code -> big-endian NumPy dtype
-IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-IDX_CODES = {np.dtype(v).newbyteorder("="): k for k, v in IDX_TYPES.items()}
-
-
-# ----------------------------------------------------------------------------- IDX format
-
-
-def read_idx(path) -> np.ndarray:
-    """Read an IDX file (gzip-compressed or raw) into a native-endian NumPy array.
-
-    The magic number, the dimensions and the file's length are all checked: a corrupt,
-    truncated or padded file raises DataError instead of returning a wrong array."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror}") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{path}: corrupt or truncated gzip data ({exc}); download the file again") from None
-    return parse_idx(raw, str(path))
-
-
-def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
-    if len(raw) < 4:
-        raise DataError(f"{name}: {len(raw)} bytes is too short for an IDX file (not an IDX file?)")
-    zero, code, ndim = raw[:2], raw[2], raw[3]
-    if zero != b"\x00\x00" or code not in IDX_TYPES or ndim == 0:
-        raise DataError(
-            f"{name}: wrong magic number 0x{raw[:4].hex()} (an IDX file starts 0x0000, a type code "
-            "0x08-0x0E and a dimension count); is this an MNIST images/labels file?"
-        )
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{name}: truncated in its header ({len(raw)} of {header} bytes); download it again")
-    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    dtype = np.dtype(IDX_TYPES[code])
-    count = int(np.prod(dims, dtype=np.int64))
-    expected = header + count * dtype.itemsize
-    if len(raw) < expected:
-        raise DataError(
-            f"{name}: truncated: its header promises shape {dims} ({expected:,} bytes) "
-            f"but the file holds {len(raw):,}; download it again"
-        )
-    if len(raw) > expected:
-        raise DataError(
-            f"{name}: {len(raw) - expected:,} unexpected bytes after the {dims} array its header "
-            "describes; the file is corrupt or not an IDX file"
-        )
-    data = np.frombuffer(raw, dtype, count=count, offset=header).reshape(dims)
-    return data.astype(dtype.newbyteorder("="))
-
-
-def write_idx(path, array, *, compress: bool | None = None) -> None:
-    """Write `array` as an IDX file, gzip-compressed when the name ends in .gz (atomically)."""
-    array = np.asarray(array)
-    code = IDX_CODES.get(array.dtype)
-    if code is None:
-        raise ValueError(f"IDX has no type for {array.dtype}; use one of {sorted(str(t) for t in IDX_CODES)}")
-    if not 1 <= array.ndim <= 255:
-        raise ValueError("IDX arrays have 1 to 255 dimensions")
-    body = (bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-            + array.astype(np.dtype(IDX_TYPES[code]), copy=False).tobytes())
-    if compress is None:
-        compress = str(path).endswith(".gz")
-    with atomic_write(path) as f:
-        f.write(gzip.compress(body, mtime=0) if compress else body)
+from .idx import IDX_CODES, IDX_TYPES, MAX_IDX_BYTES, parse_idx, read_idx, write_idx  # noqa: F401 (re-exported)
 
 
 # ----------------------------------------------------------------------------- files
@@ -123,16 +54,44 @@ def write_idx(path, array, *, compress: bool | None = None) -> None:
 def default_data_dir() -> Path:
     """$MLP_DATA_DIR, else $XDG_CACHE_HOME/mlp/mnist, else ~/.cache/mlp/mnist."""
     if os.environ.get("MLP_DATA_DIR"):
-        return Path(os.environ["MLP_DATA_DIR"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "mlp" / "mnist"
+        return _expand(os.environ["MLP_DATA_DIR"], "$MLP_DATA_DIR")
+    if os.environ.get("XDG_CACHE_HOME"):
+        return _expand(os.environ["XDG_CACHE_HOME"], "$XDG_CACHE_HOME") / "mlp" / "mnist"
+    return _expand("~", "the default data dir (~/.cache/mlp/mnist)") / ".cache" / "mlp" / "mnist"
+
+
+def _expand(path, what: str) -> Path:
+    """`~` expanded, or a DataError when there is no home directory to expand it to."""
+    try:
+        expanded = Path(path).expanduser()
+    except RuntimeError:
+        expanded = None
+    if expanded is None or str(expanded).startswith("~"):
+        raise DataError(f"{what}: cannot find the home directory (is HOME unset?); give --data-dir DIR "
+                        "or set MLP_DATA_DIR")
+    return expanded
 
 
 def _present(data_dir: Path, filename: str) -> Path | None:
-    for candidate in (data_dir / filename, data_dir / filename.removesuffix(".gz")):
-        if candidate.is_file():
-            return candidate
+    for candidate in data_paths(data_dir, filename):
+        try:
+            st = os.stat(candidate)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise DataError(f"cannot look into data dir {data_dir} ({exc.strerror}); give it search (x) and "
+                            "read permission, or choose another --data-dir") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"{candidate} is {describe_kind(candidate)}, not a regular file; put the MNIST "
+                            "file there or choose another --data-dir")
+        return candidate
     return None
+
+
+def data_paths(data_dir, filename: str | None = None) -> list[Path]:
+    """Every path the data may be read from in `data_dir` (each file gzipped or not)."""
+    names = [filename] if filename else [f for f, _, _ in MNIST_FILES.values()]
+    return [Path(data_dir) / n for f in names for n in (f, f.removesuffix(".gz"))]
 
 
 def _files_help(data_dir: Path) -> str:
@@ -142,8 +101,8 @@ def _files_help(data_dir: Path) -> str:
 
 def mnist_files(data_dir=None, *, download: bool = True, quiet: bool = False) -> dict[str, Path]:
     """The paths of the four files, downloading the missing ones when `download` is true."""
-    data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
-    if data_dir.exists() and not data_dir.is_dir():
+    data_dir = _expand(data_dir, f"data dir {data_dir}") if data_dir else default_data_dir()
+    if describe_kind(data_dir) != "a directory" and os.path.lexists(data_dir):
         raise DataError(f"data dir {data_dir} is not a directory; give the folder that holds the MNIST files")
     found = {key: _present(data_dir, name) for key, (name, _, _) in MNIST_FILES.items()}
     missing = [key for key, p in found.items() if p is None]
@@ -184,13 +143,17 @@ def _download(url: str, dest: Path, sha256: str, size: int, quiet: bool) -> Path
         with atomic_write(dest) as f:
             digest, n = hashlib.sha256(), 0
             with urllib.request.urlopen(url, timeout=60) as response:
-                while chunk := response.read(1 << 20):
+                # never more than the expected size (+1 byte to notice a longer file) reaches the disk
+                while n <= size and (chunk := response.read(min(1 << 20, size + 1 - n))):
                     digest.update(chunk)
-                    f.write(chunk)
                     n += len(chunk)
+                    if n > size:
+                        break
+                    f.write(chunk)
             if n != size or digest.hexdigest() != sha256:
                 raise DataError(
-                    f"download of {url} failed its check (got {n:,} bytes, sha256 {digest.hexdigest()[:16]}..., "
+                    f"download of {url} failed its check (got {'more than ' if n > size else ''}{min(n, size):,} "
+                    f"bytes, sha256 {digest.hexdigest()[:16]}..., "
                     f"expected {size:,} bytes, sha256 {sha256[:16]}...); nothing was kept; {_files_help(dest.parent)}"
                 )
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
@@ -247,6 +210,12 @@ def load_split(images_path, labels_path, classes, dtype=np.float64) -> Split:
     if images.ndim < 2:
         raise DataError(f"{images_path}: expected images (N, rows, cols), got shape {images.shape}; "
                         "are the images and labels files swapped?")
+    if images.ndim > 3 or 0 in images.shape[1:]:
+        raise DataError(f"{images_path}: expected images (N, rows, cols) of at least one pixel, got shape "
+                        f"{images.shape}; is this an MNIST-style images file?")
+    if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
+        raise DataError(f"{images_path}: images of {images.dtype}; give unsigned bytes (0-255, as MNIST) "
+                        "or floats in [0, 1]")
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{labels_path}: expected integer labels of shape (N,), got {labels.dtype} {labels.shape}; "
                         "are the images and labels files swapped?")
@@ -258,6 +227,9 @@ def load_split(images_path, labels_path, classes, dtype=np.float64) -> Split:
     if not np.isfinite(X).all():
         bad = int(np.count_nonzero(~np.isfinite(X).all(axis=1)))
         raise DataError(f"{images_path}: {bad:,} of {len(X):,} images hold NaN or inf values; fix or replace the file")
+    if np.issubdtype(images.dtype, np.floating) and len(images) and not (0 <= images.min() and images.max() <= 1):
+        raise DataError(f"{images_path}: float pixels from {images.min():g} to {images.max():g}; float images "
+                        "must lie in [0, 1] (store 0-255 pixels as unsigned bytes)")
     return Split(X=X, y=y, digits=digits, image_shape=tuple(images.shape[1:]))
 
 
@@ -275,3 +247,11 @@ def load_dataset(data_dir=None, classes=(3, 7), *, download: bool = True, quiet:
                         "the files come from different data sets")
     return Dataset(train=train, test=test, classes=(a, b), image_shape=train.image_shape,
                    data_dir=Path(paths["train-images"]).parent)
+
+
+def fingerprint(split: Split) -> str:
+    """SHA-256 of a split's rows and labels (as loaded): resume checks it is the same data."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(split.X, dtype=np.float64).data)
+    digest.update(np.ascontiguousarray(split.y, dtype=np.float64).data)
+    return digest.hexdigest()

@@ -3,8 +3,12 @@
     exit 2  UserError (bad flag, missing or corrupt file, impossible device, ...)
     exit 3  DivergedError (the loss or the parameters stopped being finite)
     exit 4  out of memory (CPU or GPU), with the size asked for and what to reduce
-    exit 130  interrupted with Ctrl-C (a checkpoint is saved first when --save is given)
+    exit 129  stopped by SIGHUP, 130 by Ctrl-C (SIGINT), 143 by SIGTERM (128 + the signal's
+              number; a checkpoint is saved first when --save is given)
+    exit 141  stdout was closed (`| head -1`): the command stops quietly
 """
+
+import signal
 
 from mlp.backends import BackendError
 
@@ -23,6 +27,15 @@ class CheckpointError(UserError):
 
 class DivergedError(Exception):
     """Training produced a non-finite loss or non-finite parameters."""
+
+
+class Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (or a second Ctrl-C) stops the command at once: it unwinds like
+    Ctrl-C, so temporary files are removed, and exits with 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 USER_ERRORS = (UserError, BackendError)

@@ -9,10 +9,10 @@ import numpy as np
 from mlp import backends
 
 from . import checkpoint
-from .cli import Parser, add_data_flags, add_device_flags, run
-from .data import load_dataset
+from .cli import Parser, add_data_flags, add_device_flags, positive_int, run
+from .data import data_paths, default_data_dir, load_dataset
 from .errors import UserError
-from .files import check_output_path
+from .files import check_output_path, check_outputs
 from .plots import plot_format
 from .progress import fmt_loss
 from .scoring import evaluate
@@ -36,7 +36,7 @@ def build_parser() -> Parser:
     p.add_argument("--split", choices=("test", "train"), default="test", help="which split (default: test)")
     p.add_argument("--plot", metavar="PATH", help="save the misclassified digits, each labelled 'true 7, predicted 3, "
                                                   "P(7)=0.03'; the format follows the suffix: .png, .jpg, .svg, .pdf, ...")
-    p.add_argument("--max-shown", type=int, default=64, metavar="K",
+    p.add_argument("--max-shown", type=positive_int, default=64, metavar="K",
                    help="at most K digits in --plot (default: 64)")
     return p
 
@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.plot:
         check_output_path(args.plot, "--plot")
+        check_outputs({"--plot": args.plot}, {"--checkpoint": args.checkpoint, **{
+            f"--data-dir's {p.name}": p for p in data_paths(args.data_dir or default_data_dir())}})
         plot_format(args.plot)
     ckpt = checkpoint.load(args.checkpoint)
     cfg = ckpt.config
@@ -74,6 +76,8 @@ def main(argv=None) -> int:
 
 
 main.prog = "mlp.evaluate"
+main.oom_advice = ("evaluate with --device cpu (host memory is usually larger than a GPU's) or on a device "
+                   "with more memory")
 
 
 def cli() -> None:

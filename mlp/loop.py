@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import model
-from .errors import DivergedError, UserError
+from .errors import DivergedError, Signalled, UserError
 
 ENGINES = ("auto", "eager", "compiled")
 
@@ -42,33 +42,44 @@ class TrainState:
 
 
 class Interrupted(Exception):
-    """A stop was requested (Ctrl-C); the state is consistent (between two steps)."""
+    """A stop was requested (Ctrl-C, SIGTERM, SIGHUP); the state is consistent (between two steps)."""
 
 
-class StopOnSigint:
-    """The first Ctrl-C asks the loop to stop after the current step (or segment of steps);
-    a second one interrupts at once."""
+class StopOnSignals:
+    """The first Ctrl-C, SIGTERM or SIGHUP asks the loop to stop after the current step (or
+    segment of steps) and records which signal it was (`signum`); a second one stops at once
+    (KeyboardInterrupt for Ctrl-C, errors.Signalled for the others)."""
 
-    def __init__(self):
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, signals=SIGNALS):
+        self.signals = tuple(signals)
         self.requested = False
-        self._previous = None
+        self.signum = None
+        self._previous = {}
 
     def _handler(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            raise KeyboardInterrupt if signum == signal.SIGINT else Signalled(signum)
+        self.requested, self.signum = True, signum
 
     def __enter__(self):
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self._previous = None
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, self._handler)
+        except ValueError:  # not the main thread: leave the signals alone
+            pass
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
         return False
+
+
+#: the name it had when it knew only Ctrl-C
+StopOnSigint = StopOnSignals
 
 
 def batching(n: int, batch_size) -> tuple[int, int]:

@@ -26,63 +26,7 @@ from .errors import UserError
 from .files import atomic_write, check_output_path
 
 CHUNK = 65_536  # rows per device call
-
-
-def load_image(path, shape: tuple, *, resize: bool, invert: bool) -> tuple[np.ndarray, str | None]:
-    """(pixels in [0, 1] of `shape`, a note on what was changed or None)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    note = []
-    if path.suffix.lower() == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise UserError(f"{path}: not a readable .npy array ({exc}); save it with numpy.save") from None
-        if arr.dtype == np.uint8:
-            pixels = arr.astype(np.float64) / 255
-        elif np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer):
-            pixels = arr.astype(np.float64)
-        else:
-            raise UserError(f"{path}: array of {arr.dtype}; give uint8 pixels or floats in [0, 1]")
-        if not np.isfinite(pixels).all():
-            raise UserError(f"{path}: holds NaN or inf; give finite pixel values")
-        if pixels.size == int(np.prod(shape)) and pixels.ndim in (1, len(shape)) and (
-                pixels.ndim == 1 or pixels.shape == tuple(shape)):
-            pixels = pixels.reshape(shape)
-        elif resize and pixels.ndim == 2:
-            from PIL import Image
-
-            img = Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8), mode="L")
-            note.append(f"resized {pixels.shape[1]}x{pixels.shape[0]} to {shape[1]}x{shape[0]}")
-            pixels = np.asarray(img.resize((shape[1], shape[0]), Image.LANCZOS), dtype=np.float64) / 255
-        else:
-            raise UserError(f"{path}: array of shape {arr.shape}, the model needs {tuple(shape)} "
-                            f"(or {int(np.prod(shape))} values); pass --resize to resize a 2-D array")
-    else:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as img:
-                img.load()
-        except (UnidentifiedImageError, OSError) as exc:
-            raise UserError(f"{path}: not a readable image ({exc}); give a PNG, JPEG or .npy file") from None
-        if img.mode != "L":
-            if not resize:
-                raise UserError(f"{path}: image mode {img.mode}, the model needs 8-bit grayscale (mode L); "
-                                "convert it, or pass --resize to convert it here")
-            note.append(f"converted {img.mode} to grayscale")
-            img = img.convert("L")
-        if img.size != (shape[1], shape[0]):
-            if not resize:
-                raise UserError(f"{path}: {img.size[0]}x{img.size[1]} pixels, the model needs "
-                                f"{shape[1]}x{shape[0]}; pass --resize to resize it")
-            note.append(f"resized {img.size[0]}x{img.size[1]} to {shape[1]}x{shape[0]}")
-            img = img.resize((shape[1], shape[0]), Image.LANCZOS)
-        pixels = np.asarray(img, dtype=np.float64) / 255
-    if invert:
-        pixels = 1.0 - pixels
-    return pixels, ("; ".join(note) or None)
+from .images import load_image, looks_wrong, scale_pixels
 
 
 #: the files a directory given as IMAGE contributes (others in it are left alone)
@@ -115,15 +59,7 @@ def load_stack(path: Path, shape: tuple) -> np.ndarray | None:
         return None  # load_image says what is wrong with it
     if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != tuple(shape):
         return None
-    if arr.dtype == np.uint8:
-        pixels = np.asarray(arr, dtype=np.float64) / 255
-    elif np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer):
-        pixels = np.asarray(arr, dtype=np.float64)
-    else:
-        raise UserError(f"{path}: array of {arr.dtype}; give uint8 pixels or floats in [0, 1]")
-    if not np.isfinite(pixels).all():
-        raise UserError(f"{path}: holds NaN or inf; give finite pixel values")
-    return pixels
+    return scale_pixels(np.asarray(arr), path)             # the same rule as a single .npy image
 
 
 def collect(paths, shape: tuple, *, resize: bool, invert: bool) -> tuple[list[str], np.ndarray]:
@@ -139,6 +75,8 @@ def collect(paths, shape: tuple, *, resize: bool, invert: bool) -> tuple[list[st
         pixels, note = load_image(path, shape, resize=resize, invert=invert)
         if note:
             print(f"note: {path}: {note}", file=sys.stderr)
+        if (warning := looks_wrong(pixels)) is not None:
+            print(f"warning: {path}: {warning}", file=sys.stderr)
         names.append(str(path))
         rows.append(pixels.reshape(1, -1))
     return names, np.concatenate(rows)
@@ -205,6 +143,7 @@ def main(argv=None) -> int:
 
 
 main.prog = "mlp.predict"
+main.oom_advice = "predict fewer images at once, or use --device cpu"
 
 
 def cli() -> None:

@@ -7,6 +7,7 @@ divergence check and the metrics), so a full-batch epoch makes one small host ro
 
 from __future__ import annotations
 
+import signal
 import sys
 import warnings
 
@@ -16,12 +17,12 @@ from mlp import backends
 
 from . import checkpoint, model
 from .checkpoint import RUN_KEYS, Checkpoint
-from .cli import Parser, add_data_flags, add_device_flags, positive_float, positive_int, run
-from .data import MNIST_MEAN, MNIST_STD, load_dataset
+from .cli import Parser, add_data_flags, add_device_flags, exit_code, positive_float, positive_int, run, seed_int
+from .data import MNIST_MEAN, MNIST_STD, data_paths, default_data_dir, fingerprint, load_dataset
 from .errors import CheckpointError, DivergedError, UserError
-from .files import check_output_path
+from .files import check_output_path, check_outputs, lock
 from .history import EarlyStopped, EpochLog, History, holdout, resolve_val_split, val_fraction
-from .loop import ENGINES, Interrupted, StopOnSigint, TrainState, batching, fit, make_engine, params_finite
+from .loop import ENGINES, Interrupted, StopOnSignals, TrainState, batching, fit, make_engine, params_finite
 from .plots import plot_format
 from .progress import Progress, epoch_train_loss, fmt_loss
 from .scoring import evaluate
@@ -68,7 +69,7 @@ def build_parser() -> Parser:
                    help=f"total epochs of the run, counting those in --resume's checkpoint (default: {d['epochs']})")
     g.add_argument("--batch-size", type=batch_size_arg, metavar="N|full",
                    help=f"rows per step, or 'full' for the whole training set (default: {d['batch_size']})")
-    g.add_argument("--seed", type=int, help=f"seed of the NumPy generator for init and shuffling (default: {d['seed']})")
+    g.add_argument("--seed", type=seed_int, help=f"seed of the NumPy generator for init and shuffling (default: {d['seed']})")
     g.add_argument("--dtype", choices=backends.DTYPES, help=f"floating-point type (default: {d['dtype']})")
     g.add_argument("--engine", choices=ENGINES, default="auto",
                    help="how steps run: eager = one model.train_step call per step from Python; compiled = "
@@ -143,15 +144,23 @@ def check_flags(args) -> None:
     for flag in ("save", "metrics_json", "plot", "save_best", "log"):
         if getattr(args, flag):
             check_output_path(getattr(args, flag), "--" + flag.replace("_", "-"))
-    if args.plot:
-        plot_format(args.plot)
     if args.checkpoint_every and not args.save:
         raise UserError("--checkpoint-every needs --save PATH to know where to write")
+    inputs = {"--resume": args.resume, **{f"--data-dir's {p.name}": p  # --resume x --save x: in place
+                                          for p in data_paths(args.data_dir or default_data_dir())}}
+    outputs = {"--save": args.save, "--save-best": args.save_best, "--metrics-json": args.metrics_json,
+               "--plot": args.plot, "--log": args.log}
+    check_outputs(outputs, inputs, allowed={("--save", "--resume")})
+    if args.plot:
+        plot_format(args.plot)
+    if args.save:
+        lock(args.save, "--save")  # a second run writing the same checkpoint is refused; released at exit
 
 
 def load_rows(args, cfg: dict, ckpt: Checkpoint | None):
-    """The data set, and the host rows to train on and to validate on ((X, y) pairs; val is None
-    without a split)."""
+    """The data set, the host rows to train on and to validate on ((X, y) pairs; val is None
+    without a split), and the data set's fingerprint. A resumed run must be on the data it was
+    trained on (row count and fingerprint)."""
     if (args.early_stop or args.save_best) and not cfg["val_split"]:
         flag = "--early-stop" if args.early_stop else "--save-best"
         raise UserError(f"{flag} watches the validation loss, so it needs --val-split F (e.g. 0.1): "
@@ -168,7 +177,13 @@ def load_rows(args, cfg: dict, ckpt: Checkpoint | None):
     if cfg["batch_size"] != "full" and cfg["batch_size"] > X.shape[0]:
         raise UserError(f"--batch-size {cfg['batch_size']} is larger than the {X.shape[0]:,} training rows; "
                         f"use at most {X.shape[0]} or 'full'")
-    return data, (X, y), val
+    data_fingerprint = fingerprint(data.train)
+    if ckpt is not None:
+        note = checkpoint.check_same_data(ckpt, args.resume, X.shape[0], data_fingerprint,
+                                          batching(X.shape[0], cfg["batch_size"])[1])
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+    return data, (X, y), val, data_fingerprint
 
 
 def initial_state(backend, cfg: dict, n_features: int, ckpt: Checkpoint | None) -> TrainState:
@@ -223,7 +238,8 @@ class Saver:
     def __call__(self, path, state: TrainState, *, check: bool = True) -> None:
         if check and not params_finite(self.backend, state.params):
             raise DivergedError(f"the parameters became non-finite by epoch {state.epoch}, step {state.step}")
-        checkpoint.save(path, to_checkpoint(self.backend, self.cfg, self.data_cfg, state, self.engine))
+        previous = f"epoch {self.last['epoch']}" if self.last["path"] == path and self.last["epoch"] is not None else None
+        checkpoint.save_or_rescue(path, to_checkpoint(self.backend, self.cfg, self.data_cfg, state, self.engine), previous)
         self.last.update(epoch=state.epoch, path=path)
 
 
@@ -236,15 +252,17 @@ def watch(args, backend, cfg: dict, val, save: "Saver", state_epoch: int) -> His
                    save_best=(lambda state: save(args.save_best, state)) if args.save_best else None)
 
 
-def interrupted(args, parser, state: TrainState, save: Saver) -> int:
+def interrupted(args, parser, state: TrainState, save: Saver, signum: int) -> int:
+    """After Ctrl-C, SIGTERM or SIGHUP between two steps: save, say how to continue, 128 + signum."""
     where = f"epoch {state.epoch + (1 if state.step_in_epoch else 0)}, step {state.step}"
+    by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
     if not args.save:
-        print(f"interrupted at {where}; nothing saved (give --save PATH to keep progress)", file=sys.stderr)
-        return 130
+        print(f"interrupted{by} at {where}; nothing saved (give --save PATH to keep progress)", file=sys.stderr)
+        return exit_code(signum)
     save(args.save, state)
-    print(f"interrupted at {where}; checkpoint saved to {args.save}; continue with: "
+    print(f"interrupted{by} at {where}; checkpoint saved to {args.save}; continue with: "
           f"{continue_command(parser, args, args.save)}", file=sys.stderr)
-    return 130
+    return exit_code(signum)
 
 
 def diverged(exc, cfg, save: Saver) -> DivergedError:
@@ -261,10 +279,11 @@ def main(argv=None) -> int:
     ckpt = checkpoint.load(args.resume) if args.resume else None
     cfg = resolve_config(args, ckpt)
     backend = backends.resolve(args.device, args.backend)
-    data, (Xh, yh), val = load_rows(args, cfg, ckpt)
+    data, (Xh, yh), val, data_fingerprint = load_rows(args, cfg, ckpt)
     (n, n_features), n_val, dtype = Xh.shape, 0 if val is None else len(val[1]), cfg["dtype"]
     data_cfg = {"n_features": n_features, "image_shape": list(data.image_shape), "mean": MNIST_MEAN,
-                "std": MNIST_STD, "n_train": n, "val_split": cfg["val_split"]}
+                "std": MNIST_STD, "n_train": n, "val_split": cfg["val_split"],
+                "data_fingerprint": data_fingerprint}
     X, y = backend.asarray(Xh, dtype), backend.asarray(yh, dtype)                   # to the device, once
     state = initial_state(backend, cfg, n_features, ckpt)
     _, steps_per_epoch = batching(n, cfg["batch_size"])
@@ -283,7 +302,7 @@ def main(argv=None) -> int:
 
     stopped = None
     try:
-        with StopOnSigint() as stop, warnings.catch_warnings():
+        with StopOnSignals() as stop, warnings.catch_warnings():
             # a diverging run overflows; that is reported below in one line, not as warnings
             warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero)", RuntimeWarning)
             fit(backend, cfg, X, y, state, engine=engine, progress=progress, on_epoch_end=on_epoch_end, stop=stop)
@@ -291,7 +310,7 @@ def main(argv=None) -> int:
         stopped = str(exc)
     except Interrupted:
         progress.close()
-        return interrupted(args, parser, state, save)
+        return interrupted(args, parser, state, save, stop.signum)
     except DivergedError as exc:
         progress.close()
         raise diverged(exc, cfg, save) from None

@@ -1,0 +1,141 @@
+"""Validating a checkpoint's metadata, field by field, before any of it is used.
+
+A checkpoint is a file a user can edit: every field is checked for its type and range,
+and the message names the field. Fields this version does not know (added by a later
+one, e.g. `engine`) are passed through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from .errors import CheckpointError
+from .model import ACTIVATIONS, INITS
+
+FORMAT = "mlp-checkpoint/1"
+MAX_META_BYTES = 1 << 20
+DTYPES = ("float32", "float64")
+MAX_DIM = 1 << 31
+#: the metadata fields `load` turns into Checkpoint attributes (the rest stays in .meta)
+_STRUCTURE = ("format", "config", "epoch", "step", "step_in_epoch", "rng_state", "partial_epoch_seconds")
+
+
+def _bad(path, field: str, value, need: str) -> CheckpointError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return CheckpointError(f"checkpoint {path}: field {field!r} is {shown}, but must be {need}; "
+                           "the file is corrupt or was edited: use a checkpoint written by --save")
+
+
+def _int(d: dict, key: str, path, lo: int = 0, hi: int = 1 << 62, prefix: str = "") -> int:
+    value = d.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise _bad(path, prefix + key, value, f"a whole number from {lo} to {hi}")
+    return value
+
+
+def _float(d: dict, key: str, path, *, positive: bool = False, prefix: str = "") -> float:
+    value = d.get(key)
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > 0 if positive else True))
+    if not ok:
+        raise _bad(path, prefix + key, value, "a finite number" + (" > 0" if positive else ""))
+    return float(value)
+
+
+def _meta(text: str, path, fmt: str = FORMAT) -> dict:
+    """The top-level fields: format, epoch, step, step_in_epoch, rng_state, timings, target."""
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"checkpoint {path} has corrupt metadata (not JSON: {exc})") from None
+    if not isinstance(meta, dict):
+        raise _bad(path, "meta", meta, "a JSON object")
+    if meta.get("format") != fmt:
+        raise CheckpointError(f"checkpoint {path} has format {meta.get('format')!r}, this version reads {fmt!r}")
+    if not isinstance(meta.get("config"), dict):
+        raise _bad(path, "config", meta.get("config"), "a JSON object of the run's settings")
+    for key in ("epoch", "step", "step_in_epoch"):
+        _int(meta, key, path)
+    if meta["step"] < meta["step_in_epoch"]:
+        raise _bad(path, "step", meta["step"], f"at least step_in_epoch ({meta['step_in_epoch']})")
+    meta.setdefault("partial_epoch_seconds", 0.0)
+    if _float(meta, "partial_epoch_seconds", path) < 0:
+        raise _bad(path, "partial_epoch_seconds", meta["partial_epoch_seconds"], "0 or more")
+    if not isinstance(meta.get("rng_state"), dict):
+        raise _bad(path, "rng_state", meta.get("rng_state"), "the NumPy generator's state (a JSON object)")
+    if "target_epochs" in meta:
+        _int(meta, "target_epochs", path, lo=1)
+    if "saved_on" in meta and not isinstance(meta["saved_on"], str):
+        raise _bad(path, "saved_on", meta["saved_on"], "a text")
+    return meta
+
+
+def _config(c: dict, path) -> dict:
+    """The run's settings, each checked; the returned dict is safe to use."""
+    p = "config."
+    for key in ("hidden", "activation", "init", "lr", "batch_size", "seed", "dtype", "classes", "n_features"):
+        if key not in c:
+            raise CheckpointError(f"checkpoint {path} lacks the setting {key!r}")
+    _int(c, "hidden", path, lo=1, hi=MAX_DIM, prefix=p)
+    _int(c, "n_features", path, lo=1, hi=MAX_DIM, prefix=p)
+    _int(c, "seed", path, lo=0, hi=1 << 128, prefix=p)
+    if c["activation"] not in ACTIVATIONS:
+        raise CheckpointError(f"checkpoint {path} names an unknown activation {c['activation']!r}")
+    for key, allowed in (("init", INITS), ("dtype", DTYPES)):
+        if c[key] not in allowed:
+            raise _bad(path, p + key, c[key], "one of " + ", ".join(allowed))
+    _float(c, "lr", path, positive=True, prefix=p)
+    if c["batch_size"] != "full":
+        _int(c, "batch_size", path, lo=1, prefix=p)
+    classes = c["classes"]
+    if (not isinstance(classes, list) or len(classes) != 2 or any(isinstance(v, bool) or not isinstance(v, int)
+                                                                 or not 0 <= v < 1 << 31 for v in classes)
+            or classes[0] == classes[1]):
+        raise _bad(path, p + "classes", classes, "two different labels (whole numbers >= 0)")
+    shape = c.get("image_shape")
+    if shape is not None:
+        if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
+                or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_DIM for v in shape)
+                or math.prod(shape) != c["n_features"]):
+            raise _bad(path, p + "image_shape", shape, f"one or two sizes whose product is n_features "
+                                                        f"({c['n_features']})")
+    # the pixel normalisation: pixels lie in [0, 1], so must their mean, and their spread
+    for key, lo, hi in (("mean", 0.0, 1.0), ("std", 1e-3, 1.0)):
+        if key in c and not lo <= _float(c, key, path, prefix=p) <= hi:
+            raise _bad(path, p + key, c[key], f"from {lo:g} to {hi:g} (pixels lie in [0, 1])")
+    if "n_train" in c:
+        _int(c, "n_train", path, lo=1, prefix=p)
+    fp = c.get("data_fingerprint")
+    if fp is not None and not (isinstance(fp, str) and len(fp) == 64 and all(ch in "0123456789abcdef" for ch in fp)):
+        raise _bad(path, p + "data_fingerprint", fp, "a SHA-256 in hex")
+    return c
+
+
+def check_position(ckpt, path, steps_per_epoch: int) -> None:
+    """epoch, step and step_in_epoch must describe one point of a run of this many steps
+    per epoch (else the run would start at a step that does not exist)."""
+    if ckpt.step_in_epoch >= steps_per_epoch:
+        raise _bad(path, "step_in_epoch", ckpt.step_in_epoch, f"less than the {steps_per_epoch} steps per epoch")
+    expected = ckpt.epoch * steps_per_epoch + ckpt.step_in_epoch
+    if ckpt.step != expected:
+        raise _bad(path, "step", ckpt.step, f"epoch x steps per epoch + step_in_epoch = {expected}")
+
+
+def check_same_data(ckpt, path, n_train: int, fingerprint: str, steps_per_epoch: int) -> str | None:
+    """Resume only on the data set the checkpoint was trained on. A checkpoint written before
+    fingerprints were stored is accepted when its row count matches (returns a note)."""
+    saved_n = ckpt.config.get("n_train")
+    if saved_n is not None and saved_n != n_train:
+        raise CheckpointError(f"the checkpoint {path} was trained on {saved_n:,} rows, this data has {n_train:,}; "
+                              "resume on the data set it was trained on (or start a new run without --resume)")
+    saved_fp = ckpt.config.get("data_fingerprint")
+    if saved_fp is not None and saved_fp != fingerprint:
+        raise CheckpointError(f"the checkpoint {path} was trained on other rows than this data's {n_train:,} "
+                              "(their fingerprints differ); resume on the data set it was trained on")
+    check_position(ckpt, path, steps_per_epoch)
+    if saved_fp is None:
+        return (f"the checkpoint {path} predates data fingerprints: only its "
+                f"{'row count' if saved_n else 'position'} could be checked against this data")
+    return None

@@ -1,0 +1,136 @@
+"""The IDX format of MNIST: a streaming, bounded reader and an atomic writer.
+
+An IDX file is 0x0000, a type code, a dimension count, the dimensions (big-endian uint32)
+and the array. Reading checks all of it; a gzip file is streamed and never decompressed
+beyond the size its header promises plus one byte.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .files import atomic_write
+
+#: IDX type code -> big-endian NumPy dtype
+IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IDX_CODES = {np.dtype(v).newbyteorder("="): k for k, v in IDX_TYPES.items()}
+
+
+#: the most bytes an IDX array may claim (a 64-bit product of its dimensions is refused beyond it)
+MAX_IDX_BYTES = 1 << 40
+#: deflate cannot expand data more than ~1032 times: a header that claims more is a lie
+MAX_GZIP_RATIO = 1100
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an IDX file (gzip-compressed or raw) into a native-endian NumPy array.
+
+    The magic number, the dimensions and the file's length are all checked: a corrupt,
+    truncated or padded file raises DataError instead of returning a wrong array. A gzip
+    file is streamed: at most the size its header promises, plus one byte, is decompressed,
+    so a file that expands beyond its header (a "zip bomb") costs no more memory than a
+    true one."""
+    path = Path(path)
+    try:
+        size = os.stat(path).st_size
+        with open(path, "rb") as raw:
+            compressed = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            if not compressed:
+                return _read_idx_stream(raw, str(path), size_limit=size)
+            with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                return _read_idx_stream(f, str(path), size_limit=size * MAX_GZIP_RATIO)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise DataError(f"{path}: corrupt or truncated gzip data ({exc}); download the file again") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _read_exact(f, n: int) -> bytes:
+    chunks, left = [], n
+    while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _idx_header(head: bytes, name: str) -> tuple[np.dtype, int]:
+    if len(head) < 4:
+        raise DataError(f"{name}: {len(head)} bytes is too short for an IDX file (not an IDX file?)")
+    zero, code, ndim = head[:2], head[2], head[3]
+    if zero != b"\x00\x00" or code not in IDX_TYPES or ndim == 0:
+        raise DataError(
+            f"{name}: wrong magic number 0x{head[:4].hex()} (an IDX file starts 0x0000, a type code "
+            "0x08-0x0E and a dimension count); is this an MNIST images/labels file?"
+        )
+    return np.dtype(IDX_TYPES[code]), ndim
+
+
+def _check_dims(dims: tuple, dtype: np.dtype, name: str, size_limit: int) -> int:
+    """The element count of `dims`, refusing a product beyond MAX_IDX_BYTES (or beyond what
+    the file can hold) before anything is allocated."""
+    count = 1
+    for d in dims:
+        count *= d  # Python integers: no overflow
+    nbytes = count * dtype.itemsize
+    if nbytes > min(MAX_IDX_BYTES, size_limit):
+        raise DataError(f"{name}: its header claims shape {dims} ({nbytes:,} bytes), more than the file "
+                        "can hold; the file is corrupt or not an IDX file")
+    return count
+
+
+def _read_idx_stream(f, name: str, size_limit: int) -> np.ndarray:
+    head = _read_exact(f, 4)
+    dtype, ndim = _idx_header(head, name)
+    header = 4 + 4 * ndim
+    dim_bytes = _read_exact(f, 4 * ndim)
+    if len(dim_bytes) < 4 * ndim:
+        raise DataError(f"{name}: truncated in its header ({4 + len(dim_bytes)} of {header} bytes); download it again")
+    dims = tuple(int(d) for d in np.frombuffer(dim_bytes, ">u4"))
+    count = _check_dims(dims, dtype, name, size_limit)
+    expected = header + count * dtype.itemsize
+    out = np.empty(count, dtype)
+    view, got = memoryview(out).cast("B"), 0
+    while got < len(view):
+        n = f.readinto(view[got:got + (1 << 22)])
+        if not n:
+            break
+        got += n
+    if got < len(view):
+        raise DataError(
+            f"{name}: truncated: its header promises shape {dims} ({expected:,} bytes) "
+            f"but the file holds {header + got:,}; download it again"
+        )
+    extra = f.read(1)
+    if extra:
+        raise DataError(f"{name}: unexpected bytes after the {dims} array its header describes "
+                        "(more than its header promises); the file is corrupt or not an IDX file")
+    return out.reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Parse a whole IDX file held in memory (see read_idx)."""
+    return _read_idx_stream(io.BytesIO(raw), name, size_limit=len(raw))
+
+
+def write_idx(path, array, *, compress: bool | None = None) -> None:
+    """Write `array` as an IDX file, gzip-compressed when the name ends in .gz (atomically)."""
+    array = np.asarray(array)
+    code = IDX_CODES.get(array.dtype)
+    if code is None:
+        raise ValueError(f"IDX has no type for {array.dtype}; use one of {sorted(str(t) for t in IDX_CODES)}")
+    if not 1 <= array.ndim <= 255:
+        raise ValueError("IDX arrays have 1 to 255 dimensions")
+    body = (bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+            + array.astype(np.dtype(IDX_TYPES[code]), copy=False).tobytes())
+    if compress is None:
+        compress = str(path).endswith(".gz")
+    with atomic_write(path) as f:
+        f.write(gzip.compress(body, mtime=0) if compress else body)
