@@ -63,7 +63,7 @@ class Backend:
     version: str
     _asarray: Callable[[np.ndarray, Any], Any] = field(repr=False)
     _to_host: Callable[[Any], np.ndarray] = field(repr=False)
-    _synchronize: Callable[[], None] = field(repr=False)
+    _synchronize: Callable[..., None] = field(repr=False)
     _device_name: Callable[[], str] = field(repr=False)
     # the compiled engine where this backend has one: (step, X, y, batch) -> engine (see mlp.loop)
     compiled_engine: Callable | None = field(default=None, repr=False)

@@ -118,7 +118,8 @@ class Ours(Impl):
 
     def _losses(self):
         xp = self.backend.xp
-        return self.backend.to_host(xp.concat([xp.reshape(v, (-1,)) for v in self.losses]))
+        losses = self.losses if isinstance(self.losses, list) else [self.losses]   # as mlp.loop.fit takes them
+        return self.backend.to_host(xp.concat([xp.reshape(v, (-1,)) for v in losses]))
 
     def sync(self):
         self.backend.synchronize(self.params, self.losses)

@@ -65,20 +65,23 @@ def init_params(n_in: int, hidden: int, rng, *, init: str = "classic", activatio
 # forward values they need, exactly as the chain rule asks for them.
 
 
-# No Python float ever meets a library function here (only operators): array-api-compat
-# turns `maximum(z, 0.0)`'s float into a host tensor that PyTorch copies to the GPU inside
-# every step, which stalls the host and breaks CUDA-graph capture; `where` takes the 0 as is.
+# No Python float is passed to a library function here (operators take them fine): array-api-
+# compat turns `maximum(z, 0.0)`'s float into a host tensor that PyTorch copies to the GPU in
+# every step, which stalls the host and breaks CUDA-graph capture. The zero is made on z's
+# device instead. (`where(z > 0, z, 0.0)` would do too, but NumPy's where is 16x slower.)
 
 
 def relu(z):
+    """max(z, 0), elementwise, for a 2-D z."""
     xp = array_namespace(z)
-    return xp.where(z > 0, z, 0.0)
+    zero = xp.zeros_like(z[:1, :1])                             # (1, 1), on z's device
+    return xp.maximum(z, zero)
 
 
 def relu_backward(d_a, z):
     """d loss / d z, given d loss / d a and a = relu(z): the gradient flows where z > 0."""
     xp = array_namespace(d_a, z)
-    return xp.where(z > 0, d_a, 0.0)
+    return d_a * xp.astype(z > 0, d_a.dtype)
 
 
 def tanh(z):
