@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlp.backends import BACKENDS, describe_out_of_memory, is_out_of_memory
+from mlp.backends import BACKENDS, describe_out_of_memory, is_out_of_memory, release
 
 from .errors import USER_ERRORS, DivergedError
 
@@ -49,6 +49,9 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=None, choices=BACKENDS, metavar="LIB",
                    help=f"array library: {', '.join(BACKENDS)} "
                         "(default: numpy on cpu, cupy on cuda); the model's code is the same for all")
+    from .scaleout import add_dask_flags
+
+    add_dask_flags(p, store=p.prog.endswith("mlp.train"))
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:
@@ -63,7 +66,10 @@ def run(main, argv=None) -> int:
     """Call main(argv); turn the errors a user can act on into one line and an exit code."""
     prog = getattr(main, "prog", "mlp")
     try:
-        return main(argv) or 0
+        try:
+            return main(argv) or 0
+        finally:
+            release()  # a Dask cluster is closed on every exit: success, errors, Ctrl-C
     except USER_ERRORS as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -275,3 +275,9 @@ def load_dataset(data_dir=None, classes=(3, 7), *, download: bool = True, quiet:
                         "the files come from different data sets")
     return Dataset(train=train, test=test, classes=(a, b), image_shape=train.image_shape,
                    data_dir=Path(paths["train-images"]).parent)
+
+
+if __name__ == "__main__":  # `python -m mlp.data convert ...`: the on-disk store for --backend dask
+    from .store import cli
+
+    cli()

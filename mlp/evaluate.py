@@ -13,6 +13,7 @@ from .cli import Parser, add_data_flags, add_device_flags, run
 from .data import load_dataset
 from .errors import UserError
 from .files import check_output_path
+from .scaleout import dask_options
 from .scoring import evaluate
 
 
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
         check_output_path(args.plot, "--plot")
     ckpt = checkpoint.load(args.checkpoint)
     cfg = ckpt.config
-    backend = backends.resolve(args.device, args.backend)
+    backend = backends.resolve(args.device, args.backend, dask_options(args))
     data = load_dataset(args.data_dir, cfg["classes"], download=not args.no_download)
     split = getattr(data, args.split)
     if split.X.shape[1] != cfg["n_features"]:

@@ -19,6 +19,7 @@ from . import checkpoint, model
 from .cli import Parser, add_device_flags, run
 from .data import MNIST_MEAN, MNIST_STD
 from .errors import UserError
+from .scaleout import dask_options
 
 
 def load_image(path, shape: tuple, *, resize: bool, invert: bool) -> tuple[np.ndarray, str | None]:
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
             print(f"note: {path}: {note}", file=sys.stderr)
     X = np.stack([pixels.reshape(-1) for pixels, _ in loaded])
     X = (X - cfg.get("mean", MNIST_MEAN)) / cfg.get("std", MNIST_STD)
-    backend = backends.resolve(args.device, args.backend)
+    backend = backends.resolve(args.device, args.backend, dask_options(args))
     params = {k: backend.asarray(v, cfg["dtype"]) for k, v in ckpt.params.items()}
     probs = backend.to_host(model.predict_proba(params, backend.asarray(X, cfg["dtype"]), cfg["activation"]))
     a, b = cfg["classes"]

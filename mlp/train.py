@@ -24,6 +24,7 @@ from .data import MNIST_MEAN, MNIST_STD, load_dataset
 from .errors import CheckpointError, DivergedError, UserError
 from .files import atomic_write, check_output_path
 from .loop import ENGINES, Interrupted, StopOnSigint, TrainState, batching, fit, make_engine, params_finite
+from .scaleout import dask_options, training_arrays
 from .scoring import evaluate
 from .versions import versions
 
@@ -213,9 +214,10 @@ def main(argv=None) -> int:
     if ckpt is not None and ckpt.epoch >= cfg["epochs"]:
         raise UserError(f"the checkpoint {args.resume} already holds {ckpt.epoch} epochs; "
                         f"ask for more with --epochs N (N > {ckpt.epoch})")
-    backend = backends.resolve(args.device, args.backend)
+    backend = backends.resolve(args.device, args.backend, dask_options(args))
     data = load_dataset(args.data_dir, cfg["classes"], download=not args.no_download, quiet=args.quiet)
-    n, n_features = data.train.X.shape
+    X, y = training_arrays(backend, args, data, cfg["dtype"])  # to the device (or the Dask workers), once
+    n, n_features = X.shape
     if ckpt is not None and ckpt.config["n_features"] != n_features:
         raise CheckpointError(f"the checkpoint {args.resume} was trained on {ckpt.config['n_features']} pixels "
                               f"per image, this data has {n_features}; use the data set it was trained on")
@@ -225,9 +227,7 @@ def main(argv=None) -> int:
     data_cfg = {"n_features": n_features, "image_shape": list(data.image_shape),
                 "mean": MNIST_MEAN, "std": MNIST_STD, "n_train": n}
 
-    # to the device, once
     dtype = cfg["dtype"]
-    X, y = backend.asarray(data.train.X, dtype), backend.asarray(data.train.y, dtype)
     if ckpt is None:
         rng = np.random.default_rng(cfg["seed"])
         host_params = model.init_params(n_features, cfg["hidden"], rng, init=cfg["init"], activation=cfg["activation"])
