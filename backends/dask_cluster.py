@@ -79,7 +79,7 @@ class DaskBackend(Backend):
         from mlp.store import normalised
 
         n = X_rows.shape[0]
-        chunk = self.options.chunk_rows or min(DEFAULT_CHUNK_ROWS, math.ceil(n / max(1, self.n_workers())))
+        chunk = self.options.chunk_rows or self.default_chunk_rows(n, int(np.prod(X_rows.shape[1:])))
         X8 = da.from_array(X_rows, chunks=(chunk, -1), asarray=True, fancy=False, name=f"rows-{_token(X_rows)}")
         y8 = da.from_array(y_rows, chunks=(chunk,), asarray=True, fancy=False, name=f"labels-{_token(y_rows)}")
         if self.device != "cpu":
@@ -106,6 +106,16 @@ class DaskBackend(Backend):
         X = X8.map_blocks(normalised, dtype=np.dtype(dtype), meta=meta, dtype_name=dtype)
         self.info.setdefault("uint8_rows", {})[X.name] = (X8, y8, dtype)  # what the engine's chunk tasks read
         return X, y8
+
+    def default_chunk_rows(self, n: int, features: int) -> int:
+        """DEFAULT_CHUNK_ROWS, but at most N / workers (every worker gets a chunk) and at most
+        what keeps a chunk's float64 rows within 1/8 of a worker's memory limit."""
+        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+        chunk = min(DEFAULT_CHUNK_ROWS, math.ceil(n / max(1, len(workers))))
+        limits = [w.get("memory_limit") or 0 for w in workers]
+        if limits and min(limits) > 0:
+            chunk = min(chunk, max(256, min(limits) // (8 * 8 * features)))
+        return chunk
 
     # -- the cluster ----------------------------------------------------------------------
     def n_workers(self) -> int:

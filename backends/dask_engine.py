@@ -101,7 +101,7 @@ class DaskEngine:
         total = sum(count for _, _, count in picks)
         p = delayed(host_params, traverse=True)
         parts = [delayed(chunk_loss_and_grads, pure=True)(self.X_blocks[k], self.y_blocks[k], p, self.activation,
-                                                          count / total, self.dtype, rows)
+                                                          float(count / total), self.dtype, rows)
                  for k, rows, count in picks]
         while len(parts) > 1:
             parts = [delayed(add, pure=True)(*parts[j:j + SPLIT_EVERY]) for j in range(0, len(parts), SPLIT_EVERY)]

@@ -29,6 +29,7 @@ from mlp.errors import UserError
 from mlp.files import atomic_write, check_output_path
 
 from . import report
+from .dask_impl import expand, summary as dask_summary
 from .floor import epoch_flops
 from .impls import LIBRARY, PEERS
 from .worker import RESULT_MARK
@@ -179,7 +180,7 @@ def main(argv=None) -> int:
     for device in devices:
         kind = report.device_kind(device)
         cap = args.max_epoch_seconds or (1.0 if kind == "cpu" else 10.0)
-        impls = [("ours", b) for b in (args.backends or DEFAULT_BACKENDS[kind])] + [(p, LIBRARY[p]) for p in peers]
+        impls = [("ours", b) for b in expand(args.backends or DEFAULT_BACKENDS[kind])] + [(p, LIBRARY[p]) for p in peers]
         for dtype in dtypes:
             for h in hidden:
                 for n in sizes_for(device):
@@ -233,6 +234,8 @@ def main(argv=None) -> int:
     result["meta"]["wall_seconds"] = round(time.time() - started, 1)
     table = report.markdown(result)
     print(table)
+    for line in dask_summary(result["records"]):
+        print("dask:", line, file=sys.stderr)
     if args.json:
         with atomic_write(args.json, "w") as f:
             json.dump(result, f, indent=1, default=_jsonable)

@@ -28,7 +28,7 @@ class Unavailable(Exception):
 
 
 def check_available(impl: str, backend: str | None, device: str) -> None:
-    library = backend if impl == "ours" else LIBRARY[impl]
+    library = backend.partition(":")[0] if impl == "ours" else LIBRARY[impl]  # dask:W -> dask
     module = {"sklearn": "sklearn"}.get(library, library)
     if importlib.util.find_spec(module) is None:
         raise Unavailable(f"{module} is not installed")
@@ -266,6 +266,10 @@ class Sklearn(Impl):
 
 def make(impl: str, backend: str | None, device: str, dtype: str, lr: float) -> Impl:
     check_available(impl, backend, device)
+    if impl == "ours" and backend.partition(":")[0] == "dask":
+        from .dask_impl import DaskOurs
+
+        return DaskOurs(backend, device, dtype, lr)
     if impl == "ours":
         return Ours(backend, device, dtype, lr)
     return {"torch-manual": TorchManual, "torch-autograd": TorchAutograd, "torch-compile": TorchCompile,
