@@ -189,11 +189,21 @@ def dask_backend(kind: str, index: int | None, options: Options | None = None) -
 
 def _rows_array(backend: DaskBackend, host: np.ndarray):
     """A host array on the cluster: small ones as one chunk, rows in chunks of --chunk-rows."""
-    if host.ndim < 2 or host.shape[0] <= (backend.options.chunk_rows or DEFAULT_CHUNK_ROWS):
+    if host.ndim < 2 or host.nbytes <= 1 << 20:
         return backend.wrap(host)
     import dask.array as da
+    from dask import delayed
 
-    return da.from_array(host, chunks=(backend.options.chunk_rows or DEFAULT_CHUNK_ROWS, -1))
+    # rows are scattered to the workers, not written into the graph (which the scheduler would hold)
+    step = backend.options.chunk_rows or DEFAULT_CHUNK_ROWS
+    pieces = [host[a:a + step] for a in range(0, host.shape[0], step)]
+    futures = backend.client.scatter(pieces)
+    arr = da.concatenate([da.from_delayed(delayed(f), p.shape, dtype=p.dtype) for f, p in zip(futures, pieces)])
+    if backend.device != "cpu":
+        import cupy
+
+        arr = arr.map_blocks(cupy.asarray, dtype=arr.dtype, meta=cupy.empty((0,) * arr.ndim, arr.dtype))
+    return arr
 
 
 def _host(x) -> np.ndarray:
