@@ -17,6 +17,7 @@ updates the small parameters on the host with `model.update`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -133,6 +134,8 @@ class DaskBackend(Backend):
                     thing.close()
                 except Exception:  # closing is best effort: a dead scheduler has nothing left to close
                     pass
+        if getattr(self.cluster, "_mlp_environ", None) is not None:
+            restore_environ(self.cluster._mlp_environ)
         _OPEN[:] = [b for b in _OPEN if b is not self]
 
 
@@ -245,6 +248,7 @@ def _connect(kind: str, options: Options, distributed):
                                f"start some with `dask worker {address}`") from None
         return client, None
     previous = None
+    environ = dict(os.environ)
     try:
         # worker processes start with Ctrl-C ignored: the first Ctrl-C is the trainer's to handle
         # (stop after the step, save, close the cluster), not a signal that kills the workers
@@ -266,7 +270,28 @@ def _connect(kind: str, options: Options, distributed):
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+        restore_environ(environ)
+    cluster._mlp_environ = environ   # restored again at close(): a restarted worker writes it again
     return client, cluster
+
+
+def restore_environ(saved: dict) -> None:
+    """Put os.environ back as it was: distributed's Nanny writes its workers' settings
+    (OMP_NUM_THREADS=1, MALLOC_TRIM_THRESHOLD_, ...) into the environment of the process
+    that hosts it, where they would change every process this one starts later."""
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def environ_kept():
+    """os.environ as it was on entry, again on exit (around a LocalCluster of one's own)."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        restore_environ(saved)
 
 
 # ----------------------------------------------------------------------------- memory

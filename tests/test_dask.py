@@ -26,7 +26,7 @@ pytest.importorskip("distributed", reason="the [dask] extra is part of [test]: p
 from distributed import Client, LocalCluster  # noqa: E402
 
 from mlp import backends, model  # noqa: E402
-from mlp.backends.dask_cluster import Options, worker_memory  # noqa: E402
+from mlp.backends.dask_cluster import Options, environ_kept, worker_memory  # noqa: E402
 from mlp.data import normalise  # noqa: E402
 from mlp.errors import UserError  # noqa: E402
 from mlp.loop import TrainState, fit, make_engine  # noqa: E402
@@ -42,7 +42,9 @@ QUIET_CLUSTER = dict(threads_per_worker=1, processes=True, dashboard_address=Non
 @pytest.fixture(scope="module")
 def cluster():
     """Two worker processes on 127.0.0.1, closed at the end of the module whatever happens."""
-    with LocalCluster(n_workers=2, host="127.0.0.1", **QUIET_CLUSTER) as c:
+    # environ_kept: distributed's Nanny writes OMP_NUM_THREADS=1 etc. into this process's environment,
+    # which would change the BLAS of every process later tests start
+    with environ_kept(), LocalCluster(n_workers=2, host="127.0.0.1", **QUIET_CLUSTER) as c:
         yield c
 
 
@@ -251,7 +253,7 @@ def test_rows_larger_than_the_cluster_memory_stream_from_disk(tmp_path, data_dir
     write_store(big, ((Xr[0:Xr.shape[0]], yr[0:yr.shape[0]]) for _ in range(copies)), n, Xr.shape[1],
                 {"classes": [3, 7], "image_shape": [28, 28]})
     assert n * Xr.shape[1] > limit
-    with LocalCluster(n_workers=1, memory_limit=limit, host="127.0.0.1", **QUIET_CLUSTER) as c, \
+    with environ_kept(), LocalCluster(n_workers=1, memory_limit=limit, host="127.0.0.1", **QUIET_CLUSTER) as c, \
             joined(c, chunk_rows=2_048) as b:
         pid = b.client.run(os.getpid)
         worker_memory(b.client, reset=True)
@@ -278,6 +280,18 @@ def test_an_unreachable_scheduler_is_one_line_and_exit_2_within_the_timeout(data
     assert code == 2 and out == ""
     assert err.startswith(f"mlp.train: error: cannot reach the Dask scheduler at {address} within 1 s")
     assert "dask scheduler" in err and err.count("\n") == 1
+
+
+def test_an_embedded_cluster_closes_and_leaves_the_environment_alone():
+    before = dict(os.environ)
+    b = backends.resolve("cpu", "dask", Options(workers=1))
+    try:
+        assert dict(os.environ) == before and b.client.run(lambda: os.environ.get("OMP_NUM_THREADS")) == \
+            {a: "1" for a in b.client.scheduler_info()["workers"]}   # the workers do get one BLAS thread each
+        cluster = b.cluster
+    finally:
+        backends.release()
+    assert cluster.status.name == "closed" and dict(os.environ) == before
 
 
 def test_flag_errors_are_one_line(data_dir, small_store, tmp_path):
