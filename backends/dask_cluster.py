@@ -259,12 +259,13 @@ def _connect(kind: str, options: Options, distributed):
         if kind == "cuda":
             from dask_cuda import LocalCUDACluster
 
-            cluster = LocalCUDACluster(n_workers=options.workers, dashboard_address=None, silence_logs=40, scheduler_kwargs={"dashboard": False},
-                                       **({"memory_limit": options.worker_memory} if options.worker_memory else {}))
+            cluster = LocalCUDACluster(
+                n_workers=options.workers, dashboard_address=":0", silence_logs=40, scheduler_kwargs={"dashboard": False},
+                **({"memory_limit": options.worker_memory} if options.worker_memory else {}))
         else:
             cluster = distributed.LocalCluster(
                 n_workers=options.workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                dashboard_address=None, silence_logs=40, scheduler_kwargs={"dashboard": False},
+                dashboard_address=":0", silence_logs=40, scheduler_kwargs={"dashboard": False},
                 **({"memory_limit": options.worker_memory} if options.worker_memory else {}))
         client = distributed.Client(cluster, set_as_default=False)
     finally:

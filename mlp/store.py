@@ -18,7 +18,6 @@ Everything here is NumPy only; building dask arrays on top is `backends.dask_clu
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os

@@ -35,7 +35,7 @@ from mlp.store import convert, open_store, write_store  # noqa: E402
 from .conftest import call_cli, needs_gpu  # noqa: E402
 
 N, H, CHUNK = 3_000, 8, 1_000
-QUIET_CLUSTER = dict(threads_per_worker=1, processes=True, dashboard_address=None,
+QUIET_CLUSTER = dict(threads_per_worker=1, processes=True, dashboard_address=":0",
                      scheduler_kwargs={"dashboard": False}, silence_logs=int(os.environ.get("T9LOG", 40)))
 
 
@@ -292,6 +292,38 @@ def test_an_embedded_cluster_closes_and_leaves_the_environment_alone():
     finally:
         backends.release()
     assert cluster.status.name == "closed" and dict(os.environ) == before
+
+
+def test_ctrl_c_saves_closes_the_embedded_cluster_and_leaves_no_process(data_dir, small_store, tmp_path):
+    ckpt = tmp_path / "i.npz"
+    cmd = [sys.executable, "-m", "mlp.train", "--backend", "dask", "--workers", "1", "--data-dir", str(data_dir),
+           "--store", str(small_store), "--batch-size", "full", "--epochs", "100000", "--hidden", "4", "--save", str(ckpt)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert proc.stderr.readline().startswith("training: dask on cpu (LocalCluster: 1 worker processes")
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)      # Ctrl-C at a terminal reaches the whole process group
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    assert proc.returncode == 130, stderr
+    assert "interrupted at epoch" in stderr and "checkpoint saved" in stderr and "Traceback" not in stderr
+    deadline = time.monotonic() + 10             # the worker processes went with the cluster (and
+    while time.monotonic() < deadline:           # multiprocessing's resource tracker follows its parent)
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"processes of the run are still alive 10 s after it exited: {_group(proc.pid)}")
+
+
+def _group(pgid: int) -> str:
+    out = subprocess.run(["ps", "-o", "pid,stat,cmd", "-g", str(pgid)], capture_output=True, text=True).stdout
+    return " | ".join(out.splitlines()[1:])
 
 
 def test_flag_errors_are_one_line(data_dir, small_store, tmp_path):
