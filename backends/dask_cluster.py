@@ -142,7 +142,8 @@ class DaskBackend(Backend):
 def _token(rows) -> str:
     from dask.base import tokenize
 
-    return tokenize(repr(rows), getattr(rows, "path", None), getattr(rows, "images_path", None))
+    path = getattr(rows, "path", None) or getattr(rows, "images_path", None)
+    return tokenize(repr(rows), path, os.path.getmtime(path) if path else None)  # a rewritten file: new keys
 
 
 # ----------------------------------------------------------------------------- opening

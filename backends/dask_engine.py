@@ -30,11 +30,12 @@ def chunk_loss_and_grads(X, y, params, activation, weight, dtype=None, rows=None
     from mlp import model
     from mlp.store import normalised
 
+    xp = array_namespace(X)
     if rows is not None:
-        X, y = X[rows], y[rows]
+        rows = xp.asarray(rows)                                     # NumPy -> CuPy on a GPU worker
+        X, y = xp.take(X, rows, axis=0), xp.take(y, rows, axis=0)
     if dtype is not None:
         X = normalised(X, dtype)
-    xp = array_namespace(X)
     params = {k: xp.asarray(v) for k, v in params.items()}        # NumPy -> CuPy on a GPU worker
     loss, grads = model.loss_and_grads(params, X, y, activation)
     return weight * loss, {k: weight * g for k, g in grads.items()}
