@@ -8,6 +8,7 @@ never needs CuPy, PyTorch or JAX installed.
 
     cpu            -> numpy (default), torch, jax, array_api_strict
     cuda, cuda:N   -> cupy (default), torch, jax
+    dask           -> NumPy (or, on cuda, CuPy) chunks on a Dask cluster: see dask_cluster.py
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ __all__ = [
     "is_out_of_memory",
     "describe_out_of_memory",
     "keep_freed_memory",
+    "release",
 ]
 
-BACKENDS = ("numpy", "cupy", "torch", "jax", "array_api_strict")
+BACKENDS = ("numpy", "cupy", "torch", "jax", "array_api_strict", "dask")
 DTYPES = ("float32", "float64")
 
 INSTALL_HINT = {
@@ -364,8 +366,9 @@ _FACTORIES = {
 }
 
 
-def resolve(device: str = "cpu", backend: str | None = None) -> Backend:
-    """The Backend for `--device` and `--backend` (None: NumPy on cpu, CuPy on cuda).
+def resolve(device: str = "cpu", backend: str | None = None, options=None) -> Backend:
+    """The Backend for `--device` and `--backend` (None: NumPy on cpu, CuPy on cuda);
+    `options` (a dask_cluster.Options) says which cluster `--backend dask` uses.
 
     Raises BackendError, with a one-line message that says what to do, when the library
     is missing, the device does not exist, or the pair makes no sense."""
@@ -373,6 +376,10 @@ def resolve(device: str = "cpu", backend: str | None = None) -> Backend:
     if backend is None:
         backend = "numpy" if kind == "cpu" else "cupy"
     backend = backend.strip().lower().replace("-", "_")
+    if backend == "dask":  # the cluster it opens is closed by release()
+        from .dask_cluster import dask_backend
+
+        return dask_backend(kind, index, options)
     if backend not in _FACTORIES:
         raise BackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if kind == "cuda" and backend in ("numpy", "array_api_strict"):
@@ -384,6 +391,14 @@ def resolve(device: str = "cpu", backend: str | None = None) -> Backend:
     if kind == "cpu":
         keep_freed_memory()
     return chosen
+
+
+def release() -> None:
+    """Close what resolve() opened that outlives a run (a Dask cluster); the commands call it on every exit."""
+    import sys
+
+    if "mlp.backends.dask_cluster" in sys.modules:
+        sys.modules["mlp.backends.dask_cluster"].release_all()
 
 
 # --------------------------------------------------------------------------- out of memory

@@ -29,6 +29,7 @@ from mlp.errors import UserError
 from mlp.files import atomic_write, check_output_path
 
 from . import report
+from .dask_impl import expand, summary as dask_summary
 from .floor import epoch_flops
 from .impls import COMPILED, LIBRARY, MINIBATCH_PEERS, PEERS
 from .worker import RECORD_KEYS, RESULT_MARK
@@ -172,8 +173,10 @@ def run_probes(devices, dtypes) -> list:
 
 
 def rows(kind: str, backend_names, peers, batch) -> list:
-    """(impl, backend, engine) of each row: ours once per engine it has there, then the peers."""
-    ours = [("ours", b, e) for b in backend_names for e in ("eager", "compiled") if e == "eager" or (b, kind) in COMPILED]
+    """(impl, backend, engine) of each row: ours once per engine it has there (dask once per worker
+    count, in full batch only), then the peers."""
+    ours = [("ours", b, e) for b in expand(backend_names) for e in ("eager", "compiled")
+            if (e == "eager" or (b, kind) in COMPILED) and (batch is None or not b.startswith("dask"))]
     return ours + [(p, LIBRARY[p], None) for p in peers if batch is None or p in MINIBATCH_PEERS]
 
 
@@ -261,6 +264,8 @@ def metadata(argv, records, real_shape) -> dict:
 def write_outputs(args, result) -> int:
     table = report.markdown(result)
     print(table)
+    for line in dask_summary(result["records"]):
+        print("dask:", line, file=sys.stderr)
     if args.json:
         with atomic_write(args.json, "w") as f:
             json.dump(result, f, indent=1, default=_jsonable)

@@ -42,7 +42,7 @@ class Unavailable(Exception):
 
 
 def check_available(impl: str, backend: str | None, device: str) -> None:
-    library = backend if impl == "ours" else LIBRARY[impl]
+    library = backend.partition(":")[0] if impl == "ours" else LIBRARY[impl]  # dask:W -> dask
     module = {"sklearn": "sklearn"}.get(library, library)
     if importlib.util.find_spec(module) is None:
         raise Unavailable(f"{module} is not installed")
@@ -225,6 +225,12 @@ def make(impl: str, backend: str | None, device: str, dtype: str, lr: float, *, 
     from .torch_peers import TorchAutograd, TorchCompile, TorchExpert, TorchManual
 
     kwargs = {"batch": batch, "seed": seed}
+    if impl == "ours" and backend.partition(":")[0] == "dask":
+        if batch is not None:
+            raise Unavailable("ours on dask is timed in full batch only (a minibatch is at least one chunk)")
+        from .dask_impl import DaskOurs
+
+        return DaskOurs(backend, device, dtype, lr)
     if impl == "ours":
         return Ours(backend, engine, device, dtype, lr, **kwargs)
     return {"torch-manual": TorchManual, "torch-expert": TorchExpert, "torch-autograd": TorchAutograd,

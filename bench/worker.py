@@ -143,6 +143,8 @@ def measure(spec: dict) -> dict:
         if len(times) >= spec["min_epochs"] and time.perf_counter() - started > spec["budget_s"]:
             break
     final_loss = impl.last_loss()
+    extra = getattr(impl, "extra_fields", dict)()  # e.g. the Dask workers' own peak memory
+    getattr(impl, "close", lambda: None)()
     ms = sorted(t * 1e3 for t in times)
     q1, _, q3 = statistics.quantiles(ms, n=4) if len(ms) >= 2 else (ms[0], ms[0], ms[0])
     return {
@@ -160,6 +162,7 @@ def measure(spec: dict) -> dict:
         "final_loss": final_loss,
         "peak_mem_bytes": memory.peak(impl),
         "peak_mem_method": memory.method,
+        **extra,
     }
 
 

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-from mlp.backends import BACKENDS, describe_out_of_memory, is_out_of_memory
+from mlp.backends import BACKENDS, describe_out_of_memory, is_out_of_memory, release
 
 from .errors import USER_ERRORS, DivergedError, Signalled
 from .files import DISK_FULL, release_locks
@@ -93,6 +93,9 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=None, choices=BACKENDS, metavar="LIB",
                    help=f"array library: {', '.join(BACKENDS)} "
                         "(default: numpy on cpu, cupy on cuda); the model's code is the same for all")
+    from .scaleout import add_dask_flags
+
+    add_dask_flags(p, store=p.prog.endswith("mlp.train"))
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:
@@ -137,7 +140,10 @@ def run(main, argv=None) -> int:
     prog = getattr(main, "prog", "mlp")
     try:
         with _signals():
-            code = main(argv) or 0
+            try:
+                code = main(argv) or 0
+            finally:
+                release()  # a Dask cluster is closed on every exit: success, errors, Ctrl-C
             sys.stdout.flush()
             return code
     except BrokenPipeError:

@@ -255,3 +255,9 @@ def fingerprint(split: Split) -> str:
     digest.update(np.ascontiguousarray(split.X, dtype=np.float64).data)
     digest.update(np.ascontiguousarray(split.y, dtype=np.float64).data)
     return digest.hexdigest()
+
+
+if __name__ == "__main__":  # `python -m mlp.data convert ...`: the on-disk store for --backend dask
+    from .store import cli
+
+    cli()

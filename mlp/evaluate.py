@@ -15,6 +15,7 @@ from .errors import UserError
 from .files import check_output_path, check_outputs
 from .plots import plot_format
 from .progress import fmt_loss
+from .scaleout import dask_options
 from .scoring import evaluate
 
 
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
         plot_format(args.plot)
     ckpt = checkpoint.load(args.checkpoint)
     cfg = ckpt.config
-    backend = backends.resolve(args.device, args.backend)
+    backend = backends.resolve(args.device, args.backend, dask_options(args))
     data = load_dataset(args.data_dir, cfg["classes"], download=not args.no_download)
     split = getattr(data, args.split)
     if split.X.shape[1] != cfg["n_features"]:

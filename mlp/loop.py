@@ -141,7 +141,8 @@ def make_engine(backend, name: str, cfg: dict, X, y):
                         f"engine; use --engine eager (or auto), or a backend that has one")
     if name != "eager" and compiled is not None:
         return compiled(step, X, y, batch)
-    return EagerEngine(backend, step, X, y, batch)
+    eager = getattr(backend, "eager_engine", EagerEngine)  # Dask: one graph per step, params back as NumPy
+    return eager(backend, step, X, y, batch)
 
 
 # ----------------------------------------------------------------------------- the loop

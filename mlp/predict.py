@@ -24,9 +24,10 @@ from .cli import Parser, add_device_flags, run
 from .data import MNIST_MEAN, MNIST_STD
 from .errors import UserError
 from .files import atomic_write, check_output_path
+from .images import load_image, looks_wrong, scale_pixels
+from .scaleout import dask_options
 
 CHUNK = 65_536  # rows per device call
-from .images import load_image, looks_wrong, scale_pixels
 
 
 #: the files a directory given as IMAGE contributes (others in it are left alone)
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
                         f"{cfg['n_features']} features; the file is corrupt")
     names, X = collect(args.images, shape, resize=args.resize, invert=args.invert)
     X = (X - cfg.get("mean", MNIST_MEAN)) / cfg.get("std", MNIST_STD)
-    backend = backends.resolve(args.device, args.backend)
+    backend = backends.resolve(args.device, args.backend, dask_options(args))
     params = {k: backend.asarray(v, cfg["dtype"]) for k, v in ckpt.params.items()}
     probs = np.concatenate([  # in chunks of rows, to bound the device memory
         backend.to_host(model.predict_proba(params, backend.asarray(X[i:i + CHUNK], cfg["dtype"]), cfg["activation"]))

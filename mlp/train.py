@@ -18,13 +18,14 @@ from mlp import backends
 from . import checkpoint, model
 from .checkpoint import RUN_KEYS, Checkpoint
 from .cli import Parser, add_data_flags, add_device_flags, exit_code, positive_float, positive_int, run, seed_int
-from .data import MNIST_MEAN, MNIST_STD, data_paths, default_data_dir, fingerprint, load_dataset
+from .data import MNIST_MEAN, MNIST_STD, data_paths, default_data_dir, load_dataset
 from .errors import CheckpointError, DivergedError, UserError
 from .files import check_output_path, check_outputs, lock
 from .history import EarlyStopped, EpochLog, History, holdout, resolve_val_split, val_fraction
 from .loop import ENGINES, Interrupted, StopOnSignals, TrainState, batching, fit, make_engine, params_finite
 from .plots import plot_format
 from .progress import Progress, epoch_train_loss, fmt_loss
+from .scaleout import dask_options, training_arrays
 from .scoring import evaluate
 from .summary import continue_command, metrics, summary_line, write_loss_plot, write_metrics, wrote
 
@@ -158,9 +159,8 @@ def check_flags(args) -> None:
 
 
 def load_rows(args, cfg: dict, ckpt: Checkpoint | None):
-    """The data set, the host rows to train on and to validate on ((X, y) pairs; val is None
-    without a split), and the data set's fingerprint. A resumed run must be on the data it was
-    trained on (row count and fingerprint)."""
+    """The data set, and the host rows to train on and to validate on ((X, y) pairs; val is None
+    without a split)."""
     if (args.early_stop or args.save_best) and not cfg["val_split"]:
         flag = "--early-stop" if args.early_stop else "--save-best"
         raise UserError(f"{flag} watches the validation loss, so it needs --val-split F (e.g. 0.1): "
@@ -177,13 +177,15 @@ def load_rows(args, cfg: dict, ckpt: Checkpoint | None):
     if cfg["batch_size"] != "full" and cfg["batch_size"] > X.shape[0]:
         raise UserError(f"--batch-size {cfg['batch_size']} is larger than the {X.shape[0]:,} training rows; "
                         f"use at most {X.shape[0]} or 'full'")
-    data_fingerprint = fingerprint(data.train)
+    return data, (X, y), val
+
+
+def check_same_data(args, cfg: dict, ckpt: Checkpoint | None, n: int, data_fingerprint: str) -> None:
+    """A resumed run must be on the data it was trained on (row count and fingerprint)."""
     if ckpt is not None:
-        note = checkpoint.check_same_data(ckpt, args.resume, X.shape[0], data_fingerprint,
-                                          batching(X.shape[0], cfg["batch_size"])[1])
+        note = checkpoint.check_same_data(ckpt, args.resume, n, data_fingerprint, batching(n, cfg["batch_size"])[1])
         if note:
             print(f"note: {note}", file=sys.stderr)
-    return data, (X, y), val, data_fingerprint
 
 
 def initial_state(backend, cfg: dict, n_features: int, ckpt: Checkpoint | None) -> TrainState:
@@ -278,13 +280,14 @@ def main(argv=None) -> int:
     check_flags(args)
     ckpt = checkpoint.load(args.resume) if args.resume else None
     cfg = resolve_config(args, ckpt)
-    backend = backends.resolve(args.device, args.backend)
-    data, (Xh, yh), val, data_fingerprint = load_rows(args, cfg, ckpt)
-    (n, n_features), n_val, dtype = Xh.shape, 0 if val is None else len(val[1]), cfg["dtype"]
+    backend = backends.resolve(args.device, args.backend, dask_options(args))
+    data, rows, val = load_rows(args, cfg, ckpt)
+    X, y, data_fingerprint = training_arrays(backend, args, data, rows, cfg["dtype"])  # to the device, once
+    (n, n_features), n_val = X.shape, 0 if val is None else len(val[1])
+    check_same_data(args, cfg, ckpt, n, data_fingerprint)
     data_cfg = {"n_features": n_features, "image_shape": list(data.image_shape), "mean": MNIST_MEAN,
                 "std": MNIST_STD, "n_train": n, "val_split": cfg["val_split"],
                 "data_fingerprint": data_fingerprint}
-    X, y = backend.asarray(Xh, dtype), backend.asarray(yh, dtype)                   # to the device, once
     state = initial_state(backend, cfg, n_features, ckpt)
     _, steps_per_epoch = batching(n, cfg["batch_size"])
     announce(args, cfg, backend, n, n_val, n_features, ckpt, steps_per_epoch)

@@ -1,0 +1,112 @@
+"""The Dask engine: one full-batch (or whole-chunk minibatch) step of gradient descent on a cluster.
+
+A step is one task per row chunk and a tree of sums:
+
+    chunk i (B_i rows of the batch):   loss_i, g_i = model.loss_and_grads(params, X_i, y_i)
+    the batch (B = sum of B_i rows):   loss = sum_i (B_i / B) loss_i,   g = sum_i (B_i / B) g_i
+    on the host:                       params = model.update(params, g, lr)
+
+which is exactly the mean loss and gradient over the batch, since both are means over rows.
+Each chunk's task normalises its own uint8 rows (mlp.store.normalised), so a worker holds
+1 byte per pixel between steps and one chunk's float temporaries during a step, and the
+graph has one task per chunk rather than one per operation. The parameters (a few hundred
+kB) go out with each step's graph and come back summed, as NumPy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import BackendError
+
+SPLIT_EVERY = 8      # partial sums added per task of the reduction tree
+
+
+def chunk_loss_and_grads(X, y, params, activation, weight, dtype=None, rows=None):
+    """On a worker: `weight` times the mean loss and gradients over this chunk's rows
+    (`rows`, when given, picks the batch's rows out of the chunk; `dtype` normalises uint8 rows)."""
+    from array_api_compat import array_namespace
+
+    from mlp import model
+    from mlp.store import normalised
+
+    xp = array_namespace(X)
+    if rows is not None:
+        rows = xp.asarray(rows)                                     # NumPy -> CuPy on a GPU worker
+        X, y = xp.take(X, rows, axis=0), xp.take(y, rows, axis=0)
+    if dtype is not None:
+        X = normalised(X, dtype)
+    params = {k: xp.asarray(v) for k, v in params.items()}        # NumPy -> CuPy on a GPU worker
+    loss, grads = model.loss_and_grads(params, X, y, activation)
+    return weight * loss, {k: weight * g for k, g in grads.items()}
+
+
+def add(*parts):
+    """The sum of (loss, grads) pairs."""
+    loss = sum(p[0] for p in parts)
+    return loss, {k: sum(p[1][k] for p in parts) for k in parts[0][1]}
+
+
+class DaskEngine:
+    """Runs steps as chunk tasks on the cluster; the engine layer's eager engine for --backend dask."""
+
+    name = "dask"
+    segment = 1
+
+    def __init__(self, backend, step, X, y, batch: int):
+        keywords = getattr(step, "keywords", {})        # functools.partial(model.train_step, lr=, activation=)
+        self.lr, self.activation = keywords["lr"], keywords.get("activation", "relu")
+        self.backend, self.batch, self.n = backend, batch, X.shape[0]
+        # the uint8 rows behind X when it came from backend.from_rows (normalised in the chunk task),
+        # else X's own (already float) chunks
+        X8, y8, dtype = backend.info.get("uint8_rows", {}).get(X.name, (X, y, None))
+        self.dtype = dtype
+        self.X_blocks, self.y_blocks = X8.to_delayed().ravel().tolist(), y8.to_delayed().ravel().tolist()
+        self.bounds = np.cumsum((0,) + X8.chunks[0])
+        chunk = max(X8.chunks[0])
+        if batch < self.n and batch < chunk:
+            raise BackendError(
+                f"--batch-size {batch} is smaller than one Dask chunk ({chunk:,} rows): every step would cost a "
+                f"scheduler round trip (milliseconds) for {batch} rows of work; use --batch-size full (the main "
+                f"mode) or at least {chunk} (or a smaller --chunk-rows), or --backend numpy for small minibatches")
+        self.perm = None
+
+    def begin_epoch(self, perm) -> None:
+        self.perm = perm   # stays on the host: each chunk's task is told which of its rows are in the batch
+
+    def run(self, params, first: int, last: int):
+        from mlp import model
+
+        from .dask_cluster import _host
+
+        b = self.backend
+        # the parameters are one-chunk arrays of host data (backend.wrap): read here, no cluster trip
+        host = {k: _host(v.compute(scheduler="sync")) for k, v in params.items()}
+        losses = []
+        for i in range(first, last):
+            loss, grads = self._loss_and_grads(host, i)
+            host = model.update(host, grads, self.lr)
+            losses.append(b.wrap(loss))
+        return {k: b.wrap(v) for k, v in host.items()}, losses
+
+    def _loss_and_grads(self, host_params, i: int):
+        from dask import delayed
+
+        if self.perm is None:
+            picks = [(k, None, hi - lo) for k, (lo, hi) in enumerate(zip(self.bounds[:-1], self.bounds[1:]))]
+        else:
+            rows = np.sort(self.perm[i * self.batch:min((i + 1) * self.batch, self.n)])
+            cut = np.searchsorted(rows, self.bounds)
+            picks = [(k, rows[cut[k]:cut[k + 1]] - self.bounds[k], cut[k + 1] - cut[k])
+                     for k in range(len(self.X_blocks)) if cut[k + 1] > cut[k]]
+        total = sum(count for _, _, count in picks)
+        p = delayed(host_params, traverse=True)
+        parts = [delayed(chunk_loss_and_grads, pure=True)(self.X_blocks[k], self.y_blocks[k], p, self.activation,
+                                                          float(count / total), self.dtype, rows)
+                 for k, rows, count in picks]
+        while len(parts) > 1:
+            parts = [delayed(add, pure=True)(*parts[j:j + SPLIT_EVERY]) for j in range(0, len(parts), SPLIT_EVERY)]
+        from .dask_cluster import _host
+
+        loss, grads = self.backend.client.compute(parts[0], sync=True)
+        return _host(loss), {k: _host(v) for k, v in grads.items()}

@@ -1,0 +1,270 @@
+"""Training rows on disk, read lazily by chunk: the data side of `--backend dask`.
+
+A *store* is a folder written once by `python -m mlp.data convert`:
+
+    X.npy      uint8 (N, D)  the pixels as the IDX file holds them (1 byte per pixel)
+    y.npy      uint8 (N,)    1 where the digit is classes[1], else 0
+    meta.json  format, classes, image shape, row count, how it was made
+
+A `.npy` file is a small header followed by the rows in C order, so a chunk of rows is one
+contiguous byte range: `NpyRows` reads exactly that range with a plain file read (no
+memory map stays open, so a worker's resident memory does not grow with the file), and any
+chunk size can be chosen at training time. `IdxRows` offers the same interface straight
+on the IDX files of a data folder. Both are small picklable objects with `shape`, `dtype`
+and `rows[a:b]`, so a Dask worker that loses its chunks reads them again from the file.
+
+Everything here is NumPy only; building dask arrays on top is `backends.dask_cluster`'s job.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .data import normalise, read_idx, select_pair
+from .errors import DataError, UserError
+
+FORMAT = "mlp-rows/1"
+BLOCK_ROWS = 65_536          # rows written at a time: bounded memory however large the store
+
+
+# ----------------------------------------------------------------------------- lazy rows
+
+
+class NpyRows:
+    """Rows of a .npy file, read from disk on indexing: `shape`, `dtype`, `ndim`, `[rows, cols]`."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        try:
+            with open(self.path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(f)
+                self.offset = f.tell()
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read {self.path} as a .npy array ({exc}); convert the data again "
+                            "with python -m mlp.data convert") from None
+        if fortran:
+            raise DataError(f"{self.path} is stored in Fortran order; convert the data again with python -m mlp.data convert")
+        self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
+        expected = self.offset + int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize
+        if os.path.getsize(self.path) != expected:
+            raise DataError(f"{self.path} is truncated or padded ({os.path.getsize(self.path):,} bytes, its header "
+                            f"promises {expected:,}); convert the data again with python -m mlp.data convert")
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        rows, rest = key[0], key[1:]
+        start, stop, step = rows.indices(self.shape[0]) if isinstance(rows, slice) else (None, None, None)
+        if step != 1:
+            raise TypeError("NpyRows reads contiguous row ranges only")
+        row_items = int(np.prod(self.shape[1:], dtype=np.int64))
+        count = max(0, stop - start) * row_items
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + start * row_items * self.dtype.itemsize)
+            block = np.fromfile(f, dtype=self.dtype, count=count)
+        if block.size != count:
+            raise DataError(f"{self.path}: short read at rows {start}:{stop}; the file changed or is truncated")
+        return block.reshape((stop - start,) + self.shape[1:])[(slice(None), *rest)]
+
+    def __repr__(self):
+        return f"NpyRows({self.path!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+@functools.lru_cache(maxsize=2)
+def _pair_rows(images_path: str, labels_path: str, classes: tuple, mtime: float):
+    """The class pair's uint8 images (N, D) and labels (N,) (0/1), read once per process."""
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    images, y, _ = select_pair(images, labels, classes, labels_path)
+    return np.ascontiguousarray(images.reshape(images.shape[0], -1)), y.astype(np.uint8)
+
+
+class IdxRows:
+    """The class pair's rows of an IDX images file (`part='X'`, uint8 (N, D)) or its 0/1
+    labels (`part='y'`, uint8 (N,)). The files are read once per process on first use."""
+
+    def __init__(self, images_path, labels_path, classes, part: str, shape):
+        self.images_path, self.labels_path = str(images_path), str(labels_path)
+        self.classes, self.part = tuple(int(c) for c in classes), part
+        self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(np.uint8), len(shape)
+
+    def __getitem__(self, key):
+        X, y = _pair_rows(self.images_path, self.labels_path, self.classes, os.path.getmtime(self.images_path))
+        return np.array((X if self.part == "X" else y)[key], copy=True)
+
+    def __repr__(self):
+        return f"IdxRows({self.images_path!r}, classes={self.classes}, part={self.part!r}, shape={self.shape})"
+
+
+def idx_rows(images_path, labels_path, classes) -> tuple[IdxRows, IdxRows]:
+    """(X, y) lazy rows of a class pair in IDX files (reads them here once, for the shape)."""
+    X, y = _pair_rows(str(images_path), str(labels_path), tuple(int(c) for c in classes),
+                      os.path.getmtime(images_path))
+    return (IdxRows(images_path, labels_path, classes, "X", X.shape),
+            IdxRows(images_path, labels_path, classes, "y", y.shape))
+
+
+def normalised(block, dtype_name: str = "float64"):
+    """uint8 pixel rows -> normalised floats exactly as on every other backend: mlp.data's
+    normalisation in float64, then cast (so float32 runs see the same values as NumPy's)."""
+    return normalise(block).astype(dtype_name, copy=False)
+
+
+# ----------------------------------------------------------------------------- stores
+
+
+def open_store(folder, classes=None) -> tuple[NpyRows, NpyRows, dict]:
+    """(X, y, meta) of a store folder; `classes`, when given, must be the store's."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{folder} is not a converted data store ({exc.__class__.__name__}: {exc}); "
+                        "make one with python -m mlp.data convert --out DIR") from None
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{folder}/meta.json has format {meta.get('format')!r}, this version reads {FORMAT!r}; convert again")
+    X, y = NpyRows(folder / "X.npy"), NpyRows(folder / "y.npy")
+    if X.ndim != 2 or y.shape != (X.shape[0],) or X.dtype != np.uint8 or X.shape[0] != meta.get("n"):
+        raise DataError(f"{folder}: X {X.shape} {X.dtype} and y {y.shape} do not match each other or "
+                        f"meta.json (n={meta.get('n')}); convert the data again")
+    if classes is not None and tuple(meta["classes"]) != tuple(classes):
+        a, b = meta["classes"]
+        raise UserError(f"the store {folder} holds classes {a} vs {b}, the run asks for {classes[0]} vs {classes[1]}; "
+                        f"use --classes {a} {b}, or convert the pair you want")
+    return X, y, meta
+
+
+def store_fingerprint(folder) -> str:
+    """SHA-256 of a store's meta.json and labels: what a resumed --store run checks (hashing
+    every row of a store larger than memory would mean reading all of it once more)."""
+    folder = Path(folder)
+    digest = hashlib.sha256((folder / "meta.json").read_bytes())
+    with open(folder / "y.npy", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_store(folder, blocks, n: int, n_features: int, meta: dict) -> None:
+    """Write (X, y) blocks (uint8) into a new store folder, all or nothing: the files go to a
+    temporary folder beside it that is renamed into place at the end."""
+    folder = Path(folder)
+    if folder.exists():
+        raise UserError(f"{folder} already exists; remove it or choose another --out")
+    parent = folder.parent if str(folder.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"the folder {parent} does not exist; create it first or choose another --out")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
+    try:
+        X = np.lib.format.open_memmap(tmp / "X.npy", mode="w+", dtype=np.uint8, shape=(n, n_features))
+        y = np.lib.format.open_memmap(tmp / "y.npy", mode="w+", dtype=np.uint8, shape=(n,))
+        start = 0
+        for Xb, yb in blocks:
+            X[start:start + len(Xb)], y[start:start + len(yb)] = Xb, yb
+            start += len(Xb)
+        assert start == n, (start, n)
+        X.flush(), y.flush()
+        del X, y
+        (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "n": n, "n_features": n_features, **meta}, indent=1))
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def shifted(images: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """Each image (B, H, W) moved by (dy, dx) pixels, the uncovered border filled with 0."""
+    out = np.zeros_like(images)
+    H, W = images.shape[1:]
+    for sy, sx in set(zip(dy.tolist(), dx.tolist())):
+        k = (dy == sy) & (dx == sx)
+        out[k, max(sy, 0):H + min(sy, 0), max(sx, 0):W + min(sx, 0)] = \
+            images[k, max(-sy, 0):H + min(-sy, 0), max(-sx, 0):W + min(-sx, 0)]
+    return out
+
+
+def resampled_blocks(images: np.ndarray, labels: np.ndarray, n: int, max_shift: int, seed: int):
+    """n rows drawn with replacement from (images (M, H, W), labels), each moved by up to
+    max_shift pixels in x and y: new images of real digits, in blocks of BLOCK_ROWS."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, BLOCK_ROWS):
+        b = min(BLOCK_ROWS, n - start)
+        pick = rng.integers(0, images.shape[0], b)
+        dy, dx = rng.integers(-max_shift, max_shift + 1, (2, b))
+        yield shifted(images[pick], dy, dx).reshape(b, -1), labels[pick]
+
+
+def convert(data_dir, out, classes=(3, 7), *, rows: int | None = None, max_shift: int = 0, seed: int = 0,
+            download: bool = True) -> dict:
+    """The class pair's training rows of the IDX files in `data_dir` as a store at `out`;
+    with `rows`, that many rows resampled from them with shifts of up to `max_shift` pixels."""
+    from .data import mnist_files
+
+    paths = mnist_files(data_dir, download=download, quiet=True)
+    images, labels = read_idx(paths["train-images"]), read_idx(paths["train-labels"])
+    images, y, _ = select_pair(images, labels, tuple(classes), str(paths["train-labels"]))
+    y = y.astype(np.uint8)
+    n_features = int(np.prod(images.shape[1:]))
+    meta = {"classes": [int(c) for c in classes], "image_shape": list(images.shape[1:]),
+            "source": str(Path(paths["train-images"]).parent)}
+    if rows is None:
+        write_store(out, [(images.reshape(len(images), -1), y)], len(images), n_features,
+                    {**meta, "made_by": "convert"})
+        return {**meta, "n": len(images)}
+    write_store(out, resampled_blocks(images, y, rows, max_shift, seed), rows, n_features,
+                {**meta, "made_by": f"resampled from {len(images)} real rows, shifts up to {max_shift} px, seed {seed}"})
+    return {**meta, "n": rows}
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def main(argv=None) -> int:
+    from .cli import Parser, positive_int
+
+    p = Parser(prog="python -m mlp.data",
+               description="Convert the MNIST IDX files of a class pair, once, into a store of uint8 rows on disk "
+                           "that --backend dask reads lazily by chunk (for training sets larger than memory).")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("convert", help="write a store folder (X.npy, y.npy, meta.json)")
+    c.add_argument("--data-dir", default=None, metavar="DIR", help="folder with the IDX files (as for mlp.train)")
+    c.add_argument("--no-download", action="store_true", help="never download: fail if the files are missing")
+    c.add_argument("--classes", nargs=2, type=int, default=(3, 7), metavar=("A", "B"), help="the pair (default: 3 7)")
+    c.add_argument("--out", required=True, metavar="DIR", help="the store folder to create (must not exist)")
+    c.add_argument("--rows", type=positive_int, metavar="N",
+                   help="a larger synthetic-but-real set: N rows drawn with replacement from the real ones")
+    c.add_argument("--max-shift", type=int, default=2, metavar="K",
+                   help="with --rows: move each drawn digit by up to K pixels in x and y (default: 2)")
+    c.add_argument("--seed", type=int, default=0, help="with --rows: seed of the draw (default: 0)")
+    args = p.parse_args(argv)
+    if args.max_shift < 0:
+        raise UserError(f"--max-shift must be 0 or more, got {args.max_shift}")
+    info = convert(args.data_dir, args.out, tuple(args.classes), rows=args.rows,
+                   max_shift=args.max_shift if args.rows else 0, seed=args.seed, download=not args.no_download)
+    size = info["n"] * int(np.prod(info["image_shape"]))
+    print(f"wrote {args.out}: {info['n']:,} rows of classes {info['classes'][0]} vs {info['classes'][1]} "
+          f"({size / 1e6:,.1f} MB of uint8 pixels); train on it with --backend dask --store {args.out}")
+    return 0
+
+
+main.prog = "mlp.data"
+
+
+def cli() -> None:
+    from .cli import run
+
+    sys.exit(run(main))
+
+
+if __name__ == "__main__":
+    cli()
