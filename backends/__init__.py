@@ -13,7 +13,6 @@ never needs CuPy, PyTorch or JAX installed.
 
 from __future__ import annotations
 
-import importlib
 import os
 import platform
 import re
@@ -128,27 +127,6 @@ def parse_device(device: str) -> tuple[str, int | None]:
     raise BackendError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
 
 
-def _import(module: str, backend: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - depends on the machine
-        raise BackendError(
-            f"backend {backend!r} needs the Python package {module.split('.')[0]!r}, "
-            f"which is not installed ({exc.__class__.__name__}: {exc}); {INSTALL_HINT[backend]}"
-        ) from None
-
-
-def _compat_namespace(library_module):
-    from array_api_compat import array_namespace
-
-    probe = library_module.asarray([0.0]) if hasattr(library_module, "asarray") else None
-    return array_namespace(probe)
-
-
-def _same_on_host(x) -> np.ndarray:
-    return np.asarray(x)
-
-
 _ALLOCATOR_TUNED = None
 
 
@@ -178,194 +156,6 @@ def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:
     return _ALLOCATOR_TUNED
 
 
-# --------------------------------------------------------------------------- backends
-
-
-def _numpy(index: int | None) -> Backend:
-    import array_api_compat.numpy as xp
-
-    return Backend(
-        name="numpy",
-        device="cpu",
-        xp=xp,
-        version=np.__version__,
-        _asarray=lambda host, dtype: np.array(host, copy=True),
-        _to_host=_same_on_host,
-        _synchronize=lambda *arrays: None,
-        _device_name=cpu_name,
-    )
-
-
-def _array_api_strict(index: int | None) -> Backend:
-    xp = _import("array_api_strict", "array_api_strict")
-
-    def to_host(x):
-        return np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
-
-    return Backend(
-        name="array_api_strict",
-        device="cpu",
-        xp=xp,
-        version=getattr(xp, "__version__", "?"),
-        _asarray=lambda host, dtype: xp.asarray(host, copy=True),
-        _to_host=lambda x: np.array(to_host(x), copy=True),
-        _synchronize=lambda *arrays: None,
-        _device_name=cpu_name,
-    )
-
-
-def _torch(index: int | None) -> Backend:
-    torch = _import("torch", "torch")
-    import array_api_compat.torch as xp
-
-    if index is None:
-        dev = torch.device("cpu")
-        name = "cpu"
-        sync = lambda *arrays: None  # noqa: E731  (eager CPU torch runs each op to completion)
-        device_name = cpu_name
-    else:
-        if not torch.cuda.is_available():
-            raise BackendError(
-                "CUDA was asked for with --backend torch, but this PyTorch build sees no GPU "
-                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
-                "install a CUDA build of PyTorch on a machine with an NVIDIA GPU, or use --device cpu"
-            )
-        count = torch.cuda.device_count()
-        if index >= count:
-            names = ", ".join(f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(count))
-            raise BackendError(f"device cuda:{index} does not exist; devices: {names}")
-        dev = torch.device("cuda", index)
-        name = f"cuda:{index}"
-        sync = lambda *arrays: torch.cuda.synchronize(dev)  # noqa: E731
-        device_name = lambda: torch.cuda.get_device_name(index)  # noqa: E731
-
-    return Backend(
-        name="torch",
-        device=name,
-        xp=xp,
-        version=torch.__version__,
-        _asarray=lambda host, dtype: torch.tensor(host, device=dev),
-        _to_host=lambda x: x.detach().cpu().numpy().copy(),
-        _synchronize=sync,
-        _device_name=device_name,
-        compiled_engine=None if index is None else _torch_graph_factory(dev),
-    )
-
-
-def _torch_graph_factory(dev):
-    from .torch_graph import factory
-
-    return factory(dev)
-
-
-def _cupy(index: int | None) -> Backend:
-    if index is None:
-        raise BackendError("CuPy runs on CUDA GPUs only: use --device cuda (or --backend numpy for the CPU)")
-    try:
-        cupy = importlib.import_module("cupy")
-    except ImportError as exc:
-        raise BackendError(
-            f"--device cuda needs CuPy, which is not installed or does not load ({exc}); "
-            f"{INSTALL_HINT['cupy']}, or use --device cpu"
-        ) from None
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CUDARuntimeError: no driver, no device
-        raise BackendError(
-            f"CuPy is installed but finds no usable CUDA GPU ({exc.__class__.__name__}: {exc}); "
-            "check the NVIDIA driver with nvidia-smi, or use --device cpu"
-        ) from None
-    if count == 0:
-        raise BackendError("CuPy is installed but this machine has no CUDA GPU; use --device cpu")
-
-    def gpu_name(i):
-        raw = cupy.cuda.runtime.getDeviceProperties(i)["name"]
-        return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-    if index >= count:
-        names = ", ".join(f"cuda:{i} ({gpu_name(i)})" for i in range(count))
-        raise BackendError(f"device cuda:{index} does not exist; devices: {names}")
-    cupy.cuda.Device(index).use()
-    xp = _compat_namespace(cupy)
-
-    def asarray(host, dtype):
-        with cupy.cuda.Device(index):
-            return cupy.asarray(host)
-
-    return Backend(
-        name="cupy",
-        device=f"cuda:{index}",
-        xp=xp,
-        version=cupy.__version__,
-        _asarray=asarray,
-        _to_host=lambda x: cupy.asnumpy(x),
-        _synchronize=lambda *arrays: cupy.cuda.Device(index).synchronize(),
-        _device_name=lambda: gpu_name(index),
-    )
-
-
-def _jax(index: int | None) -> Backend:
-    jax = _import("jax", "jax")
-    jax.config.update("jax_enable_x64", True)  # float64 stays float64 when asked for
-    # float32 products in full float32, as NumPy, CuPy and torch (TF32 off) do here, not TF32
-    jax.config.update("jax_default_matmul_precision", "highest")
-    import jax.numpy as jnp
-
-    if index is None:
-        dev = jax.devices("cpu")[0]
-        name, device_name = "cpu", cpu_name
-    else:
-        try:
-            gpus = jax.devices("gpu")
-        except RuntimeError:
-            gpus = []
-        if not gpus:
-            raise BackendError(
-                "CUDA was asked for with --backend jax, but JAX sees no GPU; "
-                "pip install 'jax[cuda12]' on a machine with an NVIDIA GPU, or use --device cpu"
-            )
-        if index >= len(gpus):
-            names = ", ".join(f"cuda:{i} ({d.device_kind})" for i, d in enumerate(gpus))
-            raise BackendError(f"device cuda:{index} does not exist; devices: {names}")
-        dev = gpus[index]
-        name, device_name = f"cuda:{index}", (lambda: dev.device_kind)
-
-    def sync(*arrays):
-        # JAX dispatches asynchronously and has no device-wide barrier (a fresh scalar's
-        # block_until_ready returns with earlier work still queued): wait on the outputs.
-        if not arrays:
-            raise ValueError("JAX has no device-wide barrier: pass the arrays to wait for, "
-                             "backend.synchronize(*outputs)")
-        jax.block_until_ready(arrays)
-
-    return Backend(
-        name="jax",
-        device=name,
-        xp=jnp,
-        version=jax.__version__,
-        _asarray=lambda host, dtype: jax.device_put(host, dev),
-        _to_host=lambda x: np.array(x, copy=True),
-        _synchronize=sync,
-        _device_name=device_name,
-        compiled_engine=_jax_scan_factory(dev),
-    )
-
-
-def _jax_scan_factory(dev):
-    from .jax_engine import factory
-
-    return factory(dev)
-
-
-_FACTORIES = {
-    "numpy": _numpy,
-    "cupy": _cupy,
-    "torch": _torch,
-    "jax": _jax,
-    "array_api_strict": _array_api_strict,
-}
-
-
 def resolve(device: str = "cpu", backend: str | None = None, options=None) -> Backend:
     """The Backend for `--device` and `--backend` (None: NumPy on cpu, CuPy on cuda);
     `options` (a dask_cluster.Options) says which cluster `--backend dask` uses.
@@ -380,14 +170,16 @@ def resolve(device: str = "cpu", backend: str | None = None, options=None) -> Ba
         from .dask_cluster import dask_backend
 
         return dask_backend(kind, index, options)
-    if backend not in _FACTORIES:
+    from .libraries import FACTORIES
+
+    if backend not in FACTORIES:
         raise BackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if kind == "cuda" and backend in ("numpy", "array_api_strict"):
         raise BackendError(
             f"{backend} runs on the CPU only: use --backend cupy, torch or jax with --device {device}, "
             "or --device cpu"
         )
-    chosen = _FACTORIES[backend](index)
+    chosen = FACTORIES[backend](index)
     if kind == "cpu":
         keep_freed_memory()
     return chosen

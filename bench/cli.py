@@ -71,7 +71,7 @@ def build_parser() -> Parser:
     p.add_argument("--device", type=csv(str), metavar="LIST",
                    help="devices, e.g. cpu or cpu,cuda (default: cpu, plus cuda where CuPy sees a GPU)")
     p.add_argument("--backends", type=csv(str), metavar="LIST",
-                   help="libraries to run our model on (default: numpy,torch on cpu; cupy,torch on cuda)")
+                   help="libraries to run our model on (default: numpy,torch,jax on cpu; cupy,torch,jax on cuda; dask runs 1, 2, ... workers)")
     p.add_argument("--peers", type=csv(str), metavar="LIST",
                    help=f"peers to compare: {','.join(PEERS)}, or none (default: all)")
     p.add_argument("--sizes", type=csv(size), metavar="LIST",

@@ -78,10 +78,6 @@ class StopOnSignals:
         return False
 
 
-#: the name it had when it knew only Ctrl-C
-StopOnSigint = StopOnSignals
-
-
 def batching(n: int, batch_size) -> tuple[int, int]:
     """(rows per step, steps per epoch) for n rows and a --batch-size (a count or 'full')."""
     batch = n if batch_size == "full" else batch_size

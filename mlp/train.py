@@ -25,6 +25,7 @@ from .history import EarlyStopped, EpochLog, History, holdout, resolve_val_split
 from .loop import ENGINES, Interrupted, StopOnSignals, TrainState, batching, fit, make_engine, params_finite
 from .plots import plot_format
 from .progress import Progress, epoch_train_loss, fmt_loss
+from .saver import Saver
 from .scaleout import dask_options, training_arrays
 from .scoring import evaluate
 from .summary import continue_command, metrics, summary_line, write_loss_plot, write_metrics, wrote
@@ -213,36 +214,6 @@ def announce(args, cfg, backend, n: int, n_val: int, n_features: int, ckpt, step
     print(f"{where}: {backend}; {n:,} rows{val} of {n_features} features, classes {cfg['classes'][0]} vs "
           f"{cfg['classes'][1]}; H={cfg['hidden']} {cfg['activation']} {cfg['init']} init, lr {cfg['lr']}, "
           f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, {cfg['dtype']}", file=sys.stderr, flush=True)
-
-
-def to_checkpoint(backend, cfg: dict, data_cfg: dict, state: TrainState, engine: str | None = None) -> Checkpoint:
-    return Checkpoint(
-        params={k: backend.to_host(v) for k, v in state.params.items()},
-        config={**{k: cfg[k] for k in RUN_KEYS}, **data_cfg},
-        epoch=state.epoch,
-        step=state.step,
-        step_in_epoch=state.step_in_epoch,
-        rng_state=state.epoch_rng_state if state.step_in_epoch else state.rng.bit_generator.state,
-        losses=np.asarray(state.losses, dtype=np.float64),
-        epoch_seconds=np.asarray(state.epoch_seconds, dtype=np.float64),
-        partial_epoch_seconds=state.partial_epoch_seconds,
-        meta={"saved_on": str(backend), "target_epochs": cfg["epochs"], "engine": engine},
-    )
-
-
-class Saver:
-    """Writes checkpoints of the run (only ever of a good state) and remembers the last one."""
-
-    def __init__(self, backend, cfg, data_cfg, ckpt, resume_path, engine: str):
-        self.backend, self.cfg, self.data_cfg, self.engine = backend, cfg, data_cfg, engine
-        self.last = {"epoch": ckpt.epoch if ckpt else None, "path": resume_path}
-
-    def __call__(self, path, state: TrainState, *, check: bool = True) -> None:
-        if check and not params_finite(self.backend, state.params):
-            raise DivergedError(f"the parameters became non-finite by epoch {state.epoch}, step {state.step}")
-        previous = f"epoch {self.last['epoch']}" if self.last["path"] == path and self.last["epoch"] is not None else None
-        checkpoint.save_or_rescue(path, to_checkpoint(self.backend, self.cfg, self.data_cfg, state, self.engine), previous)
-        self.last.update(epoch=state.epoch, path=path)
 
 
 def watch(args, backend, cfg: dict, val, save: "Saver", state_epoch: int) -> History:
