@@ -79,7 +79,7 @@ def summary_line(m: dict, test: dict, backend) -> str:
         val = f" | val loss {fmt_loss(m['val_loss'])} | val accuracy {m['val_accuracy']:.2%}"
     return (f"final train loss {fmt_loss(m['train_loss'])}{val} | test loss {fmt_loss(m['test_loss'])} | test accuracy "
             f"{m['test_accuracy']:.2%} ({test['correct']}/{test['n']}) | median "
-            f"{m['median_epoch_seconds']:.3f} s/epoch | {backend.name} on {backend.device_name}")
+            f"{m['median_epoch_seconds']:.3f} s/epoch | {backend.name} ({m['engine']}) on {backend.device_name}")
 
 
 def write_metrics(path, m: dict) -> None:
