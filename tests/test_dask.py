@@ -32,7 +32,7 @@ from mlp.errors import UserError  # noqa: E402
 from mlp.loop import TrainState, fit, make_engine  # noqa: E402
 from mlp.store import convert, open_store, write_store  # noqa: E402
 
-from .conftest import call_cli, needs_gpu  # noqa: E402
+from .conftest import call_cli, needs_gpu, run_cli  # noqa: E402
 
 N, H, CHUNK = 3_000, 8, 1_000
 QUIET_CLUSTER = dict(threads_per_worker=1, processes=True, dashboard_address=":0",
@@ -375,3 +375,24 @@ def test_local_cuda_cluster_parity_float64(small_store):
     finally:
         b.close()
     assert_same(got, numpy_reference(small_store, steps=3), 1e-10)
+
+
+# ----------------------------------------------------------------------------- the bench's Dask rows
+
+
+def test_the_bench_measures_ours_on_dask_with_numpys_first_loss(data_dir):
+    """A bench worker (its own process, as `python -m bench --backends dask` runs it) measures a
+    full-batch epoch on one Dask worker, and its first step's loss is NumPy's."""
+    from mlp.bench.worker import RESULT_MARK
+
+    spec = {"mode": "measure", "impl": "ours", "engine": "eager", "batch": None, "device": "cpu",
+            "dtype": "float64", "n": 2000, "hidden": 16, "epochs": 2, "min_epochs": 2, "budget_s": 0,
+            "warmup": 1, "lr": 0.1, "seed": 0, "data_dir": str(data_dir)}
+    records = {}
+    for backend in ("numpy", "dask:1"):
+        done = run_cli("mlp.bench.worker", json.dumps({**spec, "backend": backend}), timeout=120)
+        line = next(x for x in done.stdout.splitlines() if x.startswith(RESULT_MARK))
+        records[backend] = json.loads(line[len(RESULT_MARK):])
+        assert records[backend]["status"] == "ok", records[backend]
+    assert records["dask:1"]["workers"] == 1 and records["dask:1"]["worker_peak_mem_bytes_per_row"] > 0
+    assert abs(records["dask:1"]["initial_loss"] - records["numpy"]["initial_loss"]) <= 1e-12
