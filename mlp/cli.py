@@ -49,24 +49,23 @@ def package_version() -> str:
         return "unknown"
 
 
-def positive_int(text: str) -> int:
+def whole_number(text: str, minimum: int, rule: str) -> int:
+    """An int of at least `minimum`; `rule` says so in the message ('must be at least 1')."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{rule}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return whole_number(text, 1, "must be at least 1")
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return whole_number(text, 0, "must be 0 or more")
 
 
 def seed_int(text: str) -> int:
