@@ -1,7 +1,9 @@
 """The same seed trains the same model on every backend, through the same training loop.
 
-The reference is NumPy in float64. Training runs through mlp.train.fit, the loop the CLI
-uses: minibatches gathered on the device with `take`, losses copied back per epoch."""
+The reference is NumPy in float64. Training runs through mlp.loop.fit with the engine the CLI
+picks by default (`--engine auto`: compiled on JAX and on torch-CUDA, eager elsewhere): minibatches
+gathered on the device with `take`, losses copied back per epoch. tests/test_engines.py holds
+the compiled engines to the eager loop on the same backend."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import pytest
 
 from mlp import backends
 from mlp import model
-from mlp.loop import TrainState, fit
+from mlp.loop import TrainState, fit, make_engine
 
 from .conftest import backend_params, needs_gpu, synthetic
 
@@ -24,7 +26,8 @@ def train(backend_name, device, dtype, activation, batch_size, epochs=4, seed=7)
     params = model.init_params(784, 32, rng, init="he", activation=activation)
     cfg = {"epochs": epochs, "batch_size": batch_size, "lr": 0.05, "activation": activation}
     state = TrainState(params={k: backend.asarray(v, dtype) for k, v in params.items()}, rng=rng)
-    fit(backend, cfg, backend.asarray(X, dtype), backend.asarray(y, dtype), state)
+    X, y = backend.asarray(X, dtype), backend.asarray(y, dtype)
+    fit(backend, cfg, X, y, state, engine=make_engine(backend, "auto", cfg, X, y))
     return np.array(state.losses), {k: backend.to_host(v) for k, v in state.params.items()}
 
 
