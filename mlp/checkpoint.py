@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint_meta import MAX_META_BYTES, _STRUCTURE, _config, _meta, check_same_data  # noqa: F401
+from .checkpoint_meta import FORMAT, MAX_META_BYTES, _STRUCTURE, _config, _meta, check_same_data  # noqa: F401
 from .errors import CheckpointError
 from .files import atomic_write, describe_kind
 from .model import PARAM_NAMES, param_shapes
 from .npz import Npz, NpzError
 from .versions import versions
 
-FORMAT = "mlp-checkpoint/1"
 
 #: settings that define the run; resuming with a different value is an error
 RUN_KEYS = ("hidden", "activation", "init", "lr", "batch_size", "seed", "dtype", "classes")
@@ -89,7 +88,7 @@ def load(path) -> Checkpoint:
 
     Only the known members are read, each after its declared shape and dtype were checked
     against the metadata (so a header claiming TiBs is refused before any allocation), and
-    every metadata field is validated before use (see `_config` and `_position`)."""
+    every metadata field is validated before use (see `_config` and `check_position`)."""
     path = Path(path)
     kind = describe_kind(path)
     if kind is not None:

@@ -69,7 +69,23 @@ def _meta(text: str, path, fmt: str = FORMAT) -> dict:
         _int(meta, "target_epochs", path, lo=1)
     if "saved_on" in meta and not isinstance(meta["saved_on"], str):
         raise _bad(path, "saved_on", meta["saved_on"], "a text")
+    if meta.get("validation") is not None:
+        _validation(meta, path)
     return meta
+
+
+def _validation(meta: dict, path) -> None:
+    """The best validation loss so far, its epoch and the epochs since: what --save-best and
+    --early-stop continue from on --resume."""
+    v = meta["validation"]
+    if not isinstance(v, dict):
+        raise _bad(path, "validation", v, "a JSON object")
+    p = "validation."
+    if v.get("best_epoch") is not None:
+        _int(v, "best_epoch", path, lo=1, hi=max(1, meta["epoch"]), prefix=p)
+        if _float(v, "best_val_loss", path, prefix=p) < 0:
+            raise _bad(path, p + "best_val_loss", v["best_val_loss"], "0 or more")
+    _int(v, "since_best", path, lo=0, hi=max(0, meta["epoch"]), prefix=p)
 
 
 def _config(c: dict, path) -> dict:
@@ -107,6 +123,8 @@ def _config(c: dict, path) -> dict:
             raise _bad(path, p + key, c[key], f"from {lo:g} to {hi:g} (pixels lie in [0, 1])")
     if "n_train" in c:
         _int(c, "n_train", path, lo=1, prefix=p)
+    if "val_split" in c and not 0 <= _float(c, "val_split", path, prefix=p) < 1:
+        raise _bad(path, p + "val_split", c["val_split"], "a fraction at least 0 and below 1")
     fp = c.get("data_fingerprint")
     if fp is not None and not (isinstance(fp, str) and len(fp) == 64 and all(ch in "0123456789abcdef" for ch in fp)):
         raise _bad(path, p + "data_fingerprint", fp, "a SHA-256 in hex")

@@ -18,8 +18,6 @@ EXIT_DIVERGED = 3
 EXIT_OUT_OF_MEMORY = 4
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
-#: signals that stop a command as Ctrl-C does (training finishes its step and saves first)
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def exit_code(signum: int) -> int:

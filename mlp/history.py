@@ -119,12 +119,24 @@ class History:
     losses are on the host, and `stop_if_stalled` once the epoch is reported. `save_best(state)`
     writes a checkpoint; it is called when the validation loss reaches a new minimum."""
 
-    def __init__(self, backend, activation: str, val=None, *, patience=None, save_best=None, log=None):
+    def __init__(self, backend, activation: str, val=None, *, patience=None, save_best=None, log=None,
+                 carried: dict | None = None):
         self.backend, self.activation, self.val = backend, activation, val   # val: (Xv, yv) on the device
         self.patience, self.save_best, self.log = patience, save_best, log
         self.rows: list[dict] = []
         self.best = {"val_loss": math.inf, "epoch": None, "written": False}
         self.since_best = 0
+        if carried:  # a resumed run: its best so far, so --save-best never replaces it with a worse one
+            if carried.get("best_epoch") is not None:
+                self.best.update(val_loss=float(carried["best_val_loss"]), epoch=int(carried["best_epoch"]))
+            self.since_best = int(carried["since_best"])
+
+    def carried(self) -> dict | None:
+        """What a checkpoint keeps of the validation record (None without a split)."""
+        if self.val is None:
+            return None
+        return {"best_val_loss": None if self.best["epoch"] is None else self.best["val_loss"],
+                "best_epoch": self.best["epoch"], "since_best": self.since_best}
 
     def epoch_end(self, state, train_loss: float) -> dict:
         row = {"epoch": state.epoch, "step": state.step, "train_loss": train_loss,

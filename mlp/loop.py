@@ -195,7 +195,10 @@ def gather(backend, state: TrainState, epoch_losses: list, first_step: int) -> N
     if not epoch_losses:
         return
     xp = backend.xp
-    flat = xp.concat([xp.reshape(v, (-1,)) for v in epoch_losses])   # views: no work per step
+    if all(v.ndim == 0 for v in epoch_losses):                       # eager: one 0-d loss per step
+        flat = xp.stack(epoch_losses)
+    else:                                                            # compiled segments: 1-D runs of losses
+        flat = xp.concat([xp.reshape(v, (-1,)) for v in epoch_losses])
     values = backend.to_host(flat).astype(np.float64).tolist()
     for k, value in enumerate(values):
         if not math.isfinite(value):

@@ -23,7 +23,7 @@ from . import checkpoint, model
 from .cli import Parser, add_device_flags, run
 from .data import MNIST_MEAN, MNIST_STD
 from .errors import UserError
-from .files import atomic_write, check_output_path
+from .files import atomic_write, check_output_path, check_outputs
 from .images import load_image, looks_wrong, scale_pixels
 from .scaleout import dask_options
 
@@ -41,7 +41,10 @@ def expand_inputs(paths) -> list[Path]:
         if not path.is_dir():
             out.append(path)
             continue
-        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        try:
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as exc:
+            raise UserError(f"{path}: cannot list this directory ({exc.strerror}); check its permissions") from None
         if not found:
             raise UserError(f"{path}: a directory without image files ({', '.join(IMAGE_SUFFIXES)}); "
                             "give a directory of images, or the files themselves")
@@ -80,7 +83,7 @@ def collect(paths, shape: tuple, *, resize: bool, invert: bool) -> tuple[list[st
             print(f"warning: {path}: {warning}", file=sys.stderr)
         names.append(str(path))
         rows.append(pixels.reshape(1, -1))
-    return names, np.concatenate(rows)
+    return names, (np.concatenate(rows) if rows else np.zeros((0, int(np.prod(shape)))))
 
 
 def probability(p) -> str:
@@ -119,6 +122,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.csv:
         check_output_path(args.csv, "--csv")
+        check_outputs({"--csv": args.csv}, {"--checkpoint": args.checkpoint,
+                                            **{f"the input {p}": p for p in expand_inputs(args.images)}})
     ckpt = checkpoint.load(args.checkpoint)
     cfg = ckpt.config
     shape = tuple(cfg.get("image_shape") or (int(cfg["n_features"]),))
@@ -126,6 +131,8 @@ def main(argv=None) -> int:
         raise UserError(f"checkpoint {args.checkpoint}: image shape {shape} does not match its "
                         f"{cfg['n_features']} features; the file is corrupt")
     names, X = collect(args.images, shape, resize=args.resize, invert=args.invert)
+    if not names:
+        raise UserError("no images to predict: the inputs given hold none (an empty stack?)")
     X = (X - cfg.get("mean", MNIST_MEAN)) / cfg.get("std", MNIST_STD)
     backend = backends.resolve(args.device, args.backend, dask_options(args))
     params = {k: backend.asarray(v, cfg["dtype"]) for k, v in ckpt.params.items()}

@@ -230,7 +230,7 @@ def convert(data_dir, out, classes=(3, 7), *, rows: int | None = None, max_shift
 
 
 def main(argv=None) -> int:
-    from .cli import Parser, positive_int
+    from .cli import Parser, non_negative_int, positive_int, seed_int
 
     p = Parser(prog="python -m mlp.data",
                description="Convert the MNIST IDX files of a class pair, once, into a store of uint8 rows on disk "
@@ -243,12 +243,10 @@ def main(argv=None) -> int:
     c.add_argument("--out", required=True, metavar="DIR", help="the store folder to create (must not exist)")
     c.add_argument("--rows", type=positive_int, metavar="N",
                    help="a larger synthetic-but-real set: N rows drawn with replacement from the real ones")
-    c.add_argument("--max-shift", type=int, default=2, metavar="K",
+    c.add_argument("--max-shift", type=non_negative_int, default=2, metavar="K",
                    help="with --rows: move each drawn digit by up to K pixels in x and y (default: 2)")
-    c.add_argument("--seed", type=int, default=0, help="with --rows: seed of the draw (default: 0)")
+    c.add_argument("--seed", type=seed_int, default=0, help="with --rows: seed of the draw (default: 0)")
     args = p.parse_args(argv)
-    if args.max_shift < 0:
-        raise UserError(f"--max-shift must be 0 or more, got {args.max_shift}")
     info = convert(args.data_dir, args.out, tuple(args.classes), rows=args.rows,
                    max_shift=args.max_shift if args.rows else 0, seed=args.seed, download=not args.no_download)
     size = info["n"] * int(np.prod(info["image_shape"]))

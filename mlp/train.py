@@ -216,13 +216,17 @@ def announce(args, cfg, backend, n: int, n_val: int, n_features: int, ckpt, step
           f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, {cfg['dtype']}", file=sys.stderr, flush=True)
 
 
-def watch(args, backend, cfg: dict, val, save: "Saver", state_epoch: int) -> History:
-    """Validation (its rows to the device, once), the --log file, early stopping, --save-best."""
+def watch(args, backend, cfg: dict, val, save: "Saver", state_epoch: int, ckpt) -> History:
+    """Validation (its rows to the device, once), the --log file, early stopping, --save-best;
+    a resumed run continues from the best validation loss its checkpoint records."""
     if val is not None:
         val = backend.asarray(val[0], cfg["dtype"]), backend.asarray(val[1].reshape(-1, 1), cfg["dtype"])
-    return History(backend, cfg["activation"], val, patience=args.early_stop,
-                   log=EpochLog(args.log, keep_until=state_epoch) if args.log else None,
-                   save_best=(lambda state: save(args.save_best, state)) if args.save_best else None)
+    history = History(backend, cfg["activation"], val, patience=args.early_stop,
+                      log=EpochLog(args.log, keep_until=state_epoch) if args.log else None,
+                      save_best=(lambda state: save(args.save_best, state)) if args.save_best else None,
+                      carried=ckpt.meta.get("validation") if ckpt is not None and val is not None else None)
+    save.validation = history.carried
+    return history
 
 
 def interrupted(args, parser, state: TrainState, save: Saver, signum: int) -> int:
@@ -265,7 +269,7 @@ def main(argv=None) -> int:
     engine = make_engine(backend, args.engine, cfg, X, y)
     save = Saver(backend, cfg, data_cfg, ckpt, args.resume, engine.name)
     progress = Progress(cfg["epochs"], steps_per_epoch, state, enabled=not args.quiet)
-    history = watch(args, backend, cfg, val, save, state.epoch)   # checks are done: from here on, files are written
+    history = watch(args, backend, cfg, val, save, state.epoch, ckpt)   # checks are done: from here on, files are written
 
     def on_epoch_end(state: TrainState):
         progress.epoch_line(state, history.epoch_end(state, epoch_train_loss(state, steps_per_epoch)))

@@ -147,6 +147,30 @@ def test_resume_keeps_the_split_and_refuses_another(small, tmp_path):
     assert json.loads((tmp_path / "m.json").read_text())["n_val"] == 20
 
 
+def test_a_resumed_run_keeps_its_best_checkpoint_and_its_patience(small, tmp_path):
+    common = ["--data-dir", small, "--batch-size", "16", "--quiet", "--val-split", "0.25"]
+    code, _, err = call_cli(train.main, *common, "--epochs", "2", "--save", tmp_path / "a.npz",
+                            "--save-best", tmp_path / "best.npz")
+    assert code == 0, err
+    record = checkpoint.load(tmp_path / "a.npz").meta["validation"]
+    assert record["best_epoch"] in (1, 2) and record["best_val_loss"] > 0 and record["since_best"] in (0, 1)
+    assert checkpoint.load(tmp_path / "best.npz").epoch == record["best_epoch"]
+    # a record no resumed epoch can beat: --save-best must keep the file it has
+    with np.load(tmp_path / "a.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["validation"] = {"best_val_loss": 0.0, "best_epoch": 1, "since_best": 1}
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "edited.npz", **arrays)
+    before = (tmp_path / "best.npz").read_bytes()
+    code, _, err = call_cli(train.main, "--data-dir", small, "--resume", tmp_path / "edited.npz", "--epochs", "4",
+                            "--quiet", "--save-best", tmp_path / "best.npz", "--early-stop", "2")
+    assert code == 0, err
+    assert (tmp_path / "best.npz").read_bytes() == before, "a worse epoch replaced the best checkpoint"
+    # patience continues from the checkpoint's count (1): one more epoch without a gain stops the run
+    assert "stopped early at epoch 3" in err and "best 0 at epoch 1" in err, err
+
+
 def test_epoch_log_is_flushed_as_it_goes(tmp_path):
     log = history.EpochLog(tmp_path / "l.csv")
     log.write({"epoch": 1, "step": 5, "train_loss": 0.5, "seconds": 0.1})

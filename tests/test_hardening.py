@@ -299,7 +299,8 @@ def test_checkpoint_claiming_tebibytes_is_corrupt(tiny, tmp_path):
 FIELDS = ["epoch", "step", "step_in_epoch", "partial_epoch_seconds", "rng_state", "target_epochs", "format",
           "config.hidden", "config.lr", "config.batch_size", "config.seed", "config.dtype", "config.classes",
           "config.mean", "config.std", "config.n_features", "config.image_shape", "config.n_train",
-          "config.activation", "config.init", "config.data_fingerprint", "config"]
+          "config.activation", "config.init", "config.data_fingerprint", "config.val_split", "validation",
+          "config"]
 VALUES = [None, -1, 0, 1, 2, 7, 10**30, -1e300, 1.5, float("nan"), float("inf"), True, "x", "full", "float16",
           [], [3, 3], [7, 3], [28, 28], {}, {"bit_generator": "PCG64"}]
 
