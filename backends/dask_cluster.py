@@ -180,7 +180,7 @@ def dask_backend(kind: str, index: int | None, options: Options | None = None) -
     device = "cpu" if kind == "cpu" else f"cuda:{index or 0}"
     backend = DaskBackend(
         name="dask", device=device, xp=xp, version=distributed.__version__,
-        _asarray=lambda host, dtype: None, _to_host=lambda x: None, _synchronize=lambda: None,
+        _asarray=lambda host, dtype: None, _to_host=lambda x: None, _synchronize=lambda *arrays: None,
         _device_name=lambda: None, client=client, cluster=cluster, options=options, info={},
     )
     # the callables need the backend itself: set them on the frozen instance once

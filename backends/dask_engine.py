@@ -61,6 +61,9 @@ class DaskEngine:
         # else X's own (already float) chunks
         X8, y8, dtype = backend.info.get("uint8_rows", {}).get(X.name, (X, y, None))
         self.dtype = dtype
+        if X8.ndim == 2 and X8.chunks[1] != (X8.shape[1],):
+            X8 = X8.rechunk({1: -1})                    # whole rows per chunk
+        y8 = y8.rechunk((X8.chunks[0],))                # the labels in the rows' chunks
         self.X_blocks, self.y_blocks = X8.to_delayed().ravel().tolist(), y8.to_delayed().ravel().tolist()
         self.bounds = np.cumsum((0,) + X8.chunks[0])
         chunk = max(X8.chunks[0])

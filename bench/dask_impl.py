@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 
 import numpy as np
 
@@ -42,6 +43,7 @@ class DaskOurs(Impl):
         self.workers = int(workers) if workers else None
         self.backend = backends.resolve(device, "dask", Options(workers=self.workers))
         self.folder = tempfile.mkdtemp(prefix="mlp-bench-dask-")
+        weakref.finalize(self, shutil.rmtree, self.folder, True)   # also when setup or timing fails
 
     def setup(self, X, y, params):
         from mlp.backends.dask_cluster import worker_memory

@@ -30,12 +30,13 @@ fi
 
 have() { "$PY" -c "import $1" 2>/dev/null; }
 need=()
-"$PY" -c "import mlp.bench" 2>/dev/null || need+=(-e ".[test]")
+# the project with its test tools (a checkout imports mlp.bench without being installed, so ask for them)
+"$PY" -c "import mlp.cli, array_api_compat, xdist, hypothesis, array_api_strict, matplotlib, tqdm" 2>/dev/null \
+    || need+=(-e ".[test]")
 have cupy || need+=("cupy-cuda${CUDA_MAJOR}x")
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null || need+=(torch)
 "$PY" -c "import jax, sys; sys.exit(0 if jax.devices('gpu') else 1)" 2>/dev/null || need+=("jax[cuda${CUDA_MAJOR}]")
 have sklearn || need+=(scikit-learn)
-have pytest || need+=(pytest hypothesis array-api-strict)
 if [ ${#need[@]} -gt 0 ]; then
     echo "gpu_check: installing what is missing: ${need[*]}" >&2
     "$PY" -m pip install -q "${need[@]}"
@@ -47,10 +48,10 @@ export MLP_TEST_DATA_DIR=${MLP_TEST_DATA_DIR:-${MLP_DATA_DIR:-}}
 DATA=()
 [ -n "${MLP_TEST_DATA_DIR}" ] && DATA=(--data-dir "$MLP_TEST_DATA_DIR")
 
-CARD=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0).lower().replace('nvidia', '').strip().split()[0])")
+CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr 'A-Z' 'a-z' | sed 's/nvidia//' | awk '{print $1}')
 echo "gpu_check: GPU tests (pytest -m gpu) -> $OUT/pytest-gpu.txt" >&2
 set +e
-"$PY" -m pytest -m gpu -ra -q -p no:cacheprovider 2>&1 | tee "$OUT/pytest-gpu.txt"
+"$PY" -m pytest -m gpu -n 0 -ra -q -p no:cacheprovider 2>&1   # -n 0: one process on the GPU | tee "$OUT/pytest-gpu.txt"
 TESTS=${PIPESTATUS[0]}
 echo "gpu_check: the GPU sweep, with the CPU rows alongside -> $OUT/gpu-$CARD.{json,md,png}" >&2
 "$PY" -m bench --device cpu,cuda "${DATA[@]}" --json "$OUT/gpu-$CARD.json" --markdown "$OUT/gpu-$CARD.md" \

@@ -46,13 +46,15 @@ class PeakMemory:
 
     def __init__(self, impl: str, backend: str | None, device: str):
         self.impl, self.device = impl, device
-        self.library = backend if impl == "ours" else impl.split("-")[0]
+        self.library = backend.partition(":")[0] if impl == "ours" else impl.split("-")[0]   # dask:2 -> dask
         self.method = None
 
     def start(self):
         if self.device == "cpu":
             self.base = _proc_status("VmRSS")
             self.method = "VmHWM growth" if _reset_peak_rss() else "ru_maxrss growth (HWM reset unavailable)"
+        elif self.library == "dask":
+            self.method = "on the workers: see worker_peak_mem_bytes"
         elif self.library == "cupy":
             import cupy
 
@@ -70,6 +72,8 @@ class PeakMemory:
         if self.device == "cpu":
             hwm = _proc_status("VmHWM")
             return None if hwm is None or self.base is None else max(0, hwm - self.base)
+        if self.library == "dask":
+            return None
         if self.library == "cupy":
             import cupy
 
@@ -188,6 +192,8 @@ def main(argv=None) -> int:
         result = {**{k: spec.get(k) for k in (*RECORD_KEYS, "library")},
                   "status": "error", "reason": " ".join(reason.split())[:500],
                   "traceback": traceback.format_exc()[-2000:]}
+    finally:
+        backends.release()  # a Dask cluster this measurement opened is closed whatever happened
     print(RESULT_MARK + json.dumps(result), flush=True)
     return 0
 
