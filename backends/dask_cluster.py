@@ -119,9 +119,6 @@ class DaskBackend(Backend):
         return chunk
 
     # -- the cluster ----------------------------------------------------------------------
-    def n_workers(self) -> int:
-        return len(self.client.scheduler_info(n_workers=-1)["workers"])
-
     def cluster_memory(self) -> int | None:
         """The sum of the workers' memory limits in bytes (None when a worker has none)."""
         limits = [w.get("memory_limit") for w in self.client.scheduler_info(n_workers=-1)["workers"].values()]

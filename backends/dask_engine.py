@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import BackendError
+from .dask_cluster import _host
 
 SPLIT_EVERY = 8      # partial sums added per task of the reduction tree
 
@@ -80,8 +81,6 @@ class DaskEngine:
     def run(self, params, first: int, last: int):
         from mlp import model
 
-        from .dask_cluster import _host
-
         b = self.backend
         # the parameters are one-chunk arrays of host data (backend.wrap): read here, no cluster trip
         host = {k: _host(v.compute(scheduler="sync")) for k, v in params.items()}
@@ -109,7 +108,5 @@ class DaskEngine:
                  for k, rows, count in picks]
         while len(parts) > 1:
             parts = [delayed(add, pure=True)(*parts[j:j + SPLIT_EVERY]) for j in range(0, len(parts), SPLIT_EVERY)]
-        from .dask_cluster import _host
-
         loss, grads = self.backend.client.compute(parts[0], sync=True)
         return _host(loss), {k: _host(v) for k, v in grads.items()}

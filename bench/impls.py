@@ -105,8 +105,8 @@ class Ours(Impl):
         self.n = X.shape[0]
         self.X, self.y = b.asarray(X, self.dtype), b.asarray(y, self.dtype)
         self.params = {k: b.asarray(v, self.dtype) for k, v in params.items()}
-        self.steps = -(-self.n // (self.batch or self.n))
         cfg = {"batch_size": self.batch or "full", "lr": self.lr, "activation": "relu"}
+        self.steps = loop.batching(self.n, cfg["batch_size"])[1]
         try:
             self.engine = loop.make_engine(b, self.engine_name, cfg, self.X, self.y)
         except UserError as exc:
@@ -117,9 +117,10 @@ class Ours(Impl):
         self.params, self.losses = self.engine.run(self.params, 0, self.steps)
 
     def _losses(self):
-        xp = self.backend.xp
+        from mlp.loop import flat_losses
+
         losses = self.losses if isinstance(self.losses, list) else [self.losses]   # as mlp.loop.fit takes them
-        return self.backend.to_host(xp.concat([xp.reshape(v, (-1,)) for v in losses]))
+        return self.backend.to_host(flat_losses(self.backend.xp, losses))
 
     def sync(self):
         self.backend.synchronize(self.params, self.losses)

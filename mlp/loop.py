@@ -190,16 +190,19 @@ def fit(backend, cfg: dict, X, y, state: TrainState, *, engine=None, progress=No
     return state
 
 
+def flat_losses(xp, losses: list):
+    """One 1-D device array of the losses engines return: 0-d ones (eager, one per step) and
+    1-D runs (compiled segments)."""
+    if all(v.ndim == 0 for v in losses):
+        return xp.stack(losses)
+    return xp.concat([xp.reshape(v, (-1,)) for v in losses])
+
+
 def gather(backend, state: TrainState, epoch_losses: list, first_step: int) -> None:
     """Copy this epoch's losses to the host; stop with DivergedError at the first non-finite one."""
     if not epoch_losses:
         return
-    xp = backend.xp
-    if all(v.ndim == 0 for v in epoch_losses):                       # eager: one 0-d loss per step
-        flat = xp.stack(epoch_losses)
-    else:                                                            # compiled segments: 1-D runs of losses
-        flat = xp.concat([xp.reshape(v, (-1,)) for v in epoch_losses])
-    values = backend.to_host(flat).astype(np.float64).tolist()
+    values = backend.to_host(flat_losses(backend.xp, epoch_losses)).astype(np.float64).tolist()
     for k, value in enumerate(values):
         if not math.isfinite(value):
             raise DivergedError(

@@ -8,33 +8,22 @@ import argparse
 import os
 from pathlib import Path
 
+from .cli import positive_float, positive_int
 from .errors import UserError
 
 FLAGS = ("workers", "scheduler", "chunk_rows", "worker_memory", "scheduler_timeout", "store")
 
 
-def _positive_int(text):
-    from .cli import positive_int
-
-    return positive_int(text)
-
-
-def _positive_float(text):
-    from .cli import positive_float
-
-    return positive_float(text)
-
-
 def add_dask_flags(p: argparse.ArgumentParser, *, store: bool = False) -> None:
     g = p.add_argument_group("Dask cluster (--backend dask)")
-    g.add_argument("--workers", type=_positive_int, metavar="N",
+    g.add_argument("--workers", type=positive_int, metavar="N",
                    help="worker processes of the local cluster (default: one per core; with --device cuda one per GPU)")
     g.add_argument("--scheduler", metavar="ADDRESS",
                    help="join the cluster of this scheduler, e.g. tcp://10.0.0.1:8786, instead of starting one "
                         "(default: $DASK_SCHEDULER_ADDRESS if set); every worker must read the data folder")
-    g.add_argument("--scheduler-timeout", type=_positive_float, metavar="S",
+    g.add_argument("--scheduler-timeout", type=positive_float, metavar="S",
                    help="give up on an unreachable scheduler after S seconds (default: 10)")
-    g.add_argument("--chunk-rows", type=_positive_int, metavar="R",
+    g.add_argument("--chunk-rows", type=positive_int, metavar="R",
                    help="rows per chunk (default: 8192, fewer when that leaves a worker without a chunk)")
     g.add_argument("--worker-memory", metavar="SIZE",
                    help="memory limit of each local worker, e.g. 2GB (default: the machine's memory shared out); "
