@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import UserError
 from .files import check_input_file
+from .npz import read_npy_header
 
 #: the most pixels an input image may have (Pillow's own bomb limit is ~89 M)
 MAX_PIXELS = 4096 * 4096
@@ -27,9 +28,7 @@ MAX_PIXELS = 4096 * 4096
 def _npy_pixels(path: Path) -> np.ndarray:
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0(f))
+            shape, _, dtype = read_npy_header(f)
     except (ValueError, OSError, EOFError) as exc:
         raise UserError(f"{path}: not a readable .npy array ({exc}); save it with numpy.save") from None
     if int(np.prod(shape, dtype=object)) > MAX_PIXELS:

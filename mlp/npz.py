@@ -18,6 +18,17 @@ import numpy as np
 MAX_RATIO = 1100
 
 
+def read_npy_header(f) -> tuple[tuple, bool, np.dtype]:
+    """(shape, fortran order, dtype) from the header of the .npy stream `f`, which is left at the
+    first byte of data; nothing of the data is read. ValueError for a version NumPy 1.0/2.0 lacks."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)
+    raise ValueError(f"unsupported .npy format version {version}")
+
+
 class NpzError(ValueError):
     """The archive or one member is corrupt, unexpected, or pickled (`pickled` is True)."""
 
@@ -47,16 +58,8 @@ class Npz:
         info = self._info(name)
         try:
             with self.zip.open(info) as f:
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-                elif version == (2, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-                else:
-                    raise NpzError(f"{name}: unsupported .npy format version {version}")
+                shape, _, dtype = read_npy_header(f)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
-            if isinstance(exc, NpzError):
-                raise
             raise NpzError(f"{name}: unreadable .npy header ({exc})") from None
         if dtype.hasobject:
             raise NpzError(f"{name}: holds Python objects (a pickle)", pickled=True)

@@ -31,6 +31,7 @@ import numpy as np
 
 from .data import normalise, read_idx, select_pair
 from .errors import DataError, UserError
+from .npz import read_npy_header
 
 FORMAT = "mlp-rows/1"
 BLOCK_ROWS = 65_536          # rows written at a time: bounded memory however large the store
@@ -46,10 +47,7 @@ class NpyRows:
         self.path = str(path)
         try:
             with open(self.path, "rb") as f:
-                version = np.lib.format.read_magic(f)
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
-                shape, fortran, dtype = read_header(f)
+                shape, fortran, dtype = read_npy_header(f)
                 self.offset = f.tell()
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read {self.path} as a .npy array ({exc}); convert the data again "
