@@ -18,6 +18,7 @@ updates the small parameters on the host with `model.update`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -26,7 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from . import Backend, BackendError, cpu_name
+from mlp.errors import BackendError
+
+from .base import Backend
+from .dask_engine import DaskEngine, as_numpy
+from .host import cpu_name
 
 DEFAULT_CHUNK_ROWS = 8192      # 6.4 MB of uint8 pixels per chunk; 51 MB once normalised to float64
 CONNECT_TIMEOUT_S = 10.0
@@ -46,6 +51,8 @@ class Options:
 class DaskBackend(Backend):
     """A Backend whose arrays are dask arrays on a cluster; params travel as NumPy."""
 
+    eager_engine = DaskEngine
+
     client: Any = field(default=None, repr=False)
     cluster: Any = field(default=None, repr=False)
     options: Options = field(default_factory=Options)
@@ -54,40 +61,52 @@ class DaskBackend(Backend):
     def __str__(self) -> str:
         return f"dask on {self.device} ({self.device_name})" + (f"; {self.info['rows']}" if "rows" in self.info else "")
 
-    @property
-    def eager_engine(self):
-        from .dask_engine import DaskEngine
+    def asarray(self, host_array, dtype: str | None = None):
+        """A host array on the cluster: small ones as one chunk, rows in chunks of --chunk-rows."""
+        host = np.asarray(host_array)
+        if dtype is not None:
+            host = host.astype(dtype, copy=False)
+        return _rows_array(self, np.ascontiguousarray(host))
 
-        return DaskEngine
+    def to_host(self, x) -> np.ndarray:
+        if hasattr(x, "dask"):
+            x = self.client.compute(x, sync=True)
+        return np.array(as_numpy(x), copy=True)
+
+    def synchronize(self, *arrays) -> None:
+        pass   # every step's results are computed before the step returns
+
+    @property
+    def device_name(self) -> str:
+        return _describe(self)
+
+    def on_device(self, arr):
+        """`arr`'s chunks as CuPy arrays on GPU workers (as they are on CPU workers)."""
+        if self.device == "cpu":
+            return arr
+        import cupy
+
+        return arr.map_blocks(cupy.asarray, dtype=arr.dtype, meta=cupy.empty((0,) * arr.ndim, arr.dtype))
 
     # -- arrays ---------------------------------------------------------------------------
     def wrap(self, host):
         """A small host array as a one-chunk dask array (on GPU workers: moved there by the workers)."""
         import dask.array as da
 
-        arr = da.from_array(np.asarray(host), chunks=np.shape(host) or ())
-        if self.device != "cpu":
-            import cupy
-
-            arr = arr.map_blocks(cupy.asarray, dtype=arr.dtype, meta=cupy.empty((0,) * arr.ndim, arr.dtype))
-        return arr
+        return self.on_device(da.from_array(np.asarray(host), chunks=np.shape(host) or ()))
 
     def from_rows(self, X_rows, y_rows, dtype: str):
         """X (N, D) in `dtype` and y (N,) uint8 as dask arrays over lazy uint8 rows (see mlp.store):
         persisted on the workers when they fit, else read from disk at each use."""
         import dask.array as da
 
-        from mlp.store import normalised
+        from mlp.data import normalise
 
         n = X_rows.shape[0]
         chunk = self.options.chunk_rows or self.default_chunk_rows(n, int(np.prod(X_rows.shape[1:])))
         X8 = da.from_array(X_rows, chunks=(chunk, -1), asarray=True, fancy=False, name=f"rows-{_token(X_rows)}")
         y8 = da.from_array(y_rows, chunks=(chunk,), asarray=True, fancy=False, name=f"labels-{_token(y_rows)}")
-        if self.device != "cpu":
-            import cupy
-
-            X8 = X8.map_blocks(cupy.asarray, meta=cupy.empty((0, 0), np.uint8))
-            y8 = y8.map_blocks(cupy.asarray, meta=cupy.empty((0,), np.uint8))
+        X8, y8 = self.on_device(X8), self.on_device(y8)
         memory = self.cluster_memory()
         size = X8.nbytes + y8.nbytes
         fits = memory is None or size <= PERSIST_FRACTION * memory
@@ -104,7 +123,7 @@ class DaskBackend(Backend):
             import cupy
 
             meta = cupy.empty((0, 0), dtype)
-        X = X8.map_blocks(normalised, dtype=np.dtype(dtype), meta=meta, dtype_name=dtype)
+        X = X8.map_blocks(functools.partial(normalise, dtype=dtype), dtype=np.dtype(dtype), meta=meta)
         self.info.setdefault("uint8_rows", {})[X.name] = (X8, y8, dtype)  # what the engine's chunk tasks read
         return X, y8
 
@@ -175,15 +194,8 @@ def dask_backend(kind: str, index: int | None, options: Options | None = None) -
 
     xp = array_namespace(da.zeros(1))
     device = "cpu" if kind == "cpu" else f"cuda:{index or 0}"
-    backend = DaskBackend(
-        name="dask", device=device, xp=xp, version=distributed.__version__,
-        _asarray=lambda host, dtype: None, _to_host=lambda x: None, _synchronize=lambda *arrays: None,
-        _device_name=lambda: None, client=client, cluster=cluster, options=options, info={},
-    )
-    # the callables need the backend itself: set them on the frozen instance once
-    object.__setattr__(backend, "_asarray", lambda host, dtype: _rows_array(backend, host))
-    object.__setattr__(backend, "_to_host", lambda x: _to_host(client, x))
-    object.__setattr__(backend, "_device_name", lambda: _describe(backend))
+    backend = DaskBackend(name="dask", device=device, xp=xp, version=distributed.__version__, client=client,
+                          cluster=cluster, options=options, info={})
     _OPEN.append(backend)
     return backend
 
@@ -200,22 +212,7 @@ def _rows_array(backend: DaskBackend, host: np.ndarray):
     pieces = [host[a:a + step] for a in range(0, host.shape[0], step)]
     futures = backend.client.scatter(pieces)
     arr = da.concatenate([da.from_delayed(delayed(f), p.shape, dtype=p.dtype) for f, p in zip(futures, pieces)])
-    if backend.device != "cpu":
-        import cupy
-
-        arr = arr.map_blocks(cupy.asarray, dtype=arr.dtype, meta=cupy.empty((0,) * arr.ndim, arr.dtype))
-    return arr
-
-
-def _host(x) -> np.ndarray:
-    """A NumPy array from a NumPy or CuPy result."""
-    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
-
-
-def _to_host(client, x) -> np.ndarray:
-    if hasattr(x, "dask"):
-        x = client.compute(x, sync=True)
-    return np.array(_host(x), copy=True)
+    return backend.on_device(arr)
 
 
 def _describe(backend: DaskBackend) -> str:
@@ -297,21 +294,14 @@ def environ_kept():
 
 
 def _worker_memory(reset: bool) -> dict:
-    """On a worker: its resident memory now and at its peak (bytes); `reset` restarts the peak."""
-    fields = {}
+    """On a worker: host.memory() after an optional reset of the peak."""
+    from mlp.backends.host import memory, reset_peak_memory
+
     if reset:
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                fields[line.split(":")[0]] = int(line.split()[1]) * 1024
-    return fields
+        reset_peak_memory()
+    return memory()
 
 
 def worker_memory(client, reset: bool = False) -> dict:
-    """{worker address: {'VmRSS': bytes, 'VmHWM': bytes}} for every worker (Linux)."""
+    """{worker address: {'rss': bytes, 'peak': bytes}} for every worker (see host.memory)."""
     return client.run(_worker_memory, reset)

@@ -7,7 +7,7 @@ A step is one task per row chunk and a tree of sums:
     on the host:                       params = model.update(params, g, lr)
 
 which is exactly the mean loss and gradient over the batch, since both are means over rows.
-Each chunk's task normalises its own uint8 rows (mlp.store.normalised), so a worker holds
+Each chunk's task normalises its own uint8 rows (mlp.data.normalise), so a worker holds
 1 byte per pixel between steps and one chunk's float temporaries during a step, and the
 graph has one task per chunk rather than one per operation. The parameters (a few hundred
 kB) go out with each step's graph and come back summed, as NumPy.
@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import BackendError
-from .dask_cluster import _host
+from mlp.batches import batch_rows
+from mlp.errors import BackendError
 
 SPLIT_EVERY = 8      # partial sums added per task of the reduction tree
+
+
+def as_numpy(x) -> np.ndarray:
+    """A NumPy array from a NumPy or CuPy result."""
+    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
 
 
 def chunk_loss_and_grads(X, y, params, activation, weight, dtype=None, rows=None):
@@ -29,14 +34,14 @@ def chunk_loss_and_grads(X, y, params, activation, weight, dtype=None, rows=None
     from array_api_compat import array_namespace
 
     from mlp import model
-    from mlp.store import normalised
+    from mlp.data import normalise
 
     xp = array_namespace(X)
     if rows is not None:
         rows = xp.asarray(rows)                                     # NumPy -> CuPy on a GPU worker
         X, y = xp.take(X, rows, axis=0), xp.take(y, rows, axis=0)
     if dtype is not None:
-        X = normalised(X, dtype)
+        X = normalise(X, dtype)
     params = {k: xp.asarray(v) for k, v in params.items()}        # NumPy -> CuPy on a GPU worker
     loss, grads = model.loss_and_grads(params, X, y, activation)
     return weight * loss, {k: weight * g for k, g in grads.items()}
@@ -54,9 +59,8 @@ class DaskEngine:
     name = "dask"
     segment = 1
 
-    def __init__(self, backend, step, X, y, batch: int):
-        keywords = getattr(step, "keywords", {})        # functools.partial(model.train_step, lr=, activation=)
-        self.lr, self.activation = keywords["lr"], keywords.get("activation", "relu")
+    def __init__(self, backend, X, y, batch: int, *, lr: float, activation: str):
+        self.lr, self.activation = lr, activation
         self.backend, self.batch, self.n = backend, batch, X.shape[0]
         # the uint8 rows behind X when it came from backend.from_rows (normalised in the chunk task),
         # else X's own (already float) chunks
@@ -83,13 +87,13 @@ class DaskEngine:
 
         b = self.backend
         # the parameters are one-chunk arrays of host data (backend.wrap): read here, no cluster trip
-        host = {k: _host(v.compute(scheduler="sync")) for k, v in params.items()}
+        host = {k: as_numpy(v.compute(scheduler="sync")) for k, v in params.items()}
         losses = []
         for i in range(first, last):
             loss, grads = self._loss_and_grads(host, i)
             host = model.update(host, grads, self.lr)
-            losses.append(b.wrap(loss))
-        return {k: b.wrap(v) for k, v in host.items()}, losses
+            losses.append(float(loss))
+        return {k: b.wrap(v) for k, v in host.items()}, np.asarray(losses, dtype=np.float64)   # losses stay on the host
 
     def _loss_and_grads(self, host_params, i: int):
         from dask import delayed
@@ -97,7 +101,7 @@ class DaskEngine:
         if self.perm is None:
             picks = [(k, None, hi - lo) for k, (lo, hi) in enumerate(zip(self.bounds[:-1], self.bounds[1:]))]
         else:
-            rows = np.sort(self.perm[i * self.batch:min((i + 1) * self.batch, self.n)])
+            rows = np.sort(self.perm[batch_rows(i, self.batch, self.n)])
             cut = np.searchsorted(rows, self.bounds)
             picks = [(k, rows[cut[k]:cut[k + 1]] - self.bounds[k], cut[k + 1] - cut[k])
                      for k in range(len(self.X_blocks)) if cut[k + 1] > cut[k]]
@@ -109,4 +113,4 @@ class DaskEngine:
         while len(parts) > 1:
             parts = [delayed(add, pure=True)(*parts[j:j + SPLIT_EVERY]) for j in range(0, len(parts), SPLIT_EVERY)]
         loss, grads = self.backend.client.compute(parts[0], sync=True)
-        return _host(loss), {k: _host(v) for k, v in grads.items()}
+        return as_numpy(loss), {k: as_numpy(v) for k, v in grads.items()}

@@ -8,7 +8,10 @@ import importlib
 
 import numpy as np
 
-from . import INSTALL_HINT, Backend, BackendError, cpu_name
+from mlp.errors import BackendError
+
+from .base import INSTALL_HINT, Backend
+from .host import cpu_name
 
 
 def _import(module: str, backend: str):
@@ -30,7 +33,6 @@ def _compat_namespace(library_module):
 
 def _same_on_host(x) -> np.ndarray:
     return np.asarray(x)
-
 
 
 def _numpy(index: int | None) -> Backend:

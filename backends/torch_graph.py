@@ -23,6 +23,8 @@ import functools
 
 import torch
 
+from mlp.batches import batch_rows, is_full_batch
+
 ROWS_PER_SEGMENT = 65_536    # ~1,000 steps at B=64; an H100 runs such a graph in ~0.1 s
 WARMUP_STEPS = 2             # eager steps before a capture (cuBLAS handles, workspaces)
 
@@ -48,10 +50,10 @@ class TorchGraphEngine:
     def steps_in_place(self, first: int, last: int) -> None:
         """Steps first..last-1 on the static buffers (what a graph captures)."""
         for i in range(first, last):
-            if self.batch >= self.n:                                            # full batch: X itself
+            if is_full_batch(self.n, self.batch):                               # X itself
                 Xb, yb = self.X, self.y
             else:
-                rows = self.perm[i * self.batch:min((i + 1) * self.batch, self.n)]   # a view: static address
+                rows = self.perm[batch_rows(i, self.batch, self.n)]             # a view: static address
                 Xb, yb = torch.index_select(self.X, 0, rows), torch.index_select(self.y, 0, rows)
             new, loss = self.step(self.params, Xb, yb)
             for k, p in self.params.items():
@@ -71,7 +73,8 @@ class TorchGraphEngine:
             graph.replay()
         else:
             self.steps_in_place(first, last)
-        return self.params, self.losses[first:last].clone()
+        # copies: the static buffers change at the next replay, a caller's parameters never do
+        return {k: p.clone() for k, p in self.params.items()}, self.losses[first:last].clone()
 
     def _capture(self, first: int, last: int):
         saved = {k: p.clone() for k, p in self.params.items()}

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-import mlp
 from mlp import backends
 from mlp.cli import Parser, add_data_flags, positive_int
-from mlp.checkpoint import versions
+from mlp.versions import versions
 from mlp.errors import UserError
 from mlp.files import atomic_write, check_output_path
 
@@ -100,11 +99,8 @@ def build_parser() -> Parser:
 
 def run_worker(spec: dict, timeout: float) -> dict:
     cmd = [sys.executable, "-m", "mlp.bench.worker", json.dumps(spec)]
-    # the worker imports the same `mlp` package as this process, installed or from a checkout
-    root = Path(mlp.__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {**spec, "status": "error", "reason": f"took longer than {timeout:.0f} s"}
     for line in done.stdout.splitlines():

@@ -16,7 +16,7 @@ import weakref
 
 import numpy as np
 
-from .impls import Impl
+from .base import Impl
 
 
 def expand(names: list[str]) -> list[str]:
@@ -57,7 +57,7 @@ class DaskOurs(Impl):
         write_store(store, [(pixels, y.astype(np.uint8))], len(pixels), pixels.shape[1],
                     {"classes": [3, 7], "image_shape": [28, 28]})
         del pixels
-        self.base = {a: m["VmRSS"] for a, m in worker_memory(b.client, reset=True).items()}
+        self.base = {a: m["rss"] for a, m in worker_memory(b.client, reset=True).items()}
         Xr, yr, _ = open_store(store)
         X, y = b.from_rows(Xr, yr, self.dtype)
         self.n = X.shape[0]
@@ -69,7 +69,7 @@ class DaskOurs(Impl):
         self.params, (self.loss,) = self.engine.run(self.params, 0, 1)
 
     def last_loss(self):
-        return float(self.loss.compute(scheduler="sync"))
+        return float(self.loss)          # the Dask engine's losses are on the host
 
     def first_loss(self):
         return self.last_loss()          # full batch: an epoch is one step, so its first loss is its last
@@ -80,7 +80,7 @@ class DaskOurs(Impl):
     def extra_fields(self) -> dict:
         from mlp.backends.dask_cluster import worker_memory
 
-        peak = {a: m["VmHWM"] - self.base.get(a, m["VmHWM"]) for a, m in worker_memory(self.backend.client).items()}
+        peak = {a: m["peak"] - self.base.get(a, m["peak"]) for a, m in worker_memory(self.backend.client).items()}
         return {"workers": len(peak), "chunk_rows": self.backend.info.get("chunk_rows"),
                 "worker_peak_mem_bytes": int(sum(peak.values())),
                 "worker_peak_mem_bytes_per_row": sum(peak.values()) / self.n}

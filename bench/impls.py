@@ -21,81 +21,20 @@ parameters, so the loss of its first step must agree with ours (the report check
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 
-from mlp import backends
+from mlp.batches import batching
 
-PEERS = ("torch-manual", "torch-expert", "torch-autograd", "torch-compile", "jax-jit", "sklearn")
-MINIBATCH_PEERS = ("torch-expert",)   # the others time a full-batch step only
-LIBRARY = {"torch-manual": "torch", "torch-expert": "torch", "torch-autograd": "torch", "torch-compile": "torch",
-           "jax-jit": "jax", "sklearn": "sklearn"}
-# where our backends have a compiled engine (backends' `compiled_engine`), known here without
-# importing the libraries into the sweep's own process
-COMPILED = {("jax", "cpu"), ("jax", "cuda"), ("torch", "cuda")}
-SKLEARN_EPOCHS_PER_FIT = 5
+from .base import COMPILED, LIBRARY, MINIBATCH_PEERS, PEERS, SKLEARN_EPOCHS_PER_FIT, Impl, Unavailable, \
+    check_available, resolve
 
-
-class Unavailable(Exception):
-    """This implementation cannot run here (library missing, no GPU); the reason is reported."""
-
-
-def check_available(impl: str, backend: str | None, device: str) -> None:
-    library = backend.partition(":")[0] if impl == "ours" else LIBRARY[impl]  # dask:W -> dask
-    module = {"sklearn": "sklearn"}.get(library, library)
-    if importlib.util.find_spec(module) is None:
-        raise Unavailable(f"{module} is not installed")
-    if impl == "sklearn" and device != "cpu":
-        raise Unavailable("scikit-learn runs on the CPU only")
-
-
-def _resolve(device: str, library: str):
-    try:
-        return backends.resolve(device, library)
-    except backends.BackendError as exc:
-        raise Unavailable(str(exc)) from None
-
-
-class Impl:
-    """setup() once; epoch() runs one epoch (epochs_per_call of them for sklearn); sync()
-    waits for the device; first_loss() is the loss of the first step of the latest call, at
-    the parameters it started from; last_loss() that of its last step (both force a sync)."""
-
-    compiles = False
-    epochs_per_call = 1
-
-    def __init__(self, device: str, dtype: str, lr: float, batch=None, seed: int = 0):
-        self.device, self.dtype, self.lr = device, dtype, lr
-        self.batch, self.rng = batch, np.random.default_rng(seed)   # batch None: full batch
-
-    def setup(self, X: np.ndarray, y: np.ndarray, params: dict) -> None:
-        raise NotImplementedError
-
-    def epoch(self) -> None:
-        raise NotImplementedError
-
-    def sync(self) -> None:
-        pass
-
-    def first_loss(self) -> float:
-        raise NotImplementedError
-
-    def last_loss(self) -> float:
-        raise NotImplementedError
-
-    def device_name(self) -> str:
-        return backends.cpu_name()
-
-    def permutation(self, n: int):
-        """This epoch's rows, drawn on the host as mlp.loop does; None in full batch."""
-        return None if self.batch is None or self.batch >= n else self.rng.permutation(n)
+__all__ = ["COMPILED", "LIBRARY", "MINIBATCH_PEERS", "PEERS", "Impl", "Unavailable", "make"]
 
 
 class Ours(Impl):
     def __init__(self, backend: str, engine: str, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.backend, self.engine_name = _resolve(self.device, backend), engine
+        self.backend, self.engine_name = resolve(self.device, backend), engine
 
     def setup(self, X, y, params):
         from mlp import loop
@@ -106,21 +45,24 @@ class Ours(Impl):
         self.X, self.y = b.asarray(X, self.dtype), b.asarray(y, self.dtype)
         self.params = {k: b.asarray(v, self.dtype) for k, v in params.items()}
         cfg = {"batch_size": self.batch or "full", "lr": self.lr, "activation": "relu"}
-        self.steps = loop.batching(self.n, cfg["batch_size"])[1]
+        self.steps = batching(self.n, cfg["batch_size"])[1]
         try:
             self.engine = loop.make_engine(b, self.engine_name, cfg, self.X, self.y)
         except UserError as exc:
             raise Unavailable(str(exc)) from None
 
     def epoch(self):
+        """One epoch as mlp.loop.fit runs it: the engine's segments, the losses left on the device."""
         self.engine.begin_epoch(self.permutation(self.n))
-        self.params, self.losses = self.engine.run(self.params, 0, self.steps)
+        self.losses = []
+        for first in range(0, self.steps, self.engine.segment):
+            self.params, losses = self.engine.run(self.params, first, min(self.steps, first + self.engine.segment))
+            self.losses.append(losses)
 
     def _losses(self):
-        from mlp.loop import flat_losses
+        from mlp.loop import host_losses
 
-        losses = self.losses if isinstance(self.losses, list) else [self.losses]   # as mlp.loop.fit takes them
-        return self.backend.to_host(flat_losses(self.backend.xp, losses))
+        return host_losses(self.backend, self.losses)
 
     def sync(self):
         self.backend.synchronize(self.params, self.losses)
@@ -140,7 +82,7 @@ class JaxJit(Impl):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.backend = _resolve(self.device, "jax")   # x64 on, matmuls at "highest" (no TF32)
+        self.backend = resolve(self.device, "jax")   # x64 on, matmuls at "highest" (no TF32)
 
     def setup(self, X, y, params):
         import jax

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .impls import Impl, _resolve
+from .base import Impl, resolve
 
 
 class _Torch(Impl):
@@ -10,7 +10,7 @@ class _Torch(Impl):
         super().__init__(*args, **kwargs)
         import torch
 
-        self.backend = _resolve(self.device, "torch")
+        self.backend = resolve(self.device, "torch")
         self.torch, self.dev = torch, torch.device(self.backend.device)
 
     def setup(self, X, y, params):

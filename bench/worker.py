@@ -19,26 +19,6 @@ RESULT_MARK = "@@bench-result@@ "
 RECORD_KEYS = ("impl", "backend", "engine", "batch", "device", "dtype", "n", "hidden")
 
 
-def _proc_status(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
-
-
 class PeakMemory:
     """The run's peak memory on its device: for the CPU, growth of the process's peak
     resident set (VmHWM) from just before the data is created; for a GPU, the library's
@@ -51,8 +31,10 @@ class PeakMemory:
 
     def start(self):
         if self.device == "cpu":
-            self.base = _proc_status("VmRSS")
-            self.method = "VmHWM growth" if _reset_peak_rss() else "ru_maxrss growth (HWM reset unavailable)"
+            from mlp.backends.host import memory, reset_peak_memory
+
+            self.method = "VmHWM growth" if reset_peak_memory() else "ru_maxrss growth (HWM reset unavailable)"
+            self.base = memory()["rss"]
         elif self.library == "dask":
             self.method = "on the workers: see worker_peak_mem_bytes"
         elif self.library == "cupy":
@@ -70,7 +52,9 @@ class PeakMemory:
 
     def peak(self, impl_obj) -> int | None:
         if self.device == "cpu":
-            hwm = _proc_status("VmHWM")
+            from mlp.backends.host import memory
+
+            hwm = memory()["peak"]
             return None if hwm is None or self.base is None else max(0, hwm - self.base)
         if self.library == "dask":
             return None

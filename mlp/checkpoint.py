@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint_meta import FORMAT, MAX_META_BYTES, _STRUCTURE, _config, _meta, check_same_data  # noqa: F401
+from .checkpoint_meta import FORMAT, MAX_META_BYTES, STRUCTURE, check_same_data, parse_meta, validate_config  # noqa: F401
 from .errors import CheckpointError
 from .files import atomic_write, describe_kind
 from .model import PARAM_NAMES, param_shapes
@@ -88,7 +88,7 @@ def load(path) -> Checkpoint:
 
     Only the known members are read, each after its declared shape and dtype were checked
     against the metadata (so a header claiming TiBs is refused before any allocation), and
-    every metadata field is validated before use (see `_config` and `check_position`)."""
+    every metadata field is validated before use (see `validate_config` and `check_position`)."""
     path = Path(path)
     kind = describe_kind(path)
     if kind is not None:
@@ -117,8 +117,8 @@ def load(path) -> Checkpoint:
             meta_array = z.read("meta", shape=(), max_bytes=MAX_META_BYTES)
             if meta_array.dtype.kind != "U":
                 raise NpzError(f"meta: {meta_array.dtype}, expected text")
-            meta = _meta(str(meta_array), path)
-            config = _config(meta["config"], path)
+            meta = parse_meta(str(meta_array), path)
+            config = validate_config(meta["config"], path)
             D, H, dtype = config["n_features"], config["hidden"], config["dtype"]
             shapes = param_shapes(D, H)
             params = {}
@@ -142,7 +142,7 @@ def load(path) -> Checkpoint:
         params=params, config=config, epoch=meta["epoch"], step=meta["step"],
         step_in_epoch=meta["step_in_epoch"], rng_state=meta["rng_state"], losses=losses,
         epoch_seconds=epoch_seconds, partial_epoch_seconds=meta["partial_epoch_seconds"],
-        meta={k: v for k, v in meta.items() if k not in _STRUCTURE},
+        meta={k: v for k, v in meta.items() if k not in STRUCTURE},
     )
     _check(ckpt, path)
     return ckpt

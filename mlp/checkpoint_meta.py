@@ -11,14 +11,13 @@ import json
 import math
 
 from .errors import CheckpointError
-from .model import ACTIVATIONS, INITS
+from .model import ACTIVATIONS, DTYPES, INITS
 
 FORMAT = "mlp-checkpoint/1"
 MAX_META_BYTES = 1 << 20
-DTYPES = ("float32", "float64")
 MAX_DIM = 1 << 31
 #: the metadata fields `load` turns into Checkpoint attributes (the rest stays in .meta)
-_STRUCTURE = ("format", "config", "epoch", "step", "step_in_epoch", "rng_state", "partial_epoch_seconds")
+STRUCTURE = ("format", "config", "epoch", "step", "step_in_epoch", "rng_state", "partial_epoch_seconds")
 
 
 def _bad(path, field: str, value, need: str) -> CheckpointError:
@@ -44,7 +43,7 @@ def _float(d: dict, key: str, path, *, positive: bool = False, prefix: str = "")
     return float(value)
 
 
-def _meta(text: str, path, fmt: str = FORMAT) -> dict:
+def parse_meta(text: str, path, fmt: str = FORMAT) -> dict:
     """The top-level fields: format, epoch, step, step_in_epoch, rng_state, timings, target."""
     try:
         meta = json.loads(text)
@@ -88,7 +87,7 @@ def _validation(meta: dict, path) -> None:
     _int(v, "since_best", path, lo=0, hi=max(0, meta["epoch"]), prefix=p)
 
 
-def _config(c: dict, path) -> dict:
+def validate_config(c: dict, path) -> dict:
     """The run's settings, each checked; the returned dict is safe to use."""
     p = "config."
     for key in ("hidden", "activation", "init", "lr", "batch_size", "seed", "dtype", "classes", "n_features"):

@@ -10,7 +10,7 @@ import sys
 
 from mlp.backends import BACKENDS, describe_out_of_memory, is_out_of_memory, release
 
-from .errors import USER_ERRORS, DivergedError, Signalled
+from .errors import DivergedError, Signalled, UserError
 from .files import DISK_FULL, release_locks
 
 EXIT_USER_ERROR = 2
@@ -84,15 +84,70 @@ def positive_float(text: str) -> float:
     return value
 
 
+def val_fraction(text: str) -> float:
+    """--val-split: a fraction in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.1, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
+    return value
+
+
 def add_device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu",
                    help="where to compute: cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--backend", default=None, choices=BACKENDS, metavar="LIB",
                    help=f"array library: {', '.join(BACKENDS)} "
                         "(default: numpy on cpu, cupy on cuda); the model's code is the same for all")
-    from .scaleout import add_dask_flags
-
     add_dask_flags(p, store=p.prog.endswith("mlp.train"))
+
+
+FLAGS = ("workers", "scheduler", "chunk_rows", "worker_memory", "scheduler_timeout", "store")
+
+
+def add_dask_flags(p: argparse.ArgumentParser, *, store: bool = False) -> None:
+    g = p.add_argument_group("Dask cluster (--backend dask)")
+    g.add_argument("--workers", type=positive_int, metavar="N",
+                   help="worker processes of the local cluster (default: one per core; with --device cuda one per GPU)")
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help="join the cluster of this scheduler, e.g. tcp://10.0.0.1:8786, instead of starting one "
+                        "(default: $DASK_SCHEDULER_ADDRESS if set); every worker must read the data folder")
+    g.add_argument("--scheduler-timeout", type=positive_float, metavar="S",
+                   help="give up on an unreachable scheduler after S seconds (default: 10)")
+    g.add_argument("--chunk-rows", type=positive_int, metavar="R",
+                   help="rows per chunk (default: 8192, fewer when that leaves a worker without a chunk)")
+    g.add_argument("--worker-memory", metavar="SIZE",
+                   help="memory limit of each local worker, e.g. 2GB (default: the machine's memory shared out); "
+                        "rows over half the cluster's memory stream from disk at each step instead of being kept")
+    if store:
+        g.add_argument("--store", metavar="DIR",
+                       help="train on the rows of this store (from python -m mlp.data convert), read lazily by "
+                            "chunk; the test split still comes from --data-dir")
+
+
+def dask_options(args):
+    """The cluster options of the flags (None unless --backend dask); a Dask flag given
+    with another backend is an error rather than silently ignored."""
+    given = [f for f in FLAGS if getattr(args, f, None) is not None]
+    if args.backend != "dask":
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} applies to --backend dask only; add --backend dask or drop it")
+        return None
+    from mlp.backends.dask_cluster import CONNECT_TIMEOUT_S, Options
+
+    if args.worker_memory is not None:
+        from dask.utils import parse_bytes
+
+        try:
+            parse_bytes(args.worker_memory)
+        except (ValueError, TypeError):
+            raise UserError(f"--worker-memory {args.worker_memory!r} is not a size; use e.g. 500MB or 2GB") from None
+    if args.workers is not None and (args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+        raise UserError("--workers sizes a local cluster; with --scheduler the cluster has the workers started on it")
+    return Options(workers=args.workers, scheduler=args.scheduler, chunk_rows=args.chunk_rows,
+                   worker_memory=args.worker_memory, timeout=args.scheduler_timeout or CONNECT_TIMEOUT_S)
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:
@@ -145,7 +200,7 @@ def run(main, argv=None) -> int:
             return code
     except BrokenPipeError:
         return _quiet_broken_pipe()
-    except USER_ERRORS as exc:
+    except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except DivergedError as exc:

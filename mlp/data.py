@@ -182,15 +182,17 @@ class Dataset:
     data_dir: Path
 
 
-def normalise(images: np.ndarray, dtype=np.float64) -> np.ndarray:
-    """(N, ...) pixels -> (N, D) floats: integer pixels are divided by 255 first, then
-    (x - 0.1307) / 0.3081, MNIST's mean and standard deviation."""
-    x = images.reshape(images.shape[0], -1).astype(dtype)
-    if np.issubdtype(images.dtype, np.integer):
+def normalise(pixels, dtype="float64", *, mean: float = MNIST_MEAN, std: float = MNIST_STD):
+    """(N, ...) pixels -> (N, D) floats (x - mean) / std, x the pixels in [0, 1]: integer pixels
+    are divided by 255 first. Computed in float64 with the pixels' own library (NumPy, or CuPy
+    in a Dask chunk), then cast to `dtype`: every backend and dtype starts from the same values.
+    The one normalisation of the project: training, evaluation, prediction and Dask chunks."""
+    x = pixels.reshape(pixels.shape[0], -1).astype("float64")
+    if np.issubdtype(pixels.dtype, np.integer) or pixels.dtype == np.bool_:
         x /= 255
-    x -= MNIST_MEAN
-    x /= MNIST_STD
-    return x
+    x -= mean
+    x /= std
+    return x.astype(dtype, copy=False)
 
 
 def select_pair(images: np.ndarray, labels: np.ndarray, classes, name: str):
@@ -257,7 +259,6 @@ def fingerprint(split: Split) -> str:
     return digest.hexdigest()
 
 
-if __name__ == "__main__":  # `python -m mlp.data convert ...`: the on-disk store for --backend dask
-    from .store import cli
-
-    cli()
+if __name__ == "__main__":
+    print("python -m mlp.data convert is now python -m mlp.convert, with the same flags", file=sys.stderr)
+    sys.exit(2)

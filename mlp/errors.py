@@ -1,4 +1,5 @@
-"""Errors that are the user's to fix: the CLIs print their one-line message and exit.
+"""The project's errors, at the bottom of the house: every module may import this one, and it imports
+none of ours. Errors that are the user's to fix: the CLIs print their one-line message and exit.
 
     exit 2  UserError (bad flag, missing or corrupt file, impossible device, ...)
     exit 3  DivergedError (the loss or the parameters stopped being finite)
@@ -9,8 +10,6 @@
 """
 
 import signal
-
-from mlp.backends import BackendError
 
 
 class UserError(Exception):
@@ -25,6 +24,10 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be read, or does not fit the flags given."""
 
 
+class BackendError(UserError):
+    """A device or backend the user asked for that cannot be had (missing library, no GPU)."""
+
+
 class DivergedError(Exception):
     """Training produced a non-finite loss or non-finite parameters."""
 
@@ -37,5 +40,3 @@ class Signalled(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
-
-USER_ERRORS = (UserError, BackendError)

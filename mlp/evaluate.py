@@ -9,14 +9,13 @@ import numpy as np
 from mlp import backends
 
 from . import checkpoint
-from .cli import Parser, add_data_flags, add_device_flags, positive_int, run
+from .cli import Parser, add_data_flags, add_device_flags, dask_options, positive_int, run
 from .data import data_paths, default_data_dir, load_dataset
 from .errors import UserError
 from .files import check_output_path, check_outputs
 from .plots import plot_format
 from .progress import fmt_loss
-from .scaleout import dask_options
-from .scoring import evaluate
+from .scoring import score
 
 
 def format_confusion(m: np.ndarray, classes) -> str:
@@ -58,7 +57,7 @@ def main(argv=None) -> int:
         raise UserError(f"the checkpoint expects {cfg['n_features']} pixels per image, the data has "
                         f"{split.X.shape[1]}; evaluate on the data set it was trained on")
     params = {k: backend.asarray(v, cfg["dtype"]) for k, v in ckpt.params.items()}
-    result = evaluate(backend, params, split.X, split.y, cfg["activation"])
+    result = score(backend, params, split.X, split.y, cfg["activation"])
     a, b = cfg["classes"]
     print(f"checkpoint {args.checkpoint}: epoch {ckpt.epoch}, {cfg['hidden']} hidden {cfg['activation']}, "
           f"{cfg['dtype']}; {backend}")

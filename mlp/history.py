@@ -23,19 +23,6 @@ from .progress import fmt_loss
 COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "seconds")
 
 
-def val_fraction(text: str) -> float:
-    """--val-split: a fraction in [0, 1)."""
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.1, got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
-    return value
-
-
 def resolve_val_split(given: float | None, ckpt, resume_path) -> float:
     """The flag, else the checkpoint's split, else 0; a flag that contradicts the checkpoint is an
     error (the run would train on other rows than the ones saved)."""

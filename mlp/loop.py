@@ -19,10 +19,13 @@ import math
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
 from . import model
+from .batches import batch_rows, batching, is_full_batch
+from .checkpoint import Checkpoint
 from .errors import DivergedError, Signalled, UserError
 
 ENGINES = ("auto", "eager", "compiled")
@@ -30,6 +33,8 @@ ENGINES = ("auto", "eager", "compiled")
 
 @dataclass
 class TrainState:
+    """Where a run stands: the parameters (on the device), the host generator and the position."""
+
     params: dict                       # on the device
     rng: np.random.Generator           # host generator: init, then one permutation per epoch
     epoch: int = 0                     # completed epochs
@@ -39,6 +44,40 @@ class TrainState:
     losses: list = field(default_factory=list)         # host floats, one per step
     epoch_seconds: list = field(default_factory=list)
     partial_epoch_seconds: float = 0.0
+
+    @classmethod
+    def fresh(cls, backend, cfg: dict, n_features: int) -> TrainState:
+        """A new run: parameters drawn on the host from the seeded generator (the same on every
+        backend), then moved to the device in the run's dtype."""
+        rng = np.random.default_rng(cfg["seed"])
+        host = model.init_params(n_features, cfg["hidden"], rng, init=cfg["init"], activation=cfg["activation"])
+        return cls(params={k: backend.asarray(v, cfg["dtype"]) for k, v in host.items()}, rng=rng)
+
+    @classmethod
+    def from_checkpoint(cls, backend, ckpt: Checkpoint) -> TrainState:
+        """The state a checkpoint holds, its parameters on the device in its dtype."""
+        rng = np.random.default_rng()
+        rng.bit_generator.state = ckpt.rng_state
+        return cls(params={k: backend.asarray(v, ckpt.config["dtype"]) for k, v in ckpt.params.items()}, rng=rng,
+                   epoch=ckpt.epoch, step=ckpt.step, step_in_epoch=ckpt.step_in_epoch,
+                   epoch_rng_state=ckpt.rng_state, losses=ckpt.losses.tolist(),
+                   epoch_seconds=ckpt.epoch_seconds.tolist(), partial_epoch_seconds=ckpt.partial_epoch_seconds)
+
+    def to_checkpoint(self, backend, config: dict, meta: dict) -> Checkpoint:
+        """This state as a Checkpoint (parameters copied to the host); `config` is the run's
+        settings and data, `meta` what else the file records (device, engine, validation)."""
+        return Checkpoint(
+            params={k: backend.to_host(v) for k, v in self.params.items()},
+            config=config,
+            epoch=self.epoch,
+            step=self.step,
+            step_in_epoch=self.step_in_epoch,
+            rng_state=self.epoch_rng_state if self.step_in_epoch else self.rng.bit_generator.state,
+            losses=np.asarray(self.losses, dtype=np.float64),
+            epoch_seconds=np.asarray(self.epoch_seconds, dtype=np.float64),
+            partial_epoch_seconds=self.partial_epoch_seconds,
+            meta=meta,
+        )
 
 
 class Interrupted(Exception):
@@ -78,20 +117,25 @@ class StopOnSignals:
         return False
 
 
-def batching(n: int, batch_size) -> tuple[int, int]:
-    """(rows per step, steps per epoch) for n rows and a --batch-size (a count or 'full')."""
-    batch = n if batch_size == "full" else batch_size
-    return batch, math.ceil(n / batch)
-
-
 # ----------------------------------------------------------------------------- engines
-# An engine runs steps first..last-1 of the epoch under way:
-#     engine.begin_epoch(perm)            perm: the epoch's host permutation, None in full batch
-#     params, losses = engine.run(params, first, last)
-#         losses: one per step, as a 1-D device array or a list of 0-d device arrays
-#     engine.segment                      steps per run() between two checks for a stop request
-# Step i trains on rows perm[i*B : min((i+1)*B, N)]: the last step of an epoch takes the
-# remainder (N mod B rows) and averages over the rows it has, exactly as every other step.
+
+
+class Engine(Protocol):
+    """How a run of consecutive steps of the epoch under way executes (see mlp.batches for which
+    rows each step takes). `fit` calls begin_epoch once per epoch, then run over segments."""
+
+    name: str        # 'eager', 'compiled' or 'dask': recorded in checkpoints, metrics and the bench
+    n: int           # training rows
+    batch: int       # rows per step (n in full batch)
+    segment: int     # steps per run() between two checks for a stop request
+
+    def begin_epoch(self, perm: np.ndarray | None) -> None:
+        """The epoch's host permutation of the rows; None in full batch."""
+
+    def run(self, params: dict, first: int, last: int) -> tuple[dict, Any]:
+        """Steps first..last-1 from `params`: (the new parameters, their losses as one 1-D array of
+        last - first values, on the device, or NumPy where the engine computes them on the host).
+        The parameters passed in are never changed, nor are those returned changed later."""
 
 
 class EagerEngine:
@@ -115,60 +159,60 @@ class EagerEngine:
             if self.perm is None:
                 Xb, yb = self.X, self.y
             else:
-                rows = self.perm[i * self.batch:min((i + 1) * self.batch, self.n)]
+                rows = self.perm[batch_rows(i, self.batch, self.n)]
                 Xb, yb = xp.take(self.X, rows, axis=0), xp.take(self.y, rows, axis=0)
             params, loss = self.step(params, Xb, yb)
             losses.append(loss)
-        return params, losses
+        return params, xp.stack(losses)
 
 
-def make_engine(backend, name: str, cfg: dict, X, y):
-    """The engine `name` ('auto', 'eager' or 'compiled') for this backend and run.
+def make_engine(backend, name: str, cfg: dict, X, y) -> Engine:
+    """The engine `name` ('auto', 'eager' or 'compiled') for this backend and run; `cfg` gives
+    batch_size, lr and activation.
 
     'auto' is the compiled engine where the backend has one, else eager. Asking for
     'compiled' where there is none is a UserError."""
     if name not in ENGINES:
         raise UserError(f"unknown engine {name!r}: use one of {', '.join(ENGINES)}")
     batch, _ = batching(X.shape[0], cfg["batch_size"])
-    step = functools.partial(model.train_step, lr=cfg["lr"], activation=cfg["activation"])
-    compiled = getattr(backend, "compiled_engine", None)
+    compiled = backend.compiled_engine
     if name == "compiled" and compiled is None:
         raise UserError(f"--engine compiled: the {backend.name} backend on {backend.device} has no compiled "
                         f"engine; use --engine eager (or auto), or a backend that has one")
+    dask = getattr(backend, "eager_engine", None)   # Dask: a step is chunk tasks on the cluster
+    if dask is not None:
+        return dask(backend, X, y, batch, lr=cfg["lr"], activation=cfg["activation"])
+    step = functools.partial(model.train_step, lr=cfg["lr"], activation=cfg["activation"])
     if name != "eager" and compiled is not None:
         return compiled(step, X, y, batch)
-    eager = getattr(backend, "eager_engine", EagerEngine)  # Dask: one graph per step, params back as NumPy
-    return eager(backend, step, X, y, batch)
+    return EagerEngine(backend, step, X, y, batch)
 
 
 # ----------------------------------------------------------------------------- the loop
 
 
-def fit(backend, cfg: dict, X, y, state: TrainState, *, engine=None, progress=None, on_epoch_end=None,
+def fit(backend, engine: Engine, state: TrainState, epochs: int, *, progress=None, on_epoch_end=None,
         stop=None) -> TrainState:
-    """Train until `cfg['epochs']` epochs are complete.
+    """Train `engine`'s rows until `epochs` epochs are complete.
 
-    X (N, D) and y (N,) are already on the device. A minibatch epoch visits the rows in a
-    fresh permutation drawn from `state.rng` on the host; a full-batch epoch is one step on X
-    itself. `engine` (default: eager) runs the steps. Losses come back to the host once per
-    epoch (and at a stop). Raises DivergedError on a non-finite loss, Interrupted when `stop`
-    is requested; `progress.step(k)` is told of every k steps done."""
-    if engine is None:
-        engine = make_engine(backend, "eager", cfg, X, y)
-    n = X.shape[0]
-    batch, steps_per_epoch = batching(n, cfg["batch_size"])
-    while state.epoch < cfg["epochs"]:
+    A minibatch epoch visits the rows in a fresh permutation drawn from `state.rng` on the
+    host; a full-batch epoch is one step on the rows in order. Losses come back to the host
+    once per epoch (and at a stop). Raises DivergedError on a non-finite loss, Interrupted when
+    `stop` is requested; `progress.step(k)` is told of every k steps done."""
+    n, batch = engine.n, engine.batch
+    steps_per_epoch = batching(n, batch)[1]
+    while state.epoch < epochs:
         if state.step_in_epoch == 0:
             state.epoch_rng_state = state.rng.bit_generator.state
         else:  # resuming inside an epoch: redraw the same permutation
             state.rng.bit_generator.state = state.epoch_rng_state
-        engine.begin_epoch(state.rng.permutation(n) if batch < n else None)
+        engine.begin_epoch(None if is_full_batch(n, batch) else state.rng.permutation(n))
         started, epoch_losses = time.perf_counter(), []
         first = state.step_in_epoch
         while state.step_in_epoch < steps_per_epoch:
             last = min(steps_per_epoch, state.step_in_epoch + engine.segment)
             state.params, losses = engine.run(state.params, state.step_in_epoch, last)
-            epoch_losses.extend(losses if isinstance(losses, list) else [losses])
+            epoch_losses.append(losses)
             if progress is not None:
                 progress.step(last - state.step_in_epoch)
             state.step_in_epoch = last
@@ -185,24 +229,23 @@ def fit(backend, cfg: dict, X, y, state: TrainState, *, engine=None, progress=No
             progress.epoch_end(state)
         if on_epoch_end is not None:
             on_epoch_end(state)
-        if stop is not None and stop.requested and state.epoch < cfg["epochs"]:
+        if stop is not None and stop.requested and state.epoch < epochs:
             raise Interrupted
     return state
 
 
-def flat_losses(xp, losses: list):
-    """One 1-D device array of the losses engines return: 0-d ones (eager, one per step) and
-    1-D runs (compiled segments)."""
-    if all(v.ndim == 0 for v in losses):
-        return xp.stack(losses)
-    return xp.concat([xp.reshape(v, (-1,)) for v in losses])
+def host_losses(backend, losses: list) -> np.ndarray:
+    """The losses of several engine runs (1-D arrays) as one float64 host array, in one copy."""
+    if all(isinstance(v, np.ndarray) for v in losses):          # computed on the host (Dask)
+        return np.concatenate(losses).astype(np.float64)
+    return backend.to_host(backend.xp.concat(losses)).astype(np.float64)
 
 
 def gather(backend, state: TrainState, epoch_losses: list, first_step: int) -> None:
     """Copy this epoch's losses to the host; stop with DivergedError at the first non-finite one."""
     if not epoch_losses:
         return
-    values = backend.to_host(flat_losses(backend.xp, epoch_losses)).astype(np.float64).tolist()
+    values = host_losses(backend, epoch_losses).tolist()
     for k, value in enumerate(values):
         if not math.isfinite(value):
             raise DivergedError(

@@ -20,6 +20,7 @@ from array_api_compat import array_namespace
 PARAM_NAMES = ("w1", "b1", "w2", "b2")
 ACTIVATIONS = ("relu", "tanh")
 INITS = ("classic", "normal", "he")
+DTYPES = ("float32", "float64")
 
 
 def param_shapes(D: int, H: int) -> dict:

@@ -20,12 +20,11 @@ import numpy as np
 from mlp import backends
 
 from . import checkpoint, model
-from .cli import Parser, add_device_flags, run
-from .data import MNIST_MEAN, MNIST_STD
+from .cli import Parser, add_device_flags, dask_options, run
+from .data import MNIST_MEAN, MNIST_STD, normalise
 from .errors import UserError
 from .files import atomic_write, check_output_path, check_outputs
 from .images import load_image, looks_wrong, scale_pixels
-from .scaleout import dask_options
 
 CHUNK = 65_536  # rows per device call
 
@@ -133,7 +132,7 @@ def main(argv=None) -> int:
     names, X = collect(args.images, shape, resize=args.resize, invert=args.invert)
     if not names:
         raise UserError("no images to predict: the inputs given hold none (an empty stack?)")
-    X = (X - cfg.get("mean", MNIST_MEAN)) / cfg.get("std", MNIST_STD)
+    X = normalise(X, mean=cfg.get("mean", MNIST_MEAN), std=cfg.get("std", MNIST_STD))   # pixels in [0, 1]
     backend = backends.resolve(args.device, args.backend, dask_options(args))
     params = {k: backend.asarray(v, cfg["dtype"]) for k, v in ckpt.params.items()}
     probs = np.concatenate([  # in chunks of rows, to bound the device memory

@@ -8,7 +8,7 @@ import numpy as np
 from . import model
 
 
-def evaluate(backend, params, X, y, activation, *, chunk: int = 65_536) -> dict:
+def score(backend, params, X, y, activation, *, chunk: int = 65_536) -> dict:
     """Mean BCE, accuracy and P(label 1) over (X, y), in chunks of rows to bound memory.
 
     X and y are host arrays; params live on the backend's device."""

@@ -1,6 +1,6 @@
 """Training rows on disk, read lazily by chunk: the data side of `--backend dask`.
 
-A *store* is a folder written once by `python -m mlp.data convert`:
+A *store* is a folder written once by `python -m mlp.convert`:
 
     X.npy      uint8 (N, D)  the pixels as the IDX file holds them (1 byte per pixel)
     y.npy      uint8 (N,)    1 where the digit is classes[1], else 0
@@ -23,13 +23,12 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .data import normalise, read_idx, select_pair
+from .data import mnist_files, read_idx, select_pair
 from .errors import DataError, UserError
 from .npz import read_npy_header
 
@@ -51,14 +50,14 @@ class NpyRows:
                 self.offset = f.tell()
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read {self.path} as a .npy array ({exc}); convert the data again "
-                            "with python -m mlp.data convert") from None
+                            "with python -m mlp.convert") from None
         if fortran:
-            raise DataError(f"{self.path} is stored in Fortran order; convert the data again with python -m mlp.data convert")
+            raise DataError(f"{self.path} is stored in Fortran order; convert the data again with python -m mlp.convert")
         self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
         expected = self.offset + int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize
         if os.path.getsize(self.path) != expected:
             raise DataError(f"{self.path} is truncated or padded ({os.path.getsize(self.path):,} bytes, its header "
-                            f"promises {expected:,}); convert the data again with python -m mlp.data convert")
+                            f"promises {expected:,}); convert the data again with python -m mlp.convert")
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
@@ -112,12 +111,6 @@ def idx_rows(images_path, labels_path, classes) -> tuple[IdxRows, IdxRows]:
             IdxRows(images_path, labels_path, classes, "y", y.shape))
 
 
-def normalised(block, dtype_name: str = "float64"):
-    """uint8 pixel rows -> normalised floats exactly as on every other backend: mlp.data's
-    normalisation in float64, then cast (so float32 runs see the same values as NumPy's)."""
-    return normalise(block).astype(dtype_name, copy=False)
-
-
 # ----------------------------------------------------------------------------- stores
 
 
@@ -128,7 +121,7 @@ def open_store(folder, classes=None) -> tuple[NpyRows, NpyRows, dict]:
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"{folder} is not a converted data store ({exc.__class__.__name__}: {exc}); "
-                        "make one with python -m mlp.data convert --out DIR") from None
+                        "make one with python -m mlp.convert --out DIR") from None
     if meta.get("format") != FORMAT:
         raise DataError(f"{folder}/meta.json has format {meta.get('format')!r}, this version reads {FORMAT!r}; convert again")
     X, y = NpyRows(folder / "X.npy"), NpyRows(folder / "y.npy")
@@ -206,8 +199,6 @@ def convert(data_dir, out, classes=(3, 7), *, rows: int | None = None, max_shift
             download: bool = True) -> dict:
     """The class pair's training rows of the IDX files in `data_dir` as a store at `out`;
     with `rows`, that many rows resampled from them with shifts of up to `max_shift` pixels."""
-    from .data import mnist_files
-
     paths = mnist_files(data_dir, download=download, quiet=True)
     images, labels = read_idx(paths["train-images"]), read_idx(paths["train-labels"])
     images, y, _ = select_pair(images, labels, tuple(classes), str(paths["train-labels"]))
@@ -222,45 +213,3 @@ def convert(data_dir, out, classes=(3, 7), *, rows: int | None = None, max_shift
     write_store(out, resampled_blocks(images, y, rows, max_shift, seed), rows, n_features,
                 {**meta, "made_by": f"resampled from {len(images)} real rows, shifts up to {max_shift} px, seed {seed}"})
     return {**meta, "n": rows}
-
-
-# ----------------------------------------------------------------------------- command
-
-
-def main(argv=None) -> int:
-    from .cli import Parser, non_negative_int, positive_int, seed_int
-
-    p = Parser(prog="python -m mlp.data",
-               description="Convert the MNIST IDX files of a class pair, once, into a store of uint8 rows on disk "
-                           "that --backend dask reads lazily by chunk (for training sets larger than memory).")
-    sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("convert", help="write a store folder (X.npy, y.npy, meta.json)")
-    c.add_argument("--data-dir", default=None, metavar="DIR", help="folder with the IDX files (as for mlp.train)")
-    c.add_argument("--no-download", action="store_true", help="never download: fail if the files are missing")
-    c.add_argument("--classes", nargs=2, type=int, default=(3, 7), metavar=("A", "B"), help="the pair (default: 3 7)")
-    c.add_argument("--out", required=True, metavar="DIR", help="the store folder to create (must not exist)")
-    c.add_argument("--rows", type=positive_int, metavar="N",
-                   help="a larger synthetic-but-real set: N rows drawn with replacement from the real ones")
-    c.add_argument("--max-shift", type=non_negative_int, default=2, metavar="K",
-                   help="with --rows: move each drawn digit by up to K pixels in x and y (default: 2)")
-    c.add_argument("--seed", type=seed_int, default=0, help="with --rows: seed of the draw (default: 0)")
-    args = p.parse_args(argv)
-    info = convert(args.data_dir, args.out, tuple(args.classes), rows=args.rows,
-                   max_shift=args.max_shift if args.rows else 0, seed=args.seed, download=not args.no_download)
-    size = info["n"] * int(np.prod(info["image_shape"]))
-    print(f"wrote {args.out}: {info['n']:,} rows of classes {info['classes'][0]} vs {info['classes'][1]} "
-          f"({size / 1e6:,.1f} MB of uint8 pixels); train on it with --backend dask --store {args.out}")
-    return 0
-
-
-main.prog = "mlp.data"
-
-
-def cli() -> None:
-    from .cli import run
-
-    sys.exit(run(main))
-
-
-if __name__ == "__main__":
-    cli()

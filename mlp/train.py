@@ -11,23 +11,24 @@ import signal
 import sys
 import warnings
 
-import numpy as np
 
 from mlp import backends
 
 from . import checkpoint, model
 from .checkpoint import RUN_KEYS, Checkpoint
-from .cli import Parser, add_data_flags, add_device_flags, exit_code, positive_float, positive_int, run, seed_int
+from .cli import (Parser, add_data_flags, add_device_flags, dask_options, exit_code, positive_float, positive_int, run,
+                  seed_int, val_fraction)
 from .data import MNIST_MEAN, MNIST_STD, data_paths, default_data_dir, load_dataset
 from .errors import CheckpointError, DivergedError, UserError
 from .files import check_output_path, check_outputs, lock
-from .history import EarlyStopped, EpochLog, History, holdout, resolve_val_split, val_fraction
-from .loop import ENGINES, Interrupted, StopOnSignals, TrainState, batching, fit, make_engine, params_finite
+from .history import EarlyStopped, EpochLog, History, holdout, resolve_val_split
+from .batches import batching
+from .loop import ENGINES, Interrupted, StopOnSignals, TrainState, fit, make_engine, params_finite
 from .plots import plot_format
 from .progress import Progress, epoch_train_loss, fmt_loss
 from .saver import Saver
-from .scaleout import dask_options, training_arrays
-from .scoring import evaluate
+from .rows import training_arrays
+from .scoring import score
 from .summary import continue_command, metrics, summary_line, write_loss_plot, write_metrics, wrote
 
 #: what a plain `python -m mlp.train` does (measured in the README: >= 98.5% test accuracy)
@@ -189,22 +190,6 @@ def check_same_data(args, cfg: dict, ckpt: Checkpoint | None, n: int, data_finge
             print(f"note: {note}", file=sys.stderr)
 
 
-def initial_state(backend, cfg: dict, n_features: int, ckpt: Checkpoint | None) -> TrainState:
-    dtype = cfg["dtype"]
-    if ckpt is None:
-        rng = np.random.default_rng(cfg["seed"])
-        host_params = model.init_params(n_features, cfg["hidden"], rng, init=cfg["init"], activation=cfg["activation"])
-        return TrainState(params={k: backend.asarray(v, dtype) for k, v in host_params.items()}, rng=rng)
-    rng = np.random.default_rng()
-    rng.bit_generator.state = ckpt.rng_state
-    return TrainState(
-        params={k: backend.asarray(v, dtype) for k, v in ckpt.params.items()}, rng=rng,
-        epoch=ckpt.epoch, step=ckpt.step, step_in_epoch=ckpt.step_in_epoch,
-        epoch_rng_state=ckpt.rng_state, losses=ckpt.losses.tolist(),
-        epoch_seconds=ckpt.epoch_seconds.tolist(), partial_epoch_seconds=ckpt.partial_epoch_seconds,
-    )
-
-
 def announce(args, cfg, backend, n: int, n_val: int, n_features: int, ckpt, steps_per_epoch: int) -> None:
     if args.quiet:
         return
@@ -257,13 +242,13 @@ def main(argv=None) -> int:
     cfg = resolve_config(args, ckpt)
     backend = backends.resolve(args.device, args.backend, dask_options(args))
     data, rows, val = load_rows(args, cfg, ckpt)
-    X, y, data_fingerprint = training_arrays(backend, args, data, rows, cfg["dtype"])  # to the device, once
+    X, y, data_fingerprint = training_arrays(backend, data, rows, cfg["dtype"], store=args.store)  # to the device, once
     (n, n_features), n_val = X.shape, 0 if val is None else len(val[1])
     check_same_data(args, cfg, ckpt, n, data_fingerprint)
     data_cfg = {"n_features": n_features, "image_shape": list(data.image_shape), "mean": MNIST_MEAN,
                 "std": MNIST_STD, "n_train": n, "val_split": cfg["val_split"],
                 "data_fingerprint": data_fingerprint}
-    state = initial_state(backend, cfg, n_features, ckpt)
+    state = TrainState.fresh(backend, cfg, n_features) if ckpt is None else TrainState.from_checkpoint(backend, ckpt)
     _, steps_per_epoch = batching(n, cfg["batch_size"])
     announce(args, cfg, backend, n, n_val, n_features, ckpt, steps_per_epoch)
     engine = make_engine(backend, args.engine, cfg, X, y)
@@ -283,7 +268,7 @@ def main(argv=None) -> int:
         with StopOnSignals() as stop, warnings.catch_warnings():
             # a diverging run overflows; that is reported below in one line, not as warnings
             warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero)", RuntimeWarning)
-            fit(backend, cfg, X, y, state, engine=engine, progress=progress, on_epoch_end=on_epoch_end, stop=stop)
+            fit(backend, engine, state, cfg["epochs"], progress=progress, on_epoch_end=on_epoch_end, stop=stop)
     except EarlyStopped as exc:
         stopped = str(exc)
     except Interrupted:
@@ -313,7 +298,7 @@ def finish(args, cfg, backend, state, history, data, n, n_val, steps_per_epoch, 
         wrote(args.save_best, f"epoch {history.best['epoch']}, validation loss {fmt_loss(history.best['val_loss'])}")
     if args.log:
         wrote(args.log, f"{len(history.rows)} epochs")
-    test = evaluate(backend, state.params, data.test.X, data.test.y, cfg["activation"])
+    test = score(backend, state.params, data.test.X, data.test.y, cfg["activation"])
     m = metrics(backend, cfg, state, test, history, engine=save.engine, n_train=n, n_val=n_val,
                 train_loss=epoch_train_loss(state, steps_per_epoch), stopped=stopped)
     print(summary_line(m, test, backend))

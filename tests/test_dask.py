@@ -77,11 +77,10 @@ def joined(cluster_or_address, **options):
 
 def train(backend, X, y, *, steps, batch="full", dtype="float64", on_epoch_end=None, hidden=H):
     """`steps` epochs of mlp.loop.fit from seed 0: (losses, host params)."""
-    cfg = {"lr": 0.1, "activation": "relu", "batch_size": batch, "epochs": steps}
-    rng = np.random.default_rng(0)
-    host = model.init_params(X.shape[1], hidden, rng, init="he")
-    state = TrainState(params={k: backend.asarray(v, dtype) for k, v in host.items()}, rng=rng)
-    fit(backend, cfg, X, y, state, engine=make_engine(backend, "auto", cfg, X, y), on_epoch_end=on_epoch_end)
+    cfg = {"lr": 0.1, "activation": "relu", "batch_size": batch, "epochs": steps, "seed": 0, "hidden": hidden,
+           "init": "he", "dtype": dtype}
+    state = TrainState.fresh(backend, cfg, X.shape[1])
+    fit(backend, make_engine(backend, "auto", cfg, X, y), state, steps, on_epoch_end=on_epoch_end)
     return np.asarray(state.losses), {k: backend.to_host(v) for k, v in state.params.items()}
 
 
@@ -260,7 +259,7 @@ def test_rows_larger_than_the_cluster_memory_stream_from_disk(tmp_path, data_dir
         X, y = rows(b, big)
         assert not b.info["persisted"] and "streamed from disk" in str(b)
         got = train(b, X, y, steps=1, hidden=4)
-        peak = max(m["VmHWM"] for m in worker_memory(b.client).values())
+        peak = max(m["peak"] for m in worker_memory(b.client).values())
         assert b.client.run(os.getpid) == pid      # the worker was never restarted for memory
     assert peak < limit, peak
     assert_same(got, numpy_reference(_real_store(data_dir, tmp_path_factory), steps=1, hidden=4), 1e-10)
@@ -347,16 +346,16 @@ def test_flag_errors_are_one_line(data_dir, small_store, tmp_path):
 
 
 def test_convert_command_writes_a_store_all_or_nothing(data_dir, tmp_path):
-    from mlp.store import main as store_main
+    from mlp.convert import main as convert_main
 
     out = tmp_path / "synth"
-    code, stdout, err = call_cli(store_main, "convert", "--data-dir", data_dir, "--out", out, "--rows", 20_000,
+    code, stdout, err = call_cli(convert_main, "--data-dir", data_dir, "--out", out, "--rows", 20_000,
                                  "--max-shift", 2)
     assert code == 0, err
     X, y, meta = open_store(out)
     assert X.shape == (20_000, 784) and X.dtype == np.uint8 and set(np.unique(y[0:20_000])) == {0, 1}
     assert meta["classes"] == [3, 7] and "shifts up to 2 px" in meta["made_by"] and "wrote" in stdout
-    code, _, err = call_cli(store_main, "convert", "--data-dir", data_dir, "--out", out)
+    code, _, err = call_cli(convert_main, "--data-dir", data_dir, "--out", out)
     assert code == 2 and "already exists" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]   # no temporary folder left behind
 

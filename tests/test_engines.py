@@ -23,10 +23,8 @@ N, D, H = 300, 40, 16            # B = 64: 4 full steps and a remainder of 44 ro
 
 def start(backend, dtype, seed=3):
     X, y = synthetic(N, D, seed=1)
-    rng = np.random.default_rng(seed)
-    params = model.init_params(D, H, rng, init="he")
-    state = TrainState(params={k: backend.asarray(v, dtype) for k, v in params.items()}, rng=rng)
-    return backend.asarray(X, dtype), backend.asarray(y, dtype), state
+    cfg = {"seed": seed, "hidden": H, "init": "he", "activation": "relu", "dtype": dtype}
+    return backend.asarray(X, dtype), backend.asarray(y, dtype), TrainState.fresh(backend, cfg, D)
 
 
 def train_with(backend_name, engine, dtype, batch_size, epochs=2, segment=None, device="cpu", **engine_kw):
@@ -40,7 +38,7 @@ def train_with(backend_name, engine, dtype, batch_size, epochs=2, segment=None, 
                         X, y, 64 if batch_size != "full" else N, **engine_kw)
     if segment:
         engine.segment = segment
-    fit(backend, cfg, X, y, state, engine=engine)
+    fit(backend, engine, state, epochs)
     return engine, np.array(state.losses), {k: backend.to_host(v) for k, v in state.params.items()}
 
 
@@ -97,14 +95,14 @@ def test_compiled_jax_resumed_mid_epoch_equals_uninterrupted(dtype="float64"):
     engine = make_engine(backend, "compiled", cfg, X, y)
     engine.segment = 3
     with pytest.raises(Interrupted):
-        fit(backend, cfg, X, y, state, engine=engine, stop=StopNow())
+        fit(backend, engine, state, cfg["epochs"], stop=StopNow())
     assert (state.epoch, state.step_in_epoch, len(state.losses)) == (0, 3, 3)
     rng = np.random.default_rng()
     rng.bit_generator.state = state.epoch_rng_state              # what a checkpoint keeps
     resumed = TrainState(params={k: backend.asarray(backend.to_host(v)) for k, v in state.params.items()}, rng=rng,
                          step=state.step, step_in_epoch=state.step_in_epoch, epoch_rng_state=state.epoch_rng_state,
                          losses=list(state.losses))
-    fit(backend, cfg, X, y, resumed, engine=make_engine(backend, "compiled", cfg, X, y))
+    fit(backend, make_engine(backend, "compiled", cfg, X, y), resumed, cfg["epochs"])
     np.testing.assert_array_equal(np.array(resumed.losses), whole_losses)
     for k in model.PARAM_NAMES:
         np.testing.assert_array_equal(backend.to_host(resumed.params[k]), whole_params[k])

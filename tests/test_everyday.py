@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mlp import backends, checkpoint, data, evaluate, history, predict, train
-from mlp.scoring import evaluate as score
+from mlp.scoring import score
 from mlp.progress import fmt_loss
 from mlp.summary import continue_command
 
@@ -90,7 +90,7 @@ def test_validation_figures_log_and_best_checkpoint(small, tmp_path):
 
 def test_the_test_set_is_scored_once_at_the_end(small, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(a[2].shape) or score(*a, **k))
+    monkeypatch.setattr(train, "score", lambda *a, **k: calls.append(a[2].shape) or score(*a, **k))
     code, _, err = call_cli(train.main, "--data-dir", small, "--val-split", "0.25", "--epochs", "4",
                             "--early-stop", "1", "--batch-size", "16", "--quiet")
     assert code == 0, err

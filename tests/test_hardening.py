@@ -426,7 +426,7 @@ def test_user_mistakes_are_one_line(tiny, tmp_path, monkeypatch):
     def no_memory(*args, **kwargs):
         raise MemoryError("Unable to allocate 8.00 EiB for an array with shape (1152921504606846976,)")
 
-    monkeypatch.setattr(evaluate, "evaluate", no_memory)
+    monkeypatch.setattr(evaluate, "score", no_memory)
     code, _, err = call_cli(evaluate.main, "--checkpoint", tiny / "c.npz", "--data-dir", tiny / "data")
     assert code == 4 and "--device cpu" in err and "--batch-size" not in err and "--hidden" not in err, err
 

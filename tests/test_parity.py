@@ -22,12 +22,11 @@ TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 def train(backend_name, device, dtype, activation, batch_size, epochs=4, seed=7):
     backend = backends.resolve(device, backend_name)
     X, y = synthetic(300, 784, seed=1)
-    rng = np.random.default_rng(seed)
-    params = model.init_params(784, 32, rng, init="he", activation=activation)
-    cfg = {"epochs": epochs, "batch_size": batch_size, "lr": 0.05, "activation": activation}
-    state = TrainState(params={k: backend.asarray(v, dtype) for k, v in params.items()}, rng=rng)
+    cfg = {"epochs": epochs, "batch_size": batch_size, "lr": 0.05, "activation": activation, "seed": seed,
+           "hidden": 32, "init": "he", "dtype": dtype}
+    state = TrainState.fresh(backend, cfg, 784)
     X, y = backend.asarray(X, dtype), backend.asarray(y, dtype)
-    fit(backend, cfg, X, y, state, engine=make_engine(backend, "auto", cfg, X, y))
+    fit(backend, make_engine(backend, "auto", cfg, X, y), state, epochs)
     return np.array(state.losses), {k: backend.to_host(v) for k, v in state.params.items()}
 
 

@@ -1,0 +1,75 @@
+"""What every implementation the benchmark times shares: the peers' names and libraries, the
+`Impl` interface, and `Unavailable` for what cannot run here (see bench/impls.py for each impl)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+
+from mlp import backends
+from mlp.batches import is_full_batch
+
+PEERS = ("torch-manual", "torch-expert", "torch-autograd", "torch-compile", "jax-jit", "sklearn")
+MINIBATCH_PEERS = ("torch-expert",)   # the others time a full-batch step only
+LIBRARY = {"torch-manual": "torch", "torch-expert": "torch", "torch-autograd": "torch", "torch-compile": "torch",
+           "jax-jit": "jax", "sklearn": "sklearn"}
+# where our backends have a compiled engine (backends' `compiled_engine`), known here without
+# importing the libraries into the sweep's own process
+COMPILED = {("jax", "cpu"), ("jax", "cuda"), ("torch", "cuda")}
+SKLEARN_EPOCHS_PER_FIT = 5
+
+
+class Unavailable(Exception):
+    """This implementation cannot run here (library missing, no GPU); the reason is reported."""
+
+
+def check_available(impl: str, backend: str | None, device: str) -> None:
+    library = backend.partition(":")[0] if impl == "ours" else LIBRARY[impl]  # dask:W -> dask
+    module = {"sklearn": "sklearn"}.get(library, library)
+    if importlib.util.find_spec(module) is None:
+        raise Unavailable(f"{module} is not installed")
+    if impl == "sklearn" and device != "cpu":
+        raise Unavailable("scikit-learn runs on the CPU only")
+
+
+def resolve(device: str, library: str):
+    try:
+        return backends.resolve(device, library)
+    except backends.BackendError as exc:
+        raise Unavailable(str(exc)) from None
+
+
+class Impl:
+    """setup() once; epoch() runs one epoch (epochs_per_call of them for sklearn); sync()
+    waits for the device; first_loss() is the loss of the first step of the latest call, at
+    the parameters it started from; last_loss() that of its last step (both force a sync)."""
+
+    compiles = False
+    epochs_per_call = 1
+
+    def __init__(self, device: str, dtype: str, lr: float, batch=None, seed: int = 0):
+        self.device, self.dtype, self.lr = device, dtype, lr
+        self.batch, self.rng = batch, np.random.default_rng(seed)   # batch None: full batch
+
+    def setup(self, X: np.ndarray, y: np.ndarray, params: dict) -> None:
+        raise NotImplementedError
+
+    def epoch(self) -> None:
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        pass
+
+    def first_loss(self) -> float:
+        raise NotImplementedError
+
+    def last_loss(self) -> float:
+        raise NotImplementedError
+
+    def device_name(self) -> str:
+        return backends.cpu_name()
+
+    def permutation(self, n: int):
+        """This epoch's rows, drawn on the host as mlp.loop does; None in full batch."""
+        return None if self.batch is None or is_full_batch(n, self.batch) else self.rng.permutation(n)

@@ -1,0 +1,49 @@
+"""`python -m mlp.convert --out DIR`: the training rows of a class pair as a store on disk, written
+once, that `--backend dask --store DIR` reads lazily by chunk (for training sets larger than memory).
+The store format is in `mlp.store`."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from .cli import Parser, add_data_flags, non_negative_int, positive_int, run, seed_int
+from .store import convert
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m mlp.convert",
+               description="Convert the MNIST IDX files of a class pair, once, into a store of uint8 rows on disk "
+                           "(X.npy, y.npy, meta.json) that --backend dask reads lazily by chunk.")
+    add_data_flags(p)
+    p.add_argument("--classes", nargs=2, type=int, default=(3, 7), metavar=("A", "B"), help="the pair (default: 3 7)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the store folder to create (must not exist)")
+    p.add_argument("--rows", type=positive_int, metavar="N",
+                   help="a larger synthetic-but-real set: N rows drawn with replacement from the real ones")
+    p.add_argument("--max-shift", type=non_negative_int, default=2, metavar="K",
+                   help="with --rows: move each drawn digit by up to K pixels in x and y (default: 2)")
+    p.add_argument("--seed", type=seed_int, default=0, help="with --rows: seed of the draw (default: 0)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    info = convert(args.data_dir, args.out, tuple(args.classes), rows=args.rows,
+                   max_shift=args.max_shift if args.rows else 0, seed=args.seed, download=not args.no_download)
+    size = info["n"] * int(np.prod(info["image_shape"]))
+    print(f"wrote {args.out}: {info['n']:,} rows of classes {info['classes'][0]} vs {info['classes'][1]} "
+          f"({size / 1e6:,.1f} MB of uint8 pixels); train on it with --backend dask --store {args.out}")
+    return 0
+
+
+main.prog = "mlp.convert"
+
+
+def cli() -> None:
+    """Console-script entry point (mlp-convert)."""
+    sys.exit(run(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,34 @@
+"""A run's training rows on its backend: moved to the device once, or, on Dask, read by the workers
+themselves (the pair's rows of the IDX files, or a store written by `python -m mlp.convert`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .data import fingerprint, mnist_files
+from .errors import UserError
+from .store import idx_rows, open_store, store_fingerprint
+
+
+def training_arrays(backend, data, rows, dtype: str, *, store=None):
+    """(X (N, D), y (N,), the rows' fingerprint) of the run on the backend. Elsewhere than Dask:
+    the host `rows` (the training rows less any validation split), moved to the device once.
+    Dask: lazy uint8 rows that the workers read themselves (the pair's rows of the IDX files, or
+    `store`'s), normalised in the graph. A store's fingerprint covers its metadata and labels."""
+    from_rows = getattr(backend, "from_rows", None)
+    if from_rows is None:
+        X, y = rows
+        return backend.asarray(X, dtype), backend.asarray(y, dtype), fingerprint(data.train)
+    if len(rows[1]) != len(data.train.y):
+        raise UserError("--val-split is not available with --backend dask yet (the workers read every training "
+                        "row); drop --val-split, or validate with python -m mlp.evaluate --split train")
+    if store:
+        folder = Path(store).resolve()
+        X_rows, y_rows, meta = open_store(folder, data.classes)
+        if tuple(meta["image_shape"]) != tuple(data.image_shape):
+            raise UserError(f"the store {store} holds {tuple(meta['image_shape'])} images, the test data "
+                            f"{tuple(data.image_shape)}; convert the data set you evaluate on")
+        return (*from_rows(X_rows, y_rows, dtype), store_fingerprint(folder))
+    paths = mnist_files(Path(data.data_dir).resolve(), download=False, quiet=True)
+    X_rows, y_rows = idx_rows(paths["train-images"], paths["train-labels"], data.classes)
+    return (*from_rows(X_rows, y_rows, dtype), fingerprint(data.train))
