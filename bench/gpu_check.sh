@@ -3,7 +3,7 @@
 #
 #     bash bench/gpu_check.sh OUTDIR [--wheelhouse DIR] [--full] [--tests-only] [-- extra `python -m bench` flags]
 #
-# 1. setup     a venv OUTDIR/venv made with --system-site-packages, so that the machine's own CuPy,
+# 1. setup     a venv (GPU_CHECK_VENV) made with --system-site-packages, so that the machine's own CuPy,
 #              CUDA PyTorch and JAX are used (when python3 is itself a venv, as /opt/torch/.venv on
 #              this project's H200, its site-packages are added to the new venv by a .pth file). What
 #              bench/gpu-requirements.txt lists and the machine lacks is installed from --wheelhouse
@@ -31,12 +31,16 @@
 # Exit 0 only if every phase passed: tests passed with nothing skipped, the bench exited 0, and the
 # summary found every GPU row measured and checked. Exit 2: usage; 3: not ready (preflight); 1: failed.
 # A phase cut off by its time limit fails. Each phase's elapsed time is printed and in phases.txt.
+# Bounds: setup's steps have their own timeouts; tests, the reference and the bench run inside the
+# deadline below (tests 240 s at most, the reference 180 s beside them, the bench what is left);
+# the summary has 60 s after it.
 #
 # Environment:
 #   PYTHON=/path/to/python  use this interpreter as it is: no venv is made and nothing is installed
 #                           (a prepared environment; the CPU tests use it); --wheelhouse is refused
 #   BASE_PYTHON             the interpreter the venv is made from (default python3)
-#   GPU_CHECK_VENV          where the venv goes (default OUTDIR/venv; reused when it exists)
+#   GPU_CHECK_VENV          where the venv goes (default $TMPDIR/mlp-gpu-check-venv, outside OUTDIR so that
+#                           OUTDIR holds results only; reused when it exists, the checkout reinstalled)
 #   MLP_TEST_DATA_DIR or MLP_DATA_DIR   the folder with the four MNIST IDX files (default
 #                           ../shared/datasets/mnist-3-7 beside the checkout, else ~/.cache/mlp/mnist)
 #   GPU_CHECK_DEADLINE_S    the bound on the whole run (default 480; 4000 with --full)
@@ -178,7 +182,7 @@ if [ -n "${PYTHON:-}" ]; then
     say "setup: PYTHON=$PY as it is (no venv, nothing installed)"
 else
     BASE=${BASE_PYTHON:-python3}
-    VENV=${GPU_CHECK_VENV:-$OUT/venv}
+    VENV=${GPU_CHECK_VENV:-${TMPDIR:-/tmp}/mlp-gpu-check-venv}
     if [ ! -x "$VENV/bin/python" ]; then
         say "setup: a venv with the system's site-packages: $VENV (from $BASE)"
         if ! timeout 120 "$BASE" -m venv --system-site-packages "$VENV" >> "$PIPLOG" 2>&1; then
@@ -311,16 +315,16 @@ echo "$GPU" > "$OUT/gpu-libraries.txt"
 FAILED=()
 REF_JSON=$OUT/ref-cpu-float64.json
 if [ "$FULL" = 1 ]; then
-    REF_SHAPE=(--sizes real,100000,1000000 --hidden 128,1024 --batches 64,512,4096)
+    REF_SHAPE=(--sizes real,100000,1000000 --hidden 128,1024 --batches 64,512,4096); REF_CAP=900
 else
-    REF_SHAPE=(--sizes real,100000,1000000 --hidden 1024 --batches 64)
+    REF_SHAPE=(--sizes real,100000,1000000 --hidden 1024 --batches 64); REF_CAP=180
 fi
 REF_PID=""
 if [ "$TESTS_ONLY" = 0 ]; then
     # float64 NumPy on the CPU at the GPU sweep's N, H and B: only the first-step losses matter (one
     # warm-up and one timed epoch); it runs beside the GPU tests, which time nothing
     rm -f "$REF_JSON"
-    REF_LIMIT=$(left); [ "$REF_LIMIT" -gt 600 ] && REF_LIMIT=600
+    REF_LIMIT=$(left); [ "$REF_LIMIT" -gt "$REF_CAP" ] && REF_LIMIT=$REF_CAP
     REF_T0=$SECONDS
     timeout --kill-after=15 "$REF_LIMIT" "$PY" -m bench --device cpu --backends numpy --peers none --dtype float64 \
         "${REF_SHAPE[@]}" --epochs 1 --min-epochs 1 --warmup 1 --budget 0 --max-epoch-seconds 100000 \
@@ -363,7 +367,7 @@ run_phase bench "$BENCH_CAP" "$OUT/bench-log.txt" "$PY" -m bench "${SWEEP[@]}" -
 # ---------------------------------------------------------------------------- summary
 T0=$SECONDS
 set +e
-timeout 120 "$PY" -m mlp.bench.gpu_summary --bench "$JSON" --reference "$REF_JSON" --junit "$OUT/pytest-gpu.xml" \
+timeout 60 "$PY" -m mlp.bench.gpu_summary --bench "$JSON" --reference "$REF_JSON" --junit "$OUT/pytest-gpu.xml" \
     --phases "$PHASES" --out "$OUT/summary.txt"
 SUM_RC=$?
 set -e

@@ -132,7 +132,7 @@ def test_empty_wheelhouse_fails_in_one_line_naming_what_is_missing(tmp_path, dat
     site-packages) and a wheelhouse with nothing in it: not ready, within seconds, one line."""
     (tmp_path / "wh").mkdir()
     out = tmp_path / "out"
-    env = check_env(tmp_path, data_dir, BASE_PYTHON=os.path.realpath(sys.executable))
+    env = check_env(tmp_path, data_dir, BASE_PYTHON=os.path.realpath(sys.executable), GPU_CHECK_VENV=tmp_path / "venv")
     started = time.monotonic()
     done = run_check(out, "--wheelhouse", tmp_path / "wh", env=env, timeout=300)
     took = time.monotonic() - started
@@ -145,7 +145,7 @@ def test_empty_wheelhouse_fails_in_one_line_naming_what_is_missing(tmp_path, dat
     assert "this script never installs the GPU libraries" in line
     assert "Traceback" not in done.stderr + done.stdout
     assert (out / "not-ready.txt").read_text().strip() == line.removeprefix("gpu_check: ")
-    assert (out / "venv" / "pyvenv.cfg").read_text().count("include-system-site-packages = true") == 1
+    assert (tmp_path / "venv" / "pyvenv.cfg").read_text().count("include-system-site-packages = true") == 1
     # pip was asked, offline, and the wheelhouse had nothing
     assert "No matching distribution found" in (out / "pip-install.txt").read_text()
     assert not (out / "pytest-gpu.txt").exists()     # nothing ran past the preflight
