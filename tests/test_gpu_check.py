@@ -3,7 +3,7 @@
 The check must not pass here: a fake nvidia-smi gets it past the card, and then each test asserts
 the reason it stops (a non-zero exit and the exact words), so none of them can pass by the check
 having quietly done nothing. What needs a GPU (the GPU tests passing, the bench's GPU rows) is not
-tested here; /work/notes/issue14-check.md says what is left for a machine with one.
+tested here: it waits for a machine with one.
 """
 
 from __future__ import annotations
