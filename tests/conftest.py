@@ -64,6 +64,38 @@ needs_gpu = pytest.mark.skipif(GPU_MISSING is not None, reason=f"needs a CUDA GP
 needs_torch_gpu = pytest.mark.skipif(TORCH_GPU_MISSING is not None, reason=f"needs a CUDA GPU: {TORCH_GPU_MISSING}")
 
 
+# MLP_REQUIRE_GPU=1 (bench/gpu_check.sh sets it): on a GPU machine a skip proves nothing, so a
+# test marked `gpu` that would be skipped fails instead, with the skip's reason; so does a test
+# module skipped whole at import (it may hold GPU tests). Without the variable, skips stay skips.
+def _require_gpu() -> bool:
+    return os.environ.get("MLP_REQUIRE_GPU") == "1"
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return text.removeprefix("Skipped: ")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if (_require_gpu() and report.skipped and not hasattr(report, "wasxfail")
+            and item.get_closest_marker("gpu") is not None):
+        report.outcome = "failed"
+        report.longrepr = f"MLP_REQUIRE_GPU=1: this GPU test would be skipped: {_skip_reason(report)}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    report = yield
+    if _require_gpu() and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"MLP_REQUIRE_GPU=1: {collector.nodeid} would be skipped whole: {_skip_reason(report)}"
+    return report
+
+
 def backend_params():
     """(backend, device) pairs for the parity, gradient and stability tests. A library that is
     missing, or a GPU that is missing, is a visible skip with its reason (pytest -ra)."""

@@ -1,0 +1,280 @@
+"""`python -m mlp.bench.gpu_summary`: bench/gpu_check.sh's outputs as the GPU targets, met or missed.
+
+Reads the GPU bench JSON (`python -m bench --json`), the float64 NumPy reference (the same bench's
+NumPy rows, in float64 on the CPU, at the GPU sweep's N, H and B), pytest's JUnit XML for
+`pytest -m gpu` and the phase times, and writes a plain-text summary. It measures nothing and
+invents nothing: a figure or field that is not in its inputs is "not measured".
+
+The targets (float32, median ms per epoch):
+  B=64: ours (jax, compiled) <= 6 ms, ours (torch, compiled: the CUDA graph) <= 20 ms,
+        ours (cupy, eager) <= 150 ms;
+  full batch: ours (cupy, eager) <= 1.15x torch-expert at each N and H measured;
+  N=1,000,000 H=1024 full batch: each of our rows >= 60% of the floor (`fraction_of_floor`);
+  no GPU test skipped (nor failed by MLP_REQUIRE_GPU because it would have been);
+  every GPU row's first-step loss (`initial_loss`) within the bench's tolerance of float64 NumPy's.
+
+A missed speed target is reported, not an error. Exit 1 when a GPU row errored or is unchecked
+against float64 NumPy (no reference, no loss, or a mismatch), when there is no GPU row, or when
+the tests are missing or skipped; exit 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from .report import LOSS_TOLERANCE  # the bench's own tolerance for a first-step loss, per dtype
+
+B64_TARGETS = (("jax", "compiled", 6.0, "JAX compiled"),
+               ("torch", "compiled", 20.0, "torch CUDA graph"),
+               ("cupy", "eager", 150.0, "CuPy eager"))
+CUPY_OVER_EXPERT = 1.15
+FLOOR_N, FLOOR_H, FLOOR_FRACTION = 1_000_000, 1024, 0.60
+TARGET_DTYPE = "float32"
+WOULD_SKIP = "would be skipped"   # tests/conftest.py's message when MLP_REQUIRE_GPU=1 fails a skip
+
+
+def load_json(path) -> tuple[dict | None, str | None]:
+    if not path:
+        return None, "not given"
+    try:
+        return json.loads(Path(path).read_text()), None
+    except FileNotFoundError:
+        return None, f"{path} does not exist"
+    except (OSError, ValueError) as exc:
+        return None, f"{path} is unreadable: {exc}"
+
+
+def engine(r: dict) -> str:
+    return r.get("engine") or "eager"
+
+
+def label(r: dict) -> str:
+    return f"ours ({r.get('backend')}, {engine(r)})" if r.get("impl") == "ours" else str(r.get("impl"))
+
+
+def where(r: dict) -> str:
+    return f"N={r.get('n', 0):,} H={r.get('hidden')} B={r.get('batch') or 'full'}"
+
+
+def is_gpu(r: dict) -> bool:
+    return r.get("device", "cpu") != "cpu"
+
+
+def tests_summary(junit_path) -> tuple[list[str], bool]:
+    """Lines about the GPU tests, and whether they ran with none skipped."""
+    if not junit_path or not Path(junit_path).is_file():
+        return [f"GPU tests: not measured (no JUnit XML: {junit_path})"], False
+    try:
+        root = ET.parse(junit_path).getroot()
+    except (OSError, ET.ParseError) as exc:
+        return [f"GPU tests: not measured (unreadable {junit_path}: {exc})"], False
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    count = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    would_skip = sum(1 for case in root.iter("testcase") for bad in (*case.findall("failure"), *case.findall("error"))
+                     if WOULD_SKIP in (bad.get("message") or "") + (bad.text or ""))
+    passed = count["tests"] - count["failures"] - count["errors"] - count["skipped"]
+    line = (f"GPU tests: {count['tests']} run: {passed} passed, {count['failures']} failed, {count['errors']} errors, "
+            f"{count['skipped']} skipped" + (f" ({would_skip} of the failures and errors are skips failed by "
+                                             f"MLP_REQUIRE_GPU)" if would_skip else ""))
+    skipped = count["skipped"] + would_skip
+    met = count["tests"] > 0 and skipped == 0
+    return [line, f"- no GPU test skipped: {skipped} skipped of {count['tests']}: " + ("met" if met else "MISSED")], met
+
+
+def why_missing(records: list, match) -> str:
+    """Why a row is absent: its record's status and reason, or that the sweep did not ask for it."""
+    for r in records:
+        if match(r) and r.get("status") != "ok":
+            return f"not measured ({r.get('status')}: {r.get('reason')})"
+    return "not measured (not in this sweep)"
+
+
+def targets(records: list) -> list[str]:
+    ok = [r for r in records if is_gpu(r) and r.get("status") == "ok" and r.get("dtype") == TARGET_DTYPE]
+    gpu = [r for r in records if is_gpu(r) and r.get("dtype") == TARGET_DTYPE]
+    lines = []
+    for backend, eng, limit, name in B64_TARGETS:
+        def match(r, backend=backend, eng=eng):
+            return r.get("impl") == "ours" and r.get("backend") == backend and engine(r) == eng and r.get("batch") == 64
+        rows = [r for r in ok if match(r)]
+        head = f"- B=64, {name} <= {limit:g} ms"
+        if not rows:
+            lines.append(f"{head}: {why_missing(gpu, match)}")
+        for r in rows:
+            lines.append(f"{head}: {r['median_ms']:.2f} ms on {r['device']}: " + ("met" if r["median_ms"] <= limit else "MISSED"))
+
+    def full(r):
+        return r.get("batch") is None
+
+    cupy = [r for r in ok if full(r) and r.get("impl") == "ours" and r.get("backend") == "cupy" and engine(r) == "eager"]
+    head = f"- full batch, CuPy eager <= {CUPY_OVER_EXPERT}x torch-expert"
+    if not cupy:
+        lines.append(f"{head}: {why_missing(gpu, lambda r: full(r) and r.get('impl') == 'ours' and r.get('backend') == 'cupy')}")
+    for r in sorted(cupy, key=lambda r: (r["device"], r["hidden"], r["n"])):
+        def same(p, r=r):
+            return (p.get("impl") == "torch-expert" and full(p) and p.get("device") == r["device"]
+                    and p.get("n") == r["n"] and p.get("hidden") == r["hidden"])
+        expert = [p for p in ok if same(p)]
+        if not expert:
+            lines.append(f"{head}, N={r['n']:,} H={r['hidden']}: CuPy {r['median_ms']:.2f} ms, torch-expert "
+                         f"{why_missing(gpu, same)}")
+            continue
+        ratio = r["median_ms"] / expert[0]["median_ms"]
+        lines.append(f"{head}, N={r['n']:,} H={r['hidden']}: {r['median_ms']:.2f} ms / {expert[0]['median_ms']:.2f} ms "
+                     f"= {ratio:.2f}x: " + ("met" if ratio <= CUPY_OVER_EXPERT else "MISSED"))
+
+    def big(r):
+        return full(r) and r.get("impl") == "ours" and r.get("n") == FLOOR_N and r.get("hidden") == FLOOR_H
+
+    head = f"- N={FLOOR_N:,} H={FLOOR_H} full batch, >= {FLOOR_FRACTION:.0%} of the floor"
+    rows = [r for r in ok if big(r)]
+    if not rows:
+        lines.append(f"{head}: {why_missing(gpu, big)}")
+    for r in sorted(rows, key=label):
+        fraction, floor = r.get("fraction_of_floor"), r.get("floor_ms")
+        if fraction is None or floor is None:
+            lines.append(f"{head}, {label(r)}: not measured (no floor: no GEMM probe on {r['device']} in this run)")
+            continue
+        lines.append(f"{head}, {label(r)}: {fraction:.0%} ({r['median_ms']:.2f} ms against a floor of {floor:.2f} ms): "
+                     + ("met" if fraction >= FLOOR_FRACTION else "MISSED"))
+    return lines
+
+
+def loss_checks(records: list, reference: list | None) -> tuple[list[str], list[str]]:
+    """Each GPU row's first-step loss against float64 NumPy's at the same N, H and B: the table's
+    cells, and the problems (rows unchecked or mismatched)."""
+    refs = {}
+    for r in reference or []:
+        if (r.get("status") == "ok" and r.get("device") == "cpu" and r.get("impl") == "ours"
+                and r.get("backend") == "numpy" and r.get("dtype") == "float64" and "initial_loss" in r):
+            refs[(r["n"], r["hidden"], r.get("batch"))] = r["initial_loss"]
+    cells, problems = [], []
+    for r in records:
+        if r.get("status") != "ok":
+            cells.append("–")
+            continue
+        loss, ref = r.get("initial_loss"), refs.get((r.get("n"), r.get("hidden"), r.get("batch")))
+        tol = LOSS_TOLERANCE.get(r.get("dtype"), 0.0)
+        if loss is None:
+            cells.append("not measured (no initial_loss)")
+        elif reference is None:
+            cells.append("not checked (no reference file)")
+        elif ref is None:
+            cells.append("not checked (no float64 NumPy row here)")
+        else:
+            rel = abs(loss - ref) / abs(ref) if ref else abs(loss - ref)
+            cells.append(f"{'ok' if rel <= tol else 'MISMATCH'} ({rel:.1e}, tolerance {tol:g})")
+        if not cells[-1].startswith("ok"):
+            problems.append(f"{label(r)} {r.get('device')} {r.get('dtype')} {where(r)}: {cells[-1]}")
+    return cells, problems
+
+
+def table(records: list, checks: list[str]) -> list[str]:
+    head = ("row", "device", "dtype", "N", "H", "B", "median ms", "% of floor", "first loss", "vs ours (bench)",
+            "vs float64 NumPy")
+    body = []
+    for r, check in zip(records, checks):
+        if r.get("status") == "ok":
+            fraction = r.get("fraction_of_floor")
+            body.append((label(r), r.get("device"), r.get("dtype"), f"{r.get('n', 0):,}", str(r.get("hidden")),
+                         str(r.get("batch") or "full"), f"{r['median_ms']:.3f}",
+                         "not measured" if fraction is None else f"{fraction:.0%}",
+                         "not measured" if r.get("initial_loss") is None else f"{r['initial_loss']:.6g}",
+                         r.get("loss_check") or "not checked", check))
+        else:
+            body.append((label(r), r.get("device"), r.get("dtype"), f"{r.get('n', 0):,}", str(r.get("hidden")),
+                         str(r.get("batch") or "full"), f"{r.get('status')}: {r.get('reason')}", "", "", "", ""))
+    widths = [max(len(str(row[i])) for row in (head, *body)) for i in range(len(head))]
+    return ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in (head, *body)]
+
+
+def phases(path) -> list[str]:
+    try:
+        lines = Path(path).read_text().split("\n") if path else []
+    except OSError:
+        return []
+    parts = [ln.split() for ln in lines if len(ln.split()) == 3]
+    return [", ".join(f"{name} {secs} s" + ("" if code == "0" else f" (exit {code})") for name, secs, code in parts)
+            ] if parts else []
+
+
+def summarize(args) -> tuple[list[str], list[str]]:
+    """The summary's lines and the problems that fail the check."""
+    bench, bench_err = load_json(args.bench)
+    ref, ref_err = load_json(args.reference)
+    problems = []
+    out = ["GPU check summary (bench/gpu_check.sh); figures from the files named here, nothing else"]
+    if bench is None:
+        out.append(f"bench: not measured ({bench_err})")
+        problems.append(f"no bench results: {bench_err}")
+        records, meta = [], {}
+    else:
+        records, meta = bench.get("records", []), bench.get("meta", {})
+        out += [f"bench: {args.bench}: {meta.get('command')}",
+                f"  GPU: {', '.join(meta.get('gpus') or []) or 'none named'}; commit {meta.get('git_commit')}; "
+                f"{meta.get('date')}; {meta.get('wall_seconds')} s"]
+    if ref is None:
+        out.append(f"float64 NumPy reference: not measured ({ref_err})")
+    else:
+        out.append(f"float64 NumPy reference: {args.reference}: {ref.get('meta', {}).get('command')}")
+
+    test_lines, tests_ok = tests_summary(args.junit)
+    out += ["", test_lines[0]]
+    if not tests_ok:
+        problems.append(test_lines[0])
+
+    gpu = [r for r in records if is_gpu(r)]
+    if bench is not None and not any(r.get("status") == "ok" for r in gpu):
+        problems.append("no GPU row was measured")
+    checks, unchecked = loss_checks(gpu, None if ref is None else ref.get("records", []))
+    problems += [f"unchecked GPU row: {p}" for p in unchecked]
+    errored = [r for r in gpu if r.get("status") == "error"]
+    problems += [f"GPU row failed: {label(r)} {r.get('device')} {r.get('dtype')} {where(r)}: {r.get('reason')}"
+                 for r in errored]
+
+    out += ["", f"Targets ({TARGET_DTYPE}, median ms per epoch; met or MISSED as measured, 'not measured' where "
+                "the inputs have no figure):"]
+    out += targets(records)
+    out += test_lines[1:]
+    measured = [r for r in gpu if r.get("status") == "ok"]
+    met = bool(measured) and not unchecked
+    out.append(f"- every GPU row's first loss checked against float64 NumPy: {len(measured) - len(unchecked)} of "
+               f"{len(measured)} rows within tolerance: " + ("met" if met else "MISSED"))
+    if gpu:
+        out += ["", "GPU rows (vs ours (bench): the bench's own check against ours on CuPy, eager, same device "
+                    "and dtype):", ""]
+        out += table(gpu, checks)
+    ph = phases(args.phases)
+    if ph:
+        out += ["", "Phases: " + ph[0]]
+    out += ["", "Result: " + ("FAILED: " + "; ".join(problems) if problems else
+                              "every GPU row measured and checked against float64 NumPy; no GPU test skipped")]
+    return out, problems
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mlp.bench.gpu_summary", description=__doc__.splitlines()[0])
+    p.add_argument("--bench", required=True, metavar="JSON", help="the GPU bench's JSON (python -m bench --json)")
+    p.add_argument("--reference", metavar="JSON", help="the float64 NumPy rows on the CPU (python -m bench --json)")
+    p.add_argument("--junit", metavar="XML", help="pytest -m gpu --junitxml")
+    p.add_argument("--phases", metavar="TXT", help="'name seconds exit' lines (gpu_check.sh's phases.txt)")
+    p.add_argument("--out", metavar="TXT", help="also write the summary here")
+    args = p.parse_args(argv)
+    lines, problems = summarize(args)
+    text = "\n".join(lines) + "\n"
+    sys.stdout.write(text)
+    if args.out:
+        try:
+            Path(args.out).write_text(text)
+        except OSError as exc:
+            print(f"gpu_summary: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+            return 1
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
