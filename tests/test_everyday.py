@@ -198,11 +198,11 @@ def test_losses_keep_significant_digits():
 
 def test_continue_command_is_copyable(tmp_path):
     parser = train.build_parser()
-    args = parser.parse_args(["--data-dir", "my data", "--classes", "1", "2", "--save", "a b.npz", "--quiet",
-                              "--plot", "l.png", "--batch-size", "full", "--epochs", "7"])
-    line = continue_command(parser, args, "a b.npz")
+    argv = ["--data-dir", "my data", "--classes", "1", "2", "--resume", "old.npz", "--save", "a b.npz", "--quiet",
+            "--plot", "l.png", "--resume=older.npz", "--batch-size", "full", "--epochs", "7"]
+    line = continue_command("python -m mlp.train", argv, "a b.npz")
     again = parser.parse_args(shlex.split(line)[3:])
-    assert shlex.split(line)[:3] == ["python", "-m", "mlp.train"]
+    assert shlex.split(line)[:3] == ["python", "-m", "mlp.train"] and "old" not in line
     assert (again.data_dir, again.classes, again.save, again.resume, again.quiet, again.plot, again.batch_size,
             again.epochs) == ("my data", [1, 2], "a b.npz", "a b.npz", True, "l.png", "full", 7)
 
