@@ -31,7 +31,7 @@ fi
 have() { "$PY" -c "import $1" 2>/dev/null; }
 need=()
 # the project with its test tools (a checkout imports mlp.bench without being installed, so ask for them)
-"$PY" -c "import mlp.cli, array_api_compat, xdist, hypothesis, array_api_strict, matplotlib, tqdm" 2>/dev/null \
+"$PY" -c "import mlp.cli, array_api_compat, xdist, hypothesis, array_api_strict, matplotlib, tqdm, pooch, psutil" 2>/dev/null \
     || need+=(-e ".[test]")
 have cupy || need+=("cupy-cuda${CUDA_MAJOR}x")
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null || need+=(torch)
