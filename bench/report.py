@@ -189,7 +189,8 @@ def markdown(result: dict) -> str:
             f"{r['median_ms']:.2f} | "
             f"{r['min_ms']:.2f}–{r['max_ms']:.2f} | {r['gflops']:.0f} | {_fmt(r.get('floor_ms'), '.2f')} | "
             f"{_fmt(None if r.get('fraction_of_floor') is None else 100 * r['fraction_of_floor'], '.0f')} | "
-            f"{_fmt(r.get('ratio_to_ours'), '.2f')} | {_fmt(None if r.get('peak_mem_bytes') is None else r['peak_mem_bytes'] / 2**20, '.0f')} | "
+            f"{_fmt(r.get('ratio_to_ours'), '.2f')} | "
+            f"{_fmt(None if r.get('peak_mem_bytes') is None else r['peak_mem_bytes'] / 2**20, '.0f')} | "
             f"{r['epochs_timed']} | {r.get('loss_check', '–')} |")
     skipped = [r for r in records if r.get("status") != "ok"]
     if skipped:

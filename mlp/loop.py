@@ -1,4 +1,4 @@
-"""How training runs: the epoch loop, its state, batching, and the engines that run the steps.
+"""How training runs: the epoch loop, its state, and the engines that run the steps.
 
 `fit` owns what every engine shares: one permutation per epoch drawn on the host by the
 seeded generator (so every engine and backend sees the same batches), the losses gathered

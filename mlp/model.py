@@ -77,7 +77,7 @@ def init_params(n_in: int, hidden: int, rng, *, init: str | None = None, activat
 # No Python float is passed to a library function here (operators take them fine): array-api-
 # compat turns `maximum(z, 0.0)`'s float into a host tensor that PyTorch copies to the GPU in
 # every step, which stalls the host and breaks CUDA-graph capture. The zero is made on z's
-# device instead. (`where(z > 0, z, 0.0)` would do too, but NumPy's where is 16x slower.)
+# device instead. (`where(z > 0, z, 0.0)` would do too, but NumPy's where is much slower.)
 
 
 def relu(z):
@@ -167,7 +167,7 @@ def loss_and_grads(params: dict, X, y, activation: str = "relu", *, check_labels
 
     # backward: d_x is d loss / d x; the gradient with respect to X is never formed.
     # A bias's gradient is a column sum, written as a product with a row of ones: one GEMV,
-    # where CuPy's sum over axis 0 of a tall array is up to 100x slower.
+    # where CuPy's sum over axis 0 of a tall array is far slower.
     ones = xp.ones_like(X[:, 0])                                # (B,)
     d_z2 = (pred - y) / B                                       # (B, 1)  sigmoid + BCE together
     d_w2 = a1.T @ d_z2                                          # (H, 1)

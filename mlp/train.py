@@ -66,20 +66,23 @@ def build_parser() -> Parser:
     g.add_argument("--activation", choices=model.ACTIVATIONS, help=f"hidden activation (default: {d['activation']})")
     g.add_argument("--init", choices=model.INITS,
                    help="weights: classic = 0.01*uniform[0,1) (the exercise's), normal = 0.01*N(0,1), "
-                        "he = N(0, 2/fan_in), xavier = N(0, 2/(fan_in+fan_out)) (default: he for relu, xavier for tanh)")
+                        "he = N(0, 2/fan_in), xavier = N(0, 2/(fan_in+fan_out)) "
+                        "(default: he for relu, xavier for tanh)")
     g.add_argument("--lr", type=positive_float, help=f"learning rate of plain gradient descent (default: {d['lr']})")
     g.add_argument("--epochs", type=positive_int,
                    help=f"total epochs of the run, counting those in --resume's checkpoint (default: {d['epochs']})")
     g.add_argument("--batch-size", type=batch_size_arg, metavar="N|full",
                    help=f"rows per step, or 'full' for the whole training set (default: {d['batch_size']})")
-    g.add_argument("--seed", type=seed_int, help=f"seed of the NumPy generator for init and shuffling (default: {d['seed']})")
+    g.add_argument("--seed", type=seed_int,
+                   help=f"seed of the NumPy generator for init and shuffling (default: {d['seed']})")
     g.add_argument("--dtype", choices=backends.DTYPES, help=f"floating-point type (default: {d['dtype']})")
     g.add_argument("--engine", choices=ENGINES, default="auto",
                    help="how steps run: eager = one model.train_step call per step from Python; compiled = "
                         "the epoch's steps as one device program, where the backend has one; auto = compiled "
                         "where available, else eager (default: auto)")
     o = p.add_argument_group("output")
-    o.add_argument("--save", metavar="PATH", help="write a checkpoint (.npz) at the end, on Ctrl-C and every --checkpoint-every epochs")
+    o.add_argument("--save", metavar="PATH",
+                   help="write a checkpoint (.npz) at the end, on Ctrl-C and every --checkpoint-every epochs")
     o.add_argument("--checkpoint-every", type=positive_int, metavar="K", help="also save every K epochs (needs --save)")
     o.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint up to --epochs in total")
     o.add_argument("--plot", metavar="PATH",
@@ -255,7 +258,7 @@ def main(argv=None) -> int:
     engine = make_engine(backend, args.engine, cfg, X, y)
     save = Saver(backend, cfg, data_cfg, ckpt, args.resume, engine.name)
     progress = Progress(cfg["epochs"], steps_per_epoch, state, enabled=not args.quiet)
-    history = watch(args, backend, cfg, val, save, state.epoch, ckpt)   # checks are done: from here on, files are written
+    history = watch(args, backend, cfg, val, save, state.epoch, ckpt)   # checks done: from here on, files are written
 
     def on_epoch_end(state: TrainState):
         progress.epoch_line(state, history.epoch_end(state, epoch_train_loss(state, steps_per_epoch)))

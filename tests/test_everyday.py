@@ -179,7 +179,8 @@ def test_epoch_log_is_flushed_as_it_goes(tmp_path):
 
 
 def test_a_resumed_run_continues_its_log(small, tmp_path):
-    common = ["--data-dir", small, "--batch-size", "16", "--quiet", "--log", tmp_path / "l.csv", "--save", tmp_path / "a.npz"]
+    common = ["--data-dir", small, "--batch-size", "16", "--quiet", "--log", tmp_path / "l.csv",
+              "--save", tmp_path / "a.npz"]
     assert call_cli(train.main, *common, "--epochs", "2")[0] == 0
     with open(tmp_path / "l.csv", "a") as f:  # an epoch logged after the last checkpoint, then a crash
         f.write("3,15,999,,,0.1\n")
