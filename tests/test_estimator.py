@@ -62,6 +62,7 @@ def test_labels_inputs_and_refusals(pair, tmp_path):
     proba = est.predict_proba(X[:5])
     assert proba.shape == (5, 2) and np.allclose(proba.sum(axis=1), 1)
     assert est.predict(X[:5]).tolist() == np.where(proba[:, 1] >= 0.5, "three", "seven").tolist()
+    assert est.score(X, names) == np.mean(est.predict(X) == names) and est.score(X, digits) == 0   # unknown labels
     # the same pixels as floats in [0, 1], or as rows: the same model
     np.testing.assert_array_equal(est.predict_proba(X[:5].reshape(5, -1) / 255), proba)
     with pytest.raises(ValueError, match="save.. keeps the labels as whole numbers"):
@@ -71,7 +72,6 @@ def test_labels_inputs_and_refusals(pair, tmp_path):
         (lambda: est.predict(np.full((2, 784), np.nan)), "NaN"),
         (lambda: est.predict(X[:5, :14]), "392 features per row"),
         (lambda: est.predict(X[:5, None]), "rows .n, D. or images"),
-        (lambda: est.score(X, digits), "labels the model does not know"),
         (lambda: MLPClassifier().predict(X), "not fitted yet"),
         (lambda: MLPClassifier().fit(X, np.arange(len(X)) % 3), "binary classifier: y holds 3 classes"),
         (lambda: MLPClassifier().fit(X, np.zeros(len(X))), "y holds 1 classes .0.0.; fit it on rows of two"),
