@@ -437,11 +437,12 @@ def test_data_folder_without_search_permission(tiny):
         for f in (tiny / "data").iterdir():
             (locked / f.name).write_bytes(f.read_bytes())
         locked.chmod(0o600)   # its listing is readable, but it has no search (x) permission
-        # root ignores permissions: the command drops to nobody once Python and mlp are loaded, so
-        # the check also runs where CI runs as root
+        # root ignores permissions: the command drops to nobody once Python and mlp are loaded (its
+        # parser too, which reads the package's metadata), so the check also runs where CI runs as
+        # root, whose Python nobody may not read further
         drop = "os.setuid(65534) if os.geteuid() == 0 else None"
         code = (f"import os, sys; from mlp import backends, cli, train; "
-                f"backends.resolve('cpu', None); {drop}; "
+                f"backends.resolve('cpu', None); train.build_parser(); {drop}; "
                 f"sys.exit(cli.run(train.main, ['--data-dir', {str(locked)!r}, '--quiet']))")
         proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
         locked.chmod(0o700)
