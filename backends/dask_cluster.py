@@ -113,7 +113,8 @@ class DaskBackend(Backend):
         where = "" if memory is None else f" of {memory / 1e9:.2f} GB"
         if fits:
             X8, y8 = self.client.persist([X8, y8])
-            self.info["rows"] = f"{n:,} uint8 rows ({size / 1e6:,.1f} MB) persisted on the workers in chunks of {chunk:,}"
+            self.info["rows"] = (f"{n:,} uint8 rows ({size / 1e6:,.1f} MB) persisted on the workers "
+                                 f"in chunks of {chunk:,}")
         else:
             self.info["rows"] = (f"{n:,} uint8 rows ({size / 1e6:,.1f} MB, more than {PERSIST_FRACTION:.0%} of the "
                                  f"cluster's memory{where}) streamed from disk at each step in chunks of {chunk:,}")
@@ -181,7 +182,8 @@ def dask_backend(kind: str, index: int | None, options: Options | None = None) -
         import distributed
         from array_api_compat import array_namespace
     except ImportError as exc:
-        raise BackendError(f"--backend dask needs dask and distributed ({exc}); pip install 'mlp-by-hand[dask]'") from None
+        raise BackendError(f"--backend dask needs dask and distributed ({exc}); "
+                           "pip install 'mlp-by-hand[dask]'") from None
     if kind == "cuda" and options.scheduler is None:
         try:
             import cupy  # noqa: F401
@@ -255,7 +257,8 @@ def _connect(kind: str, options: Options, distributed):
             from dask_cuda import LocalCUDACluster
 
             cluster = LocalCUDACluster(
-                n_workers=options.workers, dashboard_address=":0", silence_logs=40, scheduler_kwargs={"dashboard": False},
+                n_workers=options.workers, dashboard_address=":0", silence_logs=40,
+                scheduler_kwargs={"dashboard": False},
                 **({"memory_limit": options.worker_memory} if options.worker_memory else {}))
         else:
             cluster = distributed.LocalCluster(

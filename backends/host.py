@@ -30,9 +30,9 @@ def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:
 
     A full-batch step allocates its (N, H) temporaries afresh every epoch. By default
     glibc hands blocks over a few MB straight back to the kernel when they are freed, so
-    the next epoch page-faults them in again (about 2,500 faults, 4-5 ms, per epoch at
-    N=12,396, H=128 on this project's 2-core CI machine). Raising the mmap and trim
-    thresholds makes malloc reuse them instead, the CPU analogue of CuPy's memory pool.
+    the next epoch page-faults them in again (thousands of faults per epoch at N=12,396,
+    H=128). Raising the mmap and trim thresholds makes malloc reuse them instead, the CPU
+    analogue of CuPy's memory pool.
     Process-wide; applied to every CPU backend (and to every CPU peer in the benchmark).
     Set MLP_MALLOC_DEFAULTS=1 to leave malloc alone. Returns True if applied."""
     global _ALLOCATOR_TUNED
@@ -51,9 +51,6 @@ def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:
     return _ALLOCATOR_TUNED
 
 
-
-
-
 def reset_peak_memory() -> bool:
     """Restart this process's peak resident set (VmHWM) from its current size (Linux >= 4.0);
     False where the kernel cannot (then the peak counts from the process's start)."""
@@ -66,17 +63,16 @@ def reset_peak_memory() -> bool:
 
 
 def memory() -> dict:
-    """{'rss': bytes resident now, 'peak': the most resident since the start or the last reset};
-    a value the system does not report is None."""
-    out = {"rss": None, "peak": None}
+    """{'rss': bytes resident now (psutil), 'peak': the most resident since the start or the last
+    reset_peak_memory (Linux's VmHWM, which psutil does not report; elsewhere getrusage's peak)}."""
+    import psutil
+
+    peak = None
     try:
         with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    out["rss" if line.startswith("VmRSS") else "peak"] = int(line.split()[1]) * 1024
+            peak = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")), None)
     except OSError:
         import resource
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        out["peak"] = peak if platform.system() == "Darwin" else peak * 1024
-    return out
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if platform.system() == "Darwin" else 1024)
+    return {"rss": psutil.Process().memory_info().rss, "peak": peak}

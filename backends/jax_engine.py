@@ -26,7 +26,7 @@ from jax import lax
 
 from mlp.batches import batch_rows
 
-ROWS_PER_SEGMENT = 16_384   # about 1.3 epochs of MNIST 3 vs 7; ~40 ms on a 2-core CPU at H=128
+ROWS_PER_SEGMENT = 16_384   # about 1.3 epochs of MNIST 3 vs 7: a short wait for a stop request
 
 
 def _scan_steps(step, batch: int, params, X, y, perm, first, count: int):

@@ -25,7 +25,7 @@ import torch
 
 from mlp.batches import batch_rows, is_full_batch
 
-ROWS_PER_SEGMENT = 65_536    # ~1,000 steps at B=64; an H100 runs such a graph in ~0.1 s
+ROWS_PER_SEGMENT = 65_536    # ~1,000 steps at B=64: a short wait for a stop request on a GPU
 WARMUP_STEPS = 2             # eager steps before a capture (cuBLAS handles, workspaces)
 
 

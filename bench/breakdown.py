@@ -32,15 +32,24 @@ def _median_ms(fn, repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.breakdown", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=12_396, help="training rows, full batch (default: 12,396, all the real "
+                                                         "3s and 7s; more are drawn from them)")
+    p.add_argument("--hidden", type=int, default=128, help="hidden units H (default: 128)")
+    p.add_argument("--dtype", default="float32", choices=backends.DTYPES, help="floating-point type (default: float32)")
+    p.add_argument("--repeats", type=int, default=40, help="timed steps per measurement, after 3 warm-ups; their "
+                                                           "median counts (default: 40)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of all four measurements, interleaved; the table "
+                                                         "shows the median round (default: 3)")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="folder with the MNIST IDX files (default: "
+                                                                    "$MLP_DATA_DIR, else ~/.cache/mlp/mnist)")
+    return p
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.breakdown", description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=12_396)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--dtype", default="float32", choices=backends.DTYPES)
-    p.add_argument("--repeats", type=int, default=40)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--data-dir", default=None)
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     import torch
 
     from .torch_peers import torch_manual_step

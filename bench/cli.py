@@ -70,7 +70,8 @@ def build_parser() -> Parser:
     p.add_argument("--device", type=csv(str), metavar="LIST",
                    help="devices, e.g. cpu or cpu,cuda (default: cpu, plus cuda where CuPy sees a GPU)")
     p.add_argument("--backends", type=csv(str), metavar="LIST",
-                   help="libraries to run our model on (default: numpy,torch,jax on cpu; cupy,torch,jax on cuda; dask runs 1, 2, ... workers)")
+                   help="libraries to run our model on (default: numpy,torch,jax on cpu; cupy,torch,jax on cuda; "
+                        "dask runs 1, 2, ... workers)")
     p.add_argument("--peers", type=csv(str), metavar="LIST",
                    help=f"peers to compare: {','.join(PEERS)}, or none (default: all)")
     p.add_argument("--sizes", type=csv(size), metavar="LIST",
@@ -196,7 +197,7 @@ def measure_all(args, sweep, real_n: int, d: int, best_gemm: dict) -> list:
                         "seed": 0, "data_dir": args.data_dir}
                 why_not = None
                 if args.quick and impl == "torch-compile":
-                    why_not = "not run by --quick (compiling the step takes ~20 s on a 2-core CPU)"
+                    why_not = "not run by --quick (compiling the step takes longer than the quick sweep)"
                 elif estimate > cap and not args.quick:
                     why_not = f"estimated {estimate:.1f} s per epoch is over --max-epoch-seconds {cap:g}"
                 if why_not:

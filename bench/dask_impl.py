@@ -96,11 +96,13 @@ def summary(records: list) -> list[str]:
     lines = []
     for r in sorted((r for r in ok if str(r["backend"]).startswith("dask")),
                     key=lambda r: (r["dtype"], r["hidden"], r["n"], r["backend"])):
-        ref = next((q for q in ok if q["backend"] == "numpy" and all(q[k] == r[k] for k in ("device", "dtype", "n", "hidden"))), None)
-        one = next((q for q in ok if q["backend"] == "dask:1" and all(q[k] == r[k] for k in ("device", "dtype", "n", "hidden"))), None)
+        same = [q for q in ok if all(q[k] == r[k] for k in ("device", "dtype", "n", "hidden"))]
+        ref = next((q for q in same if q["backend"] == "numpy"), None)
+        one = next((q for q in same if q["backend"] == "dask:1"), None)
         text = f"{r['backend']:7s} {r['dtype']} N={r['n']:>9,} H={r['hidden']:>5}: {r['median_ms']:9.1f} ms/step"
         if ref:
-            text += f", {r['median_ms'] - ref['median_ms']:+9.1f} ms vs numpy ({r['median_ms'] / ref['median_ms']:.2f}x)"
+            ratio = r["median_ms"] / ref["median_ms"]
+            text += f", {r['median_ms'] - ref['median_ms']:+9.1f} ms vs numpy ({ratio:.2f}x)"
         if one and one is not r:
             text += f", 1->{r['workers']} workers speed-up {one['median_ms'] / r['median_ms']:.2f}x"
         text += f", worker peak memory {r['worker_peak_mem_bytes_per_row']:,.0f} B/row"

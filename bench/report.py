@@ -189,7 +189,8 @@ def markdown(result: dict) -> str:
             f"{r['median_ms']:.2f} | "
             f"{r['min_ms']:.2f}–{r['max_ms']:.2f} | {r['gflops']:.0f} | {_fmt(r.get('floor_ms'), '.2f')} | "
             f"{_fmt(None if r.get('fraction_of_floor') is None else 100 * r['fraction_of_floor'], '.0f')} | "
-            f"{_fmt(r.get('ratio_to_ours'), '.2f')} | {_fmt(None if r.get('peak_mem_bytes') is None else r['peak_mem_bytes'] / 2**20, '.0f')} | "
+            f"{_fmt(r.get('ratio_to_ours'), '.2f')} | "
+            f"{_fmt(None if r.get('peak_mem_bytes') is None else r['peak_mem_bytes'] / 2**20, '.0f')} | "
             f"{r['epochs_timed']} | {r.get('loss_check', '–')} |")
     skipped = [r for r in records if r.get("status") != "ok"]
     if skipped:
@@ -234,8 +235,9 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict, path) -> None:
     """Log-log ms per epoch: a full-batch panel (x = N) per dtype and H, a minibatch panel
-    (x = B) per dtype, and the GPU-over-CPU speed-ups as labelled bars. Every panel has its
-    legend and says how many of its points were not measured."""
+    (x = B) per dtype, and the GPU-over-CPU speed-ups as labelled bars. One legend, beside the
+    panels, with a colour and a marker of its own for each line (ours solid, peers dashed);
+    every panel says how many of its points were not measured."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -256,8 +258,10 @@ def plot(result: dict, path) -> None:
     fig = plt.figure(figsize=(5.2 * columns, 3.8 * (len(dtypes) + bottom)))
     grid = fig.add_gridspec(len(dtypes) + 1, columns, height_ratios=[1] * len(dtypes) + [bottom])
     names = sorted({(label(r), r["device"]) for r in records}, key=lambda nd: (not nd[0].startswith("ours"), nd))
-    colors = {name: plt.cm.tab20(i % 20) for i, name in enumerate(names)}
+    style = {name: {"color": plt.cm.tab10(i % 10), "marker": "osD^vP*Xph"[i % 10],
+                    "ls": "-" if name[0].startswith("ours") else "--"} for i, name in enumerate(names)}
     panels = [(h, None) for h in hiddens] + ([(None, "minibatch")] if minibatch else [])
+    legend = {}
     for i, dtype in enumerate(dtypes):
         for j, (h, mb) in enumerate(panels):
             ax = fig.add_subplot(grid[i, j])
@@ -267,7 +271,7 @@ def plot(result: dict, path) -> None:
             for name in names:
                 pts = sorted((x(r), r["median_ms"]) for r in records if (label(r), r["device"]) == name and here(r))
                 if pts:
-                    ax.plot(*zip(*pts), "o-", ms=3, color=colors[name], label=f"{name[0]} [{name[1]}]")
+                    ax.plot(*zip(*pts), ms=4, lw=1.2, **style[name], label=f"{name[0]} [{name[1]}]")
             for device in sorted({r["device"] for r in records}):
                 fl = sorted({(x(r), r["floor_ms"]) for r in records if r["device"] == device and here(r)
                              and r.get("floor_ms")})
@@ -283,7 +287,8 @@ def plot(result: dict, path) -> None:
                    ylabel="ms per epoch", title=f"{dtype}, " + (f"minibatch, N={n_mb[0]:,}" if mb and n_mb
                                                                  else f"full batch, H={h}"))
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=6)
+            for handle, text in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(text, handle)
     ax = fig.add_subplot(grid[len(dtypes), :])
     if sp:
         tags = [f"{s['gpu_impl']}\n{s['dtype']} N={s['n']:,}\nH={s['hidden']} B={s['batch'] or 'full'}" for s in sp]
@@ -301,8 +306,9 @@ def plot(result: dict, path) -> None:
     fig.suptitle(f"Training epoch, MNIST 3 vs 7 rows — {meta['cpu']}"
                  + (f" + {', '.join(meta['gpus'])}" if meta.get("gpus") else ""), fontsize=10)
     fig.tight_layout()
+    fig.legend(legend.values(), legend.keys(), loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8)
     try:
         with atomic_write(path) as f:
-            fig.savefig(f, format="png", dpi=110)
+            fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)

@@ -33,7 +33,7 @@ class PeakMemory:
         if self.device == "cpu":
             from mlp.backends.host import memory, reset_peak_memory
 
-            self.method = "VmHWM growth" if reset_peak_memory() else "ru_maxrss growth (HWM reset unavailable)"
+            self.method = "VmHWM growth" if reset_peak_memory() else "peak growth since the process started (no reset)"
             self.base = memory()["rss"]
         elif self.library == "dask":
             self.method = "on the workers: see worker_peak_mem_bytes"

@@ -1,4 +1,4 @@
-"""What the three commands share: one-line errors, exit codes, common flags."""
+"""What the commands share: one-line errors, exit codes, common flags."""
 
 from __future__ import annotations
 
@@ -133,7 +133,8 @@ def dask_options(args):
     given = [f for f in FLAGS if getattr(args, f, None) is not None]
     if args.backend != "dask":
         if given:
-            raise UserError(f"--{given[0].replace('_', '-')} applies to --backend dask only; add --backend dask or drop it")
+            flag = "--" + given[0].replace("_", "-")
+            raise UserError(f"{flag} applies to --backend dask only; add --backend dask or drop it")
         return None
     from mlp.backends.dask_cluster import CONNECT_TIMEOUT_S, Options
 

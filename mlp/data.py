@@ -1,32 +1,30 @@
-"""MNIST-style data: the IDX reader, the download cache, class-pair selection, normalisation.
+"""MNIST-style data: the download cache, class-pair selection, normalisation, the data set.
 
 The IDX format itself is in `mlp.idx`. Everything here works on host NumPy arrays; moving
 them to a device is `backends`' job.
 
 The four standard files live in a data directory: `--data-dir`, else `$MLP_DATA_DIR`, else
 `$XDG_CACHE_HOME/mlp/mnist` (default `~/.cache/mlp/mnist`). Missing files are downloaded
-from the mirror torchvision uses (`$MLP_MNIST_MIRROR` overrides it), checked against their
-SHA-256 and size, and written atomically: a failed download leaves nothing behind.
-Files that are already present are used as they are, after the IDX checks below.
+by pooch from the mirror torchvision uses (`$MLP_MNIST_MIRROR` overrides it), checked
+against their SHA-256 and size, and renamed into place only then: a failed download leaves
+nothing behind. Files that are already present are used as they are, after the IDX checks below.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import os
 import stat
 import sys
-import urllib.error
-import urllib.request
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DataError
-from .files import atomic_write, describe_kind
+from .files import describe_kind
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
@@ -137,28 +135,31 @@ def _make_dirs(path: Path) -> list[Path]:
 
 
 def _download(url: str, dest: Path, sha256: str, size: int, quiet: bool) -> Path:
-    if not quiet:
-        print(f"downloading {url} -> {dest} ({size / 1e6:.1f} MB)", file=sys.stderr)
+    """pooch fetches `url` into a temporary file beside `dest` (with a progress bar unless `quiet`),
+    checks its SHA-256 and only then renames it to `dest`; on any failure the temporary file is
+    removed. A mirror that sends more than `size` bytes is stopped there: no more reach the disk."""
+    import pooch
+    import requests
+
+    pooch.get_logger().setLevel("WARNING" if quiet else "INFO")   # its "Downloading ... to ..." line
+    http = pooch.HTTPDownloader(progressbar=not quiet, timeout=60)
+    kept = f"nothing was kept; {_files_help(dest.parent)}"
+
+    def capped(url, output, pooch_):
+        with open(output, "wb") as f:
+            def write(chunk: bytes) -> None:
+                if f.tell() + len(chunk) > size:
+                    raise DataError(f"download of {url} failed its check (got more than {size:,} bytes); {kept}")
+                f.write(chunk)
+
+            http(url, types.SimpleNamespace(write=write, flush=f.flush), pooch_)
+
     try:
-        with atomic_write(dest) as f:
-            digest, n = hashlib.sha256(), 0
-            with urllib.request.urlopen(url, timeout=60) as response:
-                # never more than the expected size (+1 byte to notice a longer file) reaches the disk
-                while n <= size and (chunk := response.read(min(1 << 20, size + 1 - n))):
-                    digest.update(chunk)
-                    n += len(chunk)
-                    if n > size:
-                        break
-                    f.write(chunk)
-            if n != size or digest.hexdigest() != sha256:
-                raise DataError(
-                    f"download of {url} failed its check (got {'more than ' if n > size else ''}{min(n, size):,} "
-                    f"bytes, sha256 {digest.hexdigest()[:16]}..., "
-                    f"expected {size:,} bytes, sha256 {sha256[:16]}...); nothing was kept; {_files_help(dest.parent)}"
-                )
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise DataError(f"could not download {url} ({reason}); nothing was kept; {_files_help(dest.parent)}") from None
+        pooch.retrieve(url, f"sha256:{sha256}", fname=dest.name, path=dest.parent, downloader=capped)
+    except ValueError:   # pooch's checksum mismatch
+        raise DataError(f"download of {url} failed its check (its sha256 is not {sha256[:16]}...); {kept}") from None
+    except (requests.RequestException, OSError) as exc:
+        raise DataError(f"could not download {url} ({exc}); {kept}") from None
     return dest
 
 

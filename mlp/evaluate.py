@@ -35,7 +35,7 @@ def build_parser() -> Parser:
     add_data_flags(p)
     p.add_argument("--split", choices=("test", "train"), default="test", help="which split (default: test)")
     p.add_argument("--plot", metavar="PATH", help="save the misclassified digits, each labelled 'true 7, predicted 3, "
-                                                  "P(7)=0.03'; the format follows the suffix: .png, .jpg, .svg, .pdf, ...")
+                                                  "P(7)=0.03'; the format follows the suffix: .png, .jpg, .svg, ...")
     p.add_argument("--max-shown", type=positive_int, default=64, metavar="K",
                    help="at most K digits in --plot (default: 64)")
     return p

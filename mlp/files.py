@@ -167,7 +167,8 @@ def check_output_path(path, flag: str) -> Path:
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except OSError as exc:
-        raise UserError(f"{flag} {path}: cannot write in {parent} ({exc.strerror}); choose a writable directory") from None
+        raise UserError(f"{flag} {path}: cannot write in {parent} ({exc.strerror}); "
+                        "choose a writable directory") from None
     os.unlink(probe)
     return path
 

@@ -1,4 +1,4 @@
-"""How training runs: the epoch loop, its state, batching, and the engines that run the steps.
+"""How training runs: the epoch loop, its state, and the engines that run the steps.
 
 `fit` owns what every engine shares: one permutation per epoch drawn on the host by the
 seeded generator (so every engine and backend sees the same batches), the losses gathered
@@ -171,7 +171,8 @@ def make_engine(backend, name: str, cfg: dict, X, y) -> Engine:
     batch_size, lr and activation.
 
     'auto' is the compiled engine where the backend has one, else eager. Asking for
-    'compiled' where there is none is a UserError."""
+    'compiled' where there is none is a UserError. The labels are checked here, once (the steps
+    leave that to their caller: see model.loss_and_grads); on Dask the workers make them 0/1."""
     if name not in ENGINES:
         raise UserError(f"unknown engine {name!r}: use one of {', '.join(ENGINES)}")
     batch, _ = batching(X.shape[0], cfg["batch_size"])
@@ -182,6 +183,7 @@ def make_engine(backend, name: str, cfg: dict, X, y) -> Engine:
     dask = getattr(backend, "eager_engine", None)   # Dask: a step is chunk tasks on the cluster
     if dask is not None:
         return dask(backend, X, y, batch, lr=cfg["lr"], activation=cfg["activation"])
+    model.check_binary(y)
     step = functools.partial(model.train_step, lr=cfg["lr"], activation=cfg["activation"])
     if name != "eager" and compiled is not None:
         return compiled(step, X, y, batch)

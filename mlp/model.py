@@ -19,7 +19,7 @@ from array_api_compat import array_namespace
 
 PARAM_NAMES = ("w1", "b1", "w2", "b2")
 ACTIVATIONS = ("relu", "tanh")
-INITS = ("classic", "normal", "he")
+INITS = ("classic", "normal", "he", "xavier")
 DTYPES = ("float32", "float64")
 
 
@@ -31,26 +31,34 @@ def param_shapes(D: int, H: int) -> dict:
 # ----------------------------------------------------------------------------- init
 
 
-def init_params(n_in: int, hidden: int, rng, *, init: str = "classic", activation: str = "relu") -> dict:
+def default_init(activation: str) -> str:
+    """The init that suits the activation: he for relu, xavier for tanh."""
+    return "he" if activation == "relu" else "xavier"
+
+
+def init_params(n_in: int, hidden: int, rng, *, init: str | None = None, activation: str = "relu") -> dict:
     """Initial parameters as float64 host arrays, drawn from the NumPy Generator `rng`.
 
-    classic: w = 0.01 * uniform[0, 1)            b = 0   (the exercise's)
-    normal:  w = 0.01 * standard normal          b = 0
-    he:      w = N(0, 2 / fan_in) for relu, Xavier N(0, 2 / (fan_in + fan_out)) for tanh;  b = 0
+    classic: w = 0.01 * uniform[0, 1)                 b = 0   (the exercise's)
+    normal:  w = 0.01 * standard normal               b = 0
+    he:      w = N(0, 2 / fan_in)                     b = 0   (suits relu)
+    xavier:  w = N(0, 2 / (fan_in + fan_out))         b = 0   (suits tanh)
+    None:    default_init(activation)
 
     Drawing on the host and moving the result to the device afterwards gives every backend
     identical starting parameters for the same seed."""
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}: use one of {', '.join(INITS)}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}: use one of {', '.join(ACTIVATIONS)}")
+    init = default_init(activation) if init is None else init
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}: use one of {', '.join(INITS)}")
 
     def weight(fan_in, fan_out):
         if init == "classic":
             return 0.01 * rng.uniform(0.0, 1.0, size=(fan_in, fan_out))
         if init == "normal":
             return 0.01 * rng.standard_normal(size=(fan_in, fan_out))
-        variance = 2.0 / fan_in if activation == "relu" else 2.0 / (fan_in + fan_out)
+        variance = 2.0 / fan_in if init == "he" else 2.0 / (fan_in + fan_out)
         return math.sqrt(variance) * rng.standard_normal(size=(fan_in, fan_out))
 
     w1 = weight(n_in, hidden)                                   # (D, H)
@@ -69,7 +77,7 @@ def init_params(n_in: int, hidden: int, rng, *, init: str = "classic", activatio
 # No Python float is passed to a library function here (operators take them fine): array-api-
 # compat turns `maximum(z, 0.0)`'s float into a host tensor that PyTorch copies to the GPU in
 # every step, which stalls the host and breaks CUDA-graph capture. The zero is made on z's
-# device instead. (`where(z > 0, z, 0.0)` would do too, but NumPy's where is 16x slower.)
+# device instead. (`where(z > 0, z, 0.0)` would do too, but NumPy's where is much slower.)
 
 
 def relu(z):
@@ -132,14 +140,21 @@ def forward(params: dict, X, activation: str = "relu"):
     return z1, a1, z2
 
 
-def loss_and_grads(params: dict, X, y, activation: str = "relu"):
+def loss_and_grads(params: dict, X, y, activation: str = "relu", *, check_labels: bool = True):
     """The mean binary cross-entropy and its gradient with respect to w1, b1, w2, b2.
 
     params: {'w1': (D, H), 'b1': (H,), 'w2': (H, 1), 'b2': (1,)}, one float dtype
     X: (B, D) of that dtype;  y: (B,) or (B, 1), values in {0, 1} (any dtype)
     Returns (loss, grads): loss a 0-d array on X's device (no host sync), grads a dict
-    with the same keys and shapes as params."""
+    with the same keys and shapes as params.
+
+    Shapes and dtypes are always checked (that reads no values). The values of y are checked
+    too unless `check_labels` is False: that reads y back to the host, so the training steps
+    (`train_step`) skip it and the entry points check their labels once instead
+    (`mlp.loop.make_engine`, the data loader, `MLPClassifier.fit`)."""
     xp = _check_inputs(params, X, y, activation)
+    if check_labels:
+        check_binary(y)
     y = xp.reshape(xp.astype(y, X.dtype, copy=False), (-1, 1))  # (B, 1)
     B = X.shape[0]
     w2 = params["w2"]
@@ -152,7 +167,7 @@ def loss_and_grads(params: dict, X, y, activation: str = "relu"):
 
     # backward: d_x is d loss / d x; the gradient with respect to X is never formed.
     # A bias's gradient is a column sum, written as a product with a row of ones: one GEMV,
-    # where CuPy's sum over axis 0 of a tall array is up to 100x slower.
+    # where CuPy's sum over axis 0 of a tall array is far slower.
     ones = xp.ones_like(X[:, 0])                                # (B,)
     d_z2 = (pred - y) / B                                       # (B, 1)  sigmoid + BCE together
     d_w2 = a1.T @ d_z2                                          # (H, 1)
@@ -174,14 +189,15 @@ def update(params: dict, grads: dict, lr: float) -> dict:
 
 
 def train_step(params: dict, X, y, lr: float, activation: str = "relu"):
-    """One step of gradient descent on the batch (X, y). Returns (new params, loss)."""
-    loss, grads = loss_and_grads(params, X, y, activation)
+    """One step of gradient descent on the batch (X, y). Returns (new params, loss).
+    The values of y are not checked here (see loss_and_grads): no host sync in a step."""
+    loss, grads = loss_and_grads(params, X, y, activation, check_labels=False)
     return update(params, grads, lr), loss
 
 
 def predict_proba(params: dict, X, activation: str = "relu"):
-    """P(label 1 | X), shape (B,)."""
-    xp = array_namespace(X)
+    """P(label 1 | X), shape (B,); X and params are checked as loss_and_grads checks them."""
+    xp = _check_inputs(params, X, None, activation)
     _, _, z2 = forward(params, X, activation)
     return xp.reshape(sigmoid(z2), (-1,))
 
@@ -189,19 +205,28 @@ def predict_proba(params: dict, X, activation: str = "relu"):
 # ----------------------------------------------------------------------------- checks
 
 
+def check_binary(y) -> None:
+    """ValueError unless every label is 0 or 1 (one reduction, read back to the host)."""
+    xp = array_namespace(y)
+    if not bool(xp.all((y == 0) | (y == 1))):
+        raise ValueError("y must hold only the labels 0 and 1 (1 = the second class); map your two classes "
+                         "to 0 and 1 first")
+
+
 def _check_inputs(params, X, y, activation):
-    """Shape and dtype checks (no values are read, so nothing waits on the device)."""
+    """Shape and dtype checks (no values are read, so nothing waits on the device); y None: X alone."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}: use one of {', '.join(ACTIVATIONS)}")
     if not isinstance(params, dict) or set(params) != set(PARAM_NAMES):
         raise ValueError(f"params must be a dict with exactly the keys {', '.join(PARAM_NAMES)}")
     try:
-        xp = array_namespace(X, y, *(params[k] for k in PARAM_NAMES))
+        xp = array_namespace(X, *([] if y is None else [y]), *(params[k] for k in PARAM_NAMES))
     except TypeError as exc:
         raise ValueError(f"X, y and the parameters must be arrays of one array library: {exc}") from None
-    w1, b1, w2, b2 = (params[k] for k in PARAM_NAMES)
+    w1 = params["w1"]
     if X.ndim != 2:
-        raise ValueError(f"X must be 2-D (batch, features), got shape {tuple(X.shape)}")
+        raise ValueError(f"X must be 2-D (batch, features), got shape {tuple(X.shape)}; flatten and normalise "
+                         "images first (mlp.data.normalise), or use mlp.MLPClassifier, which takes them raw")
     B, D = X.shape
     if B < 1:
         raise ValueError("X must hold at least one row")
@@ -212,7 +237,7 @@ def _check_inputs(params, X, y, activation):
         if tuple(params[name].shape) != shape:
             raise ValueError(f"{name} must have shape {shape} for w1 of shape {tuple(w1.shape)}, "
                              f"got {tuple(params[name].shape)}")
-    if tuple(y.shape) not in ((B,), (B, 1)):
+    if y is not None and tuple(y.shape) not in ((B,), (B, 1)):
         raise ValueError(f"y must have shape ({B},) or ({B}, 1) for X of shape {tuple(X.shape)}, "
                          f"got {tuple(y.shape)}")
     if X.dtype not in (xp.float32, xp.float64):

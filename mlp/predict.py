@@ -19,15 +19,13 @@ import numpy as np
 
 from mlp import backends
 
-from . import checkpoint, model
+from . import checkpoint
 from .cli import Parser, add_device_flags, dask_options, run
 from .data import MNIST_MEAN, MNIST_STD, normalise
 from .errors import UserError
 from .files import atomic_write, check_output_path, check_outputs
 from .images import load_image, looks_wrong, scale_pixels
-
-CHUNK = 65_536  # rows per device call
-
+from .scoring import probabilities
 
 #: the files a directory given as IMAGE contributes (others in it are left alone)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
@@ -135,9 +133,7 @@ def main(argv=None) -> int:
     X = normalise(X, mean=cfg.get("mean", MNIST_MEAN), std=cfg.get("std", MNIST_STD))   # pixels in [0, 1]
     backend = backends.resolve(args.device, args.backend, dask_options(args))
     params = {k: backend.asarray(v, cfg["dtype"]) for k, v in ckpt.params.items()}
-    probs = np.concatenate([  # in chunks of rows, to bound the device memory
-        backend.to_host(model.predict_proba(params, backend.asarray(X[i:i + CHUNK], cfg["dtype"]), cfg["activation"]))
-        for i in range(0, len(X), CHUNK)])
+    probs = probabilities(backend, params, X, cfg["activation"])
     a, b = cfg["classes"]
     if args.csv:
         write_csv(args.csv, names, probs, (a, b))

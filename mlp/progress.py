@@ -40,7 +40,8 @@ class Progress:
         if self.tty:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=epochs * steps_per_epoch, initial=state.step, unit="epoch" if self.full_batch else "step",
+            self.bar = tqdm(total=epochs * steps_per_epoch, initial=state.step,
+                            unit="epoch" if self.full_batch else "step",
                             desc=f"epoch {min(state.epoch + 1, epochs)}/{epochs}", file=sys.stderr, dynamic_ncols=False,
                             **_bar_size())
 

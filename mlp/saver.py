@@ -21,7 +21,8 @@ class Saver:
     def __call__(self, path, state: TrainState, *, check: bool = True) -> None:
         if check and not params_finite(self.backend, state.params):
             raise DivergedError(f"the parameters became non-finite by epoch {state.epoch}, step {state.step}")
-        previous = f"epoch {self.last['epoch']}" if self.last["path"] == path and self.last["epoch"] is not None else None
+        same = self.last["path"] == path and self.last["epoch"] is not None
+        previous = f"epoch {self.last['epoch']}" if same else None
         ckpt = state.to_checkpoint(self.backend, {**{k: self.cfg[k] for k in RUN_KEYS}, **self.data_cfg},
                                    {"saved_on": str(self.backend), "target_epochs": self.cfg["epochs"],
                                     "engine": self.engine, "validation": self.validation()})

@@ -34,6 +34,13 @@ def score(backend, params, X, y, activation, *, chunk: int = 65_536) -> dict:
     }
 
 
+def probabilities(backend, params, X, activation, *, chunk: int = 65_536) -> np.ndarray:
+    """P(label 1) of each host row of X (already normalised), in chunks of rows to bound memory."""
+    dtype = _dtype_name(params["w1"])
+    return np.concatenate([backend.to_host(model.predict_proba(params, backend.asarray(X[i:i + chunk], dtype),
+                                                               activation)) for i in range(0, len(X), chunk)])
+
+
 def _dtype_name(array) -> str:
     return "float32" if "float32" in str(array.dtype) else "float64"
 

@@ -52,7 +52,8 @@ class NpyRows:
             raise DataError(f"cannot read {self.path} as a .npy array ({exc}); convert the data again "
                             "with python -m mlp.convert") from None
         if fortran:
-            raise DataError(f"{self.path} is stored in Fortran order; convert the data again with python -m mlp.convert")
+            raise DataError(f"{self.path} is stored in Fortran order; convert the data again with "
+                            "python -m mlp.convert")
         self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
         expected = self.offset + int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize
         if os.path.getsize(self.path) != expected:
@@ -123,7 +124,8 @@ def open_store(folder, classes=None) -> tuple[NpyRows, NpyRows, dict]:
         raise DataError(f"{folder} is not a converted data store ({exc.__class__.__name__}: {exc}); "
                         "make one with python -m mlp.convert --out DIR") from None
     if meta.get("format") != FORMAT:
-        raise DataError(f"{folder}/meta.json has format {meta.get('format')!r}, this version reads {FORMAT!r}; convert again")
+        raise DataError(f"{folder}/meta.json has format {meta.get('format')!r}, this version reads {FORMAT!r}; "
+                        "convert again")
     X, y = NpyRows(folder / "X.npy"), NpyRows(folder / "y.npy")
     if X.ndim != 2 or y.shape != (X.shape[0],) or X.dtype != np.uint8 or X.shape[0] != meta.get("n"):
         raise DataError(f"{folder}: X {X.shape} {X.dtype} and y {y.shape} do not match each other or "
@@ -166,7 +168,8 @@ def write_store(folder, blocks, n: int, n_features: int, meta: dict) -> None:
         assert start == n, (start, n)
         X.flush(), y.flush()
         del X, y
-        (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "n": n, "n_features": n_features, **meta}, indent=1))
+        header = {"format": FORMAT, "n": n, "n_features": n_features, **meta}
+        (tmp / "meta.json").write_text(json.dumps(header, indent=1))
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -211,5 +214,6 @@ def convert(data_dir, out, classes=(3, 7), *, rows: int | None = None, max_shift
                     {**meta, "made_by": "convert"})
         return {**meta, "n": len(images)}
     write_store(out, resampled_blocks(images, y, rows, max_shift, seed), rows, n_features,
-                {**meta, "made_by": f"resampled from {len(images)} real rows, shifts up to {max_shift} px, seed {seed}"})
+                {**meta, "made_by": f"resampled from {len(images)} real rows, shifts up to {max_shift} px, "
+                                    f"seed {seed}"})
     return {**meta, "n": rows}

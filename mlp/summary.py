@@ -18,24 +18,15 @@ def wrote(path, detail: str | None = None) -> None:
     print(f"wrote {path}" + (f" ({detail})" if detail else ""), file=sys.stderr, flush=True)
 
 
-def continue_command(parser, args, resume: str) -> str:
-    """The command line that was given, with `--resume resume` in it: every flag the user set
-    (--data-dir, the outputs, ...) is kept, so the line works when copied (shell-quoted)."""
-    words = parser.prog.split()
-    for action in parser._actions:
-        if not action.option_strings or action.dest in ("help", "version", "resume"):
-            continue
-        value = getattr(args, action.dest, None)
-        if value is None or value is False or value == action.default:
-            continue
-        flag = action.option_strings[-1]
-        if value is True:
-            words.append(flag)
-        else:
-            words += [flag, *map(str, value if isinstance(value, (list, tuple)) else [value])]
-        if action.dest == "save":
-            words += ["--resume", resume]
-    return shlex.join(words)
+def continue_command(prog: str, argv: list, resume: str) -> str:
+    """The command line that was given (`prog`, then the words `argv`) with `--resume resume` in
+    place of any --resume: every flag the user set (--data-dir, the outputs, ...) is kept, so the
+    line works when copied (shell-quoted)."""
+    words = [w for w in argv if not w.startswith("--resume=")]
+    while "--resume" in words:
+        i = words.index("--resume")
+        del words[i:i + 2]
+    return shlex.join([*prog.split(), *words, "--resume", resume])
 
 
 def metrics(backend, cfg: dict, state, test: dict, history, *, engine: str, n_train: int, n_val: int, train_loss: float,

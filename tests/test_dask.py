@@ -88,7 +88,8 @@ def numpy_reference(store, **kw):
     Xr, yr, _ = open_store(store)
     b = backends.resolve("cpu", "numpy")
     X = normalise(Xr[0:Xr.shape[0]])
-    return train(b, b.asarray(X, kw.get("dtype", "float64")), b.asarray(yr[0:yr.shape[0]], kw.get("dtype", "float64")), **kw)
+    dtype = kw.get("dtype", "float64")
+    return train(b, b.asarray(X, dtype), b.asarray(yr[0:yr.shape[0]], dtype), **kw)
 
 
 def assert_same(a, b, tol):
@@ -296,7 +297,8 @@ def test_an_embedded_cluster_closes_and_leaves_the_environment_alone():
 def test_ctrl_c_saves_closes_the_embedded_cluster_and_leaves_no_process(data_dir, small_store, tmp_path):
     ckpt = tmp_path / "i.npz"
     cmd = [sys.executable, "-m", "mlp.train", "--backend", "dask", "--workers", "1", "--data-dir", str(data_dir),
-           "--store", str(small_store), "--batch-size", "full", "--epochs", "100000", "--hidden", "4", "--save", str(ckpt)]
+           "--store", str(small_store), "--batch-size", "full", "--epochs", "100000", "--hidden", "4",
+           "--save", str(ckpt)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
                             cwd=Path(__file__).resolve().parents[1])
     try:

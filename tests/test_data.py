@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
-import hashlib
-import http.server
-import threading
 
 import numpy as np
 import pytest
@@ -14,7 +10,7 @@ import pytest
 from mlp import data
 from mlp.errors import DataError
 
-from .conftest import files_in, make_dataset
+from .conftest import files_in, make_dataset, trust
 
 
 # ----------------------------------------------------------------------------- IDX
@@ -142,43 +138,6 @@ def test_raw_files_without_gz_are_found(tmp_path):
 
 
 # ----------------------------------------------------------------------------- download
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-class _QuietServer(http.server.ThreadingHTTPServer):
-    """A client that hangs up early (the download cap does, on purpose) is not an error worth a
-    traceback on stderr, where it would land in whichever test is capturing stderr by then."""
-
-    def handle_error(self, request, client_address):
-        pass
-
-
-@pytest.fixture
-def mirror(tmp_path, monkeypatch):
-    """A loopback HTTP server over a folder; MLP_MNIST_MIRROR points at it."""
-    served = tmp_path / "served"
-    served.mkdir()
-    server = _QuietServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(served)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("MLP_MNIST_MIRROR", f"http://127.0.0.1:{server.server_address[1]}/")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    yield served
-    server.shutdown()
-    server.server_close()
-
-
-def trust(folder, monkeypatch):
-    """Make the checksum table name the files in `folder` (as it names the official ones)."""
-    table = {}
-    for key, (name, _, _) in data.MNIST_FILES.items():
-        raw = (folder / name).read_bytes()
-        table[key] = (name, hashlib.sha256(raw).hexdigest(), len(raw))
-    monkeypatch.setattr(data, "MNIST_FILES", table)
 
 
 def test_download_verifies_and_caches(mirror, tmp_path, monkeypatch):

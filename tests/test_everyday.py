@@ -178,8 +178,26 @@ def test_epoch_log_is_flushed_as_it_goes(tmp_path):
     log.close()
 
 
+def test_init_names_its_scheme_and_he_checkpoints_still_resume(small, tmp_path):
+    """The default init is he for relu and xavier for tanh, and the checkpoint records which; a
+    checkpoint that says he with tanh (what --init he wrote before xavier had its name) resumes."""
+    common = ["--data-dir", small, "--batch-size", "64", "--quiet", "--activation", "tanh"]
+    assert call_cli(train.main, *common, "--epochs", "1", "--save", tmp_path / "x.npz")[0] == 0
+    assert checkpoint.load(tmp_path / "x.npz").config["init"] == "xavier"
+    assert call_cli(train.main, *common, "--init", "he", "--epochs", "1", "--save", tmp_path / "he.npz")[0] == 0
+    code, _, err = call_cli(train.main, "--data-dir", small, "--quiet", "--resume", tmp_path / "he.npz",
+                            "--epochs", "2", "--save", tmp_path / "he.npz")
+    assert code == 0, err
+    resumed = checkpoint.load(tmp_path / "he.npz")
+    assert (resumed.epoch, resumed.config["init"], resumed.config["activation"]) == (2, "he", "tanh")
+    code, _, err = call_cli(train.main, "--data-dir", small, "--resume", tmp_path / "he.npz", "--init", "xavier",
+                            "--epochs", "3")
+    assert code == 2 and "--init xavier contradicts the checkpoint" in err
+
+
 def test_a_resumed_run_continues_its_log(small, tmp_path):
-    common = ["--data-dir", small, "--batch-size", "16", "--quiet", "--log", tmp_path / "l.csv", "--save", tmp_path / "a.npz"]
+    common = ["--data-dir", small, "--batch-size", "16", "--quiet", "--log", tmp_path / "l.csv",
+              "--save", tmp_path / "a.npz"]
     assert call_cli(train.main, *common, "--epochs", "2")[0] == 0
     with open(tmp_path / "l.csv", "a") as f:  # an epoch logged after the last checkpoint, then a crash
         f.write("3,15,999,,,0.1\n")
@@ -198,11 +216,11 @@ def test_losses_keep_significant_digits():
 
 def test_continue_command_is_copyable(tmp_path):
     parser = train.build_parser()
-    args = parser.parse_args(["--data-dir", "my data", "--classes", "1", "2", "--save", "a b.npz", "--quiet",
-                              "--plot", "l.png", "--batch-size", "full", "--epochs", "7"])
-    line = continue_command(parser, args, "a b.npz")
+    argv = ["--data-dir", "my data", "--classes", "1", "2", "--resume", "old.npz", "--save", "a b.npz", "--quiet",
+            "--plot", "l.png", "--resume=older.npz", "--batch-size", "full", "--epochs", "7"]
+    line = continue_command("python -m mlp.train", argv, "a b.npz")
     again = parser.parse_args(shlex.split(line)[3:])
-    assert shlex.split(line)[:3] == ["python", "-m", "mlp.train"]
+    assert shlex.split(line)[:3] == ["python", "-m", "mlp.train"] and "old" not in line
     assert (again.data_dir, again.classes, again.save, again.resume, again.quiet, again.plot, again.batch_size,
             again.epochs) == ("my data", [1, 2], "a b.npz", "a b.npz", True, "l.png", "full", 7)
 

@@ -122,7 +122,10 @@ def test_init_schemes():
     assert abs(normal["w1"].std() - 0.01) < 0.001
     he = model.init_params(784, 128, rng(), init="he", activation="relu")
     assert abs(he["w1"].std() - np.sqrt(2 / 784)) < 0.002
-    xavier = model.init_params(784, 128, rng(), init="he", activation="tanh")
+    xavier = model.init_params(784, 128, rng(), init="xavier", activation="relu")
     assert abs(xavier["w1"].std() - np.sqrt(2 / (784 + 128))) < 0.002
-    again = model.init_params(784, 128, rng(), init="he")
-    np.testing.assert_array_equal(he["w1"], again["w1"])
+    he_for_tanh = model.init_params(784, 128, rng(), init="he", activation="tanh")   # the name is the scheme
+    np.testing.assert_array_equal(he["w1"], he_for_tanh["w1"])
+    # no init given: he for relu, xavier for tanh
+    np.testing.assert_array_equal(model.init_params(784, 128, rng())["w1"], he["w1"])
+    np.testing.assert_array_equal(model.init_params(784, 128, rng(), activation="tanh")["w1"], xavier["w1"])
