@@ -105,15 +105,19 @@ def targets(records: list) -> list[str]:
         if not rows:
             lines.append(f"{head}: {why_missing(gpu, match)}")
         for r in rows:
-            lines.append(f"{head}: {r['median_ms']:.2f} ms on {r['device']}: " + ("met" if r["median_ms"] <= limit else "MISSED"))
+            verdict = "met" if r["median_ms"] <= limit else "MISSED"
+            lines.append(f"{head}: {r['median_ms']:.2f} ms on {r['device']}: {verdict}")
 
     def full(r):
         return r.get("batch") is None
 
-    cupy = [r for r in ok if full(r) and r.get("impl") == "ours" and r.get("backend") == "cupy" and engine(r) == "eager"]
+    def cupy_row(r):
+        return full(r) and r.get("impl") == "ours" and r.get("backend") == "cupy"
+
+    cupy = [r for r in ok if cupy_row(r) and engine(r) == "eager"]
     head = f"- full batch, CuPy eager <= {CUPY_OVER_EXPERT}x torch-expert"
     if not cupy:
-        lines.append(f"{head}: {why_missing(gpu, lambda r: full(r) and r.get('impl') == 'ours' and r.get('backend') == 'cupy')}")
+        lines.append(f"{head}: {why_missing(gpu, cupy_row)}")
     for r in sorted(cupy, key=lambda r: (r["device"], r["hidden"], r["n"])):
         def same(p, r=r):
             return (p.get("impl") == "torch-expert" and full(p) and p.get("device") == r["device"]

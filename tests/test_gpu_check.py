@@ -174,7 +174,9 @@ def test_the_gpu_tests_run_and_fail_when_they_would_skip(tmp_path, data_dir):
     wrapper = tmp_path / "python-fake-gpu"
     wrapper.write_text(textwrap.dedent(f"""\
         #!/bin/bash
-        if [ "${{1:-}}" = -c ] && [ "${{3:-}}" = gpu-check-preflight ]; then echo "cupy (fake), torch (fake), jax (fake)"; exit 0; fi
+        if [ "${{1:-}}" = -c ] && [ "${{3:-}}" = gpu-check-preflight ]; then
+            echo "cupy (fake), torch (fake), jax (fake)"; exit 0
+        fi
         exec {sys.executable} "$@"
         """))
     wrapper.chmod(0o755)
@@ -263,7 +265,8 @@ def run_hooked(folder: Path, require: bool) -> tuple[subprocess.CompletedProcess
         env["MLP_REQUIRE_GPU"] = "1"
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-rA",
                            "--continue-on-collection-errors", "--junitxml", str(folder / "r.xml"),
-                           "-o", "junit_family=xunit2"], cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+                           "-o", "junit_family=xunit2"],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=120)
     outcomes = {}
     for case in ET.parse(folder / "r.xml").getroot().iter("testcase"):
         bad = [c for c in case if c.tag in ("failure", "error", "skipped")]
@@ -296,7 +299,8 @@ def test_require_gpu_turns_a_gpu_skip_into_a_failure_with_its_reason(hooked):
 def test_require_gpu_fails_a_module_skipped_whole(hooked):
     done, _ = hooked[True]
     assert "ERROR test_skipped_whole.py - MLP_REQUIRE_GPU=1" in done.stdout
-    assert "MLP_REQUIRE_GPU=1: test_skipped_whole.py would be skipped whole: needs no_such_module_for_mlp" in done.stdout
+    assert ("MLP_REQUIRE_GPU=1: test_skipped_whole.py would be skipped whole: needs no_such_module_for_mlp"
+            in done.stdout)
     done, _ = hooked[False]
     assert "SKIPPED [1] test_skipped_whole.py:2: needs no_such_module_for_mlp" in done.stdout
 
@@ -368,7 +372,8 @@ def test_summary_reports_each_target_met_or_missed(tmp_path, capsys):
                  "- B=64, torch CUDA graph <= 20 ms: 25.00 ms on cuda: MISSED",
                  "- B=64, CuPy eager <= 150 ms: 100.00 ms on cuda: met",
                  "- full batch, CuPy eager <= 1.15x torch-expert, N=12,396 H=1024: 2.00 ms / 2.00 ms = 1.00x: met",
-                 "- full batch, CuPy eager <= 1.15x torch-expert, N=1,000,000 H=1024: 100.00 ms / 80.00 ms = 1.25x: MISSED",
+                 "- full batch, CuPy eager <= 1.15x torch-expert, N=1,000,000 H=1024: 100.00 ms / 80.00 ms = 1.25x: "
+                 "MISSED",
                  "- N=1,000,000 H=1024 full batch, >= 60% of the floor, ours (cupy, eager): 70% (100.00 ms against a "
                  "floor of 70.00 ms): met",
                  "- N=1,000,000 H=1024 full batch, >= 60% of the floor, ours (torch, eager): not measured (no floor: "
@@ -385,8 +390,10 @@ def test_summary_fails_on_an_unchecked_or_mismatched_row(tmp_path, capsys):
     code, text = summarize(tmp_path, capsys, write(tmp_path, "g.json", rows), write(tmp_path, "r.json", REFERENCE),
                            junit(tmp_path))
     assert code == 1
-    assert "unchecked GPU row: ours (cupy, eager) cuda float32 N=100,000 H=1024 B=full: not checked (no float64 NumPy row here)" in text
-    assert "unchecked GPU row: ours (torch, eager) cuda float32 N=12,396 H=1024 B=full: MISMATCH (1.4e-01, tolerance 0.0001)" in text
+    assert ("unchecked GPU row: ours (cupy, eager) cuda float32 N=100,000 H=1024 B=full: not checked "
+            "(no float64 NumPy row here)") in text
+    assert ("unchecked GPU row: ours (torch, eager) cuda float32 N=12,396 H=1024 B=full: MISMATCH "
+            "(1.4e-01, tolerance 0.0001)") in text
     assert "8 of 10 rows within tolerance: MISSED" in text
 
 
