@@ -246,3 +246,22 @@ def test_peak_memory_is_read_on_the_rows_device(monkeypatch):
         peaks.append(memory.peak(None))
     assert peaks == [7, 9, 11]
     assert seen == [("reset", 1), ("max", 1), ("free", 1), ("total", 1)]
+
+
+def test_a_library_that_cannot_use_the_device_is_an_error_and_a_missing_one_a_skip(capsys):
+    """On a GPU sweep, rows must not pass as skipped because an installed library sees no GPU."""
+    import importlib.util
+
+    from mlp.bench import worker
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available() or importlib.util.find_spec("cupy") is not None:
+        pytest.skip("needs a PyTorch that sees no GPU and no CuPy")
+    spec = {"mode": "measure", "impl": "ours", "engine": "eager", "batch": None, "device": "cuda",
+            "dtype": "float32", "n": 10, "hidden": 4, "lr": 0.1}
+    results = []
+    for backend in ("torch", "cupy"):
+        worker.main([json.dumps({**spec, "backend": backend})])
+        results.append(json.loads(capsys.readouterr().out.split(worker.RESULT_MARK)[1]))
+    assert results[0]["status"] == "error" and "this PyTorch build sees no GPU" in results[0]["reason"]
+    assert (results[1]["status"], results[1]["reason"]) == ("skipped", "cupy is not installed")
