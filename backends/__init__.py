@@ -6,8 +6,9 @@ namely moving arrays to and from the device, waiting for the device before readi
 clock, and naming the hardware.  Libraries are imported lazily, so a CPU-only machine
 never needs CuPy, PyTorch or JAX installed.
 
-    cpu            -> numpy (default), torch, jax, array_api_strict
-    cuda, cuda:N   -> cupy (default), torch, jax
+    cpu            -> numpy (default, and what auto picks), torch, jax, array_api_strict
+    cuda, cuda:N   -> auto (default): the first of jax, torch that can use the GPU (each has a
+                      compiled engine there, JAX's the faster), else cupy (eager); or any by name
     dask           -> NumPy (or, on cuda, CuPy) chunks on a Dask cluster: see dask_cluster.py
 
 The modules: base (Backend, device names), libraries (one factory per library), host (the
@@ -17,6 +18,8 @@ compiled engines), dask_cluster and dask_engine (--backend dask).
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import sys
 
 from mlp.errors import BackendError
@@ -42,22 +45,30 @@ __all__ = [
 ]
 
 
+#: what --backend auto tries on CUDA, in order: the backends with a compiled engine there, fastest
+#: first (docs/gpu.md), then CuPy, the eager reference
+AUTO_CUDA = ("jax", "torch", "cupy")
+
+
 def resolve(device: str = "cpu", backend: str | None = None, options=None) -> Backend:
-    """The Backend for `--device` and `--backend` (None: NumPy on cpu, CuPy on cuda);
+    """The Backend for `--device` and `--backend` (None: 'auto', which is NumPy on cpu and on cuda
+    the first of AUTO_CUDA that can use the GPU; the Backend's `picked` says why);
     `options` (a dask_cluster.Options) says which cluster `--backend dask` uses.
 
     Raises BackendError, with a one-line message that says what to do, when the library
     is missing, the device does not exist, or the pair makes no sense."""
     kind, index = parse_device(device)
-    if backend is None:
-        backend = "numpy" if kind == "cpu" else "cupy"
-    backend = backend.strip().lower().replace("-", "_")
+    backend = "auto" if backend is None else backend.strip().lower().replace("-", "_")
+    if backend == "auto" and kind == "cpu":
+        backend = "numpy"
     if backend == "dask":  # the cluster it opens is closed by release()
         from .dask_cluster import dask_backend
 
         return dask_backend(kind, index, options)
     from .libraries import FACTORIES
 
+    if backend == "auto":
+        return auto_cuda(FACTORIES, device, index)
     if backend not in FACTORIES:
         raise BackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if kind == "cuda" and backend in ("numpy", "array_api_strict"):
@@ -69,6 +80,31 @@ def resolve(device: str = "cpu", backend: str | None = None, options=None) -> Ba
     if kind == "cpu":
         keep_freed_memory()
     return chosen
+
+
+def auto_cuda(factories: dict, device: str, index: int) -> Backend:
+    """--backend auto on a CUDA device: the first backend of AUTO_CUDA that can use it, with
+    `picked` saying why that one (and why not those before it)."""
+    why_not, no_such_device = [], None
+    for name in AUTO_CUDA:
+        try:
+            chosen = factories[name](index)
+        except BackendError as exc:
+            missing = importlib.util.find_spec(name) is None
+            why_not.append(f"{name}: {'not installed' if missing else str(exc).split('; ')[0]}")  # the problem
+            no_such_device = no_such_device or (str(exc) if "does not exist" in str(exc) else None)
+            continue
+        if name == AUTO_CUDA[0]:
+            reason = "the fastest installed backend with a compiled engine on CUDA"
+        elif chosen.compiled_engine is not None:
+            reason = f"an installed backend with a compiled engine on CUDA ({'; '.join(why_not)})"
+        else:
+            reason = f"no backend with a compiled engine can use {device} ({'; '.join(why_not)}), so eager CuPy"
+        return dataclasses.replace(chosen, picked=reason)
+    if no_such_device:                     # a GPU is there, the index is wrong: say which devices exist
+        raise BackendError(no_such_device)
+    raise BackendError(f"no installed library can use --device {device} ({'; '.join(why_not)}); on a machine "
+                       f"with an NVIDIA GPU, {INSTALL_HINT['cuda']}, or use --device cpu")
 
 
 def release() -> None:

@@ -11,12 +11,13 @@ import numpy as np
 
 from mlp.errors import BackendError
 
-BACKENDS = ("numpy", "cupy", "torch", "jax", "array_api_strict", "dask")
+BACKENDS = ("auto", "numpy", "cupy", "torch", "jax", "array_api_strict", "dask")
 
 INSTALL_HINT = {
+    "cuda": "pip install 'mlp-by-hand[cuda12]' (CUDA 12) or 'mlp-by-hand[cuda13]' (CUDA 13): JAX and CuPy for the GPU",
     "cupy": "pip install 'mlp-by-hand[cuda12]' (CUDA 12) or 'mlp-by-hand[cuda13]' (CUDA 13)",
     "torch": "pip install 'mlp-by-hand[torch]'",
-    "jax": "pip install jax (or 'jax[cuda12]' for a GPU)",
+    "jax": "pip install 'mlp-by-hand[jax]' (for a GPU: 'mlp-by-hand[cuda12]' or '[cuda13]')",
     "array_api_strict": "pip install array-api-strict",
 }
 
@@ -28,6 +29,7 @@ class Backend:
     name:   'numpy' | 'cupy' | 'torch' | 'jax' | 'array_api_strict'
     device: 'cpu' or 'cuda:N'
     xp:     the array-API namespace of the library's arrays (what `array_namespace` returns)
+    picked: why --backend auto picked this one (None when it was asked for by name)
     """
 
     name: str
@@ -40,6 +42,7 @@ class Backend:
     _device_name: Callable[[], str] | None = field(default=None, repr=False)
     # the compiled engine where this backend has one: (step, X, y, batch) -> engine (see mlp.loop)
     compiled_engine: Callable | None = field(default=None, repr=False)
+    picked: str | None = None
 
     def asarray(self, host_array, dtype: str | None = None):
         """Copy a host (NumPy) array to this device, optionally casting to 'float32'/'float64'.

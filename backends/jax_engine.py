@@ -11,7 +11,7 @@ then
     full batch         one jitted step on X, y themselves
 
 `segment` (steps per run, between two checks for Ctrl-C) is a fixed number of rows'
-worth of steps, so that a run stays well under a second: where the scan is split changes
+worth of steps, at most STEPS_PER_SEGMENT, so that a run stays short: where the scan is split changes
 which program runs, never the maths (the same steps, in the same order, on the same rows).
 Each distinct segment length compiles once (a resumed epoch may add one more).
 """
@@ -27,6 +27,8 @@ from jax import lax
 from mlp.batches import batch_rows
 
 ROWS_PER_SEGMENT = 16_384   # about 1.3 epochs of MNIST 3 vs 7: a short wait for a stop request
+STEPS_PER_SEGMENT = 4_096   # ...and no more steps than this (the scan's body compiles once whatever the
+                            # count: only the time between two checks for a stop request grows)
 
 
 def _scan_steps(step, batch: int, params, X, y, perm, first, count: int):
@@ -54,7 +56,7 @@ class JaxScanEngine:
         self.device, self.X, self.y, self.batch = device, X, y, batch
         self.n = X.shape[0]
         self.full_steps, self.remainder = divmod(self.n, batch)
-        self.segment = segment or max(1, ROWS_PER_SEGMENT // batch)
+        self.segment = segment or min(STEPS_PER_SEGMENT, max(1, ROWS_PER_SEGMENT // batch))
         self.perm = None
         self._full_batch = jax.jit(step)
         self._scan = jax.jit(functools.partial(_scan_steps, step, batch), static_argnames="count")

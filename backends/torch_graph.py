@@ -10,22 +10,30 @@ the model); it captures because it makes no host tensor inside a step.
     run(params, first, last)    replays the graph of steps first..last-1, capturing it the
                                 first time that range is asked for (after a short warm-up
                                 whose effect on the parameters is undone)
+    close()                     releases the graphs and their private memory pools
 
-`steps_in_place(first, last)` is that same step logic without capture: it is what is
-captured, and it runs anywhere, so CPU tests check it against the eager loop. Segments
-are a fixed number of rows' worth of steps (Ctrl-C is honoured between two), and every
-distinct range is its own graph.
+Capture and replay happen under the engine's own device (`torch.cuda.device`), on a capture
+stream made on that device: `torch.cuda.graph` otherwise captures on a stream of whichever
+device was current first, so on cuda:N (N != 0) it would record nothing and every replay
+would leave the parameters as they were. tests/test_engines.py checks this on the CPU with a
+stand-in for `torch.cuda`, and on a GPU for real.
+
+`steps_in_place(first, last)` is the step logic that is captured. A segment (the steps of one
+graph; Ctrl-C is honoured between two) is a fixed number of rows' worth of steps, at most
+STEPS_PER_SEGMENT, and every distinct range is its own graph.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
 
 from mlp.batches import batch_rows, is_full_batch
 
-ROWS_PER_SEGMENT = 65_536    # ~1,000 steps at B=64: a short wait for a stop request on a GPU
+ROWS_PER_SEGMENT = 65_536    # rows' worth of steps in one graph: a short wait for a stop request...
+STEPS_PER_SEGMENT = 1_024    # ...but no more steps than this (at B=1, 65,536 steps would be one huge graph)
 WARMUP_STEPS = 2             # eager steps before a capture (cuBLAS handles, workspaces)
 
 
@@ -36,12 +44,17 @@ class TorchGraphEngine:
         self.device, self.step, self.X, self.y, self.batch = torch.device(device), step, X, y, batch
         self.n = X.shape[0]
         self.steps = -(-self.n // batch)
-        self.segment = segment or max(1, ROWS_PER_SEGMENT // batch)
+        self.segment = segment or min(STEPS_PER_SEGMENT, max(1, ROWS_PER_SEGMENT // batch))
         self.capture = capture
-        self.perm = torch.arange(self.n, device=self.device)                  # static (N,)
-        self.losses = torch.zeros(self.steps, dtype=X.dtype, device=self.device)  # static, one per step
+        self.perm = torch.arange(self.n, device=X.device)                     # static (N,)
+        self.losses = torch.zeros(self.steps, dtype=X.dtype, device=X.device)  # static, one per step
         self.params = None                                                    # static, set by the first run
         self.graphs = {}                                                      # (first, last) -> CUDAGraph
+        self.stream = None                                                    # capture stream, on self.device
+
+    def _on_device(self):
+        """The engine's GPU as the current device (capture and replay use the current device's streams)."""
+        return torch.cuda.device(self.device) if self.capture else contextlib.nullcontext()
 
     def begin_epoch(self, perm) -> None:
         if perm is not None:                                                  # full batch: rows in order
@@ -61,34 +74,49 @@ class TorchGraphEngine:
             self.losses[i].copy_(loss)
 
     def run(self, params, first: int, last: int):
-        if params is not self.params:        # parameters from outside (start, resume): into the buffers
+        with self._on_device():
             if self.params is None:
                 self.params = {k: torch.empty_like(v) for k, v in params.items()}
-            for k, p in self.params.items():
+            for k, p in self.params.items():                 # the caller's parameters into the buffers
                 p.copy_(params[k])
-        if self.capture:
-            graph = self.graphs.get((first, last))
-            if graph is None:
-                graph = self.graphs[(first, last)] = self._capture(first, last)
-            graph.replay()
-        else:
-            self.steps_in_place(first, last)
-        # copies: the static buffers change at the next replay, a caller's parameters never do
-        return {k: p.clone() for k, p in self.params.items()}, self.losses[first:last].clone()
+            if self.capture:
+                graph = self.graphs.get((first, last))
+                if graph is None:
+                    graph = self.graphs[(first, last)] = self._capture(first, last)
+                graph.replay()
+            else:
+                self.steps_in_place(first, last)
+            # copies: the static buffers change at the next replay, a caller's parameters never do
+            return {k: p.clone() for k, p in self.params.items()}, self.losses[first:last].clone()
 
     def _capture(self, first: int, last: int):
+        """Warm up on the capture stream, undo the warm-up, then capture steps first..last-1 on it."""
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(self.device)
         saved = {k: p.clone() for k, p in self.params.items()}
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):                    # warm-up off the capture, as PyTorch asks
+        current = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):             # warm-up off the default stream, as PyTorch asks
             self.steps_in_place(first, min(last, first + WARMUP_STEPS))
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        current.wait_stream(self.stream)
         for k, p in self.params.items():                 # undo the warm-up's steps
             p.copy_(saved[k])
         graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph):
+        with torch.no_grad(), torch.cuda.graph(graph, stream=self.stream):
             self.steps_in_place(first, last)             # recorded, not run
         return graph
+
+    def close(self) -> None:
+        """Release the graphs and their private memory pools (and the static parameter buffers);
+        a later run captures afresh."""
+        graphs, self.graphs, self.params = self.graphs, {}, None
+        if not graphs:
+            return
+        with self._on_device():
+            torch.cuda.synchronize(self.device)          # no replay still running
+            for graph in graphs.values():
+                graph.reset()
+            torch.cuda.empty_cache()                     # the released pools back to the driver
 
 
 def factory(device):

@@ -21,7 +21,8 @@ SKLEARN_EPOCHS_PER_FIT = 5
 
 
 class Unavailable(Exception):
-    """This implementation cannot run here (library missing, no GPU); the reason is reported."""
+    """This implementation is not run here (library not installed, a CPU-only peer on a GPU, full
+    batch only): a skip, with its reason. An installed library that cannot use the device is an error."""
 
 
 def check_available(impl: str, backend: str | None, device: str) -> None:
@@ -34,10 +35,9 @@ def check_available(impl: str, backend: str | None, device: str) -> None:
 
 
 def resolve(device: str, library: str):
-    try:
-        return backends.resolve(device, library)
-    except backends.BackendError as exc:
-        raise Unavailable(str(exc)) from None
+    """The backend, as mlp.train finds it; a BackendError (an installed library that sees no GPU,
+    no such device) is the row's error, so that a GPU sweep cannot pass with its GPU rows skipped."""
+    return backends.resolve(device, library)
 
 
 class Impl:

@@ -18,7 +18,7 @@ import numpy as np
 from mlp import backends
 from mlp import model
 
-from .worker import training_rows
+from .reference import training_rows
 
 
 def _median_ms(fn, repeats: int) -> float:

@@ -76,6 +76,9 @@ class Ours(Impl):
     def device_name(self):
         return self.backend.device_name
 
+    def close(self):
+        getattr(getattr(self, "engine", None), "close", lambda: None)()   # CUDA graphs and their pools
+
 
 class JaxJit(Impl):
     compiles = True

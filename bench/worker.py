@@ -22,10 +22,13 @@ RECORD_KEYS = ("impl", "backend", "engine", "batch", "device", "dtype", "n", "hi
 class PeakMemory:
     """The run's peak memory on its device: for the CPU, growth of the process's peak
     resident set (VmHWM) from just before the data is created; for a GPU, the library's
-    own high-water mark (CuPy pool, torch.cuda.max_memory_allocated, JAX peak_bytes_in_use)."""
+    own high-water mark on the row's device (CuPy pool, torch.cuda.max_memory_allocated,
+    JAX peak_bytes_in_use)."""
 
     def __init__(self, impl: str, backend: str | None, device: str):
-        self.impl, self.device = impl, device
+        from mlp.backends import parse_device
+
+        self.impl, self.device, self.index = impl, device, parse_device(device)[1]   # index: None on cpu
         self.library = backend.partition(":")[0] if impl == "ours" else impl.split("-")[0]   # dask:2 -> dask
         self.method = None
 
@@ -40,12 +43,13 @@ class PeakMemory:
         elif self.library == "cupy":
             import cupy
 
-            cupy.get_default_memory_pool().free_all_blocks()
+            with cupy.cuda.Device(self.index):           # the pool's figures are the current device's
+                cupy.get_default_memory_pool().free_all_blocks()
             self.method = "cupy pool total_bytes"
         elif self.library == "torch":
             import torch
 
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(self.index)
             self.method = "torch.cuda.max_memory_allocated"
         else:
             self.method = "jax peak_bytes_in_use"
@@ -61,35 +65,23 @@ class PeakMemory:
         if self.library == "cupy":
             import cupy
 
-            return int(cupy.get_default_memory_pool().total_bytes())
+            with cupy.cuda.Device(self.index):
+                return int(cupy.get_default_memory_pool().total_bytes())
         if self.library == "torch":
             import torch
 
-            return int(torch.cuda.max_memory_allocated())
+            return int(torch.cuda.max_memory_allocated(self.index))
         import jax
 
-        index = int(self.device.split(":")[1]) if ":" in self.device else 0
-        stats = jax.devices("gpu")[index].memory_stats() or {}
+        stats = jax.devices("gpu")[self.index].memory_stats() or {}
         return stats.get("peak_bytes_in_use")
-
-
-def training_rows(data_dir, n: int, dtype: str, seed: int = 0):
-    """The first n real training rows of MNIST 3 vs 7; beyond the 12,396 real ones, rows
-    drawn from them with replacement (seeded), so every size is real digits."""
-    from mlp.data import load_dataset
-
-    ds = load_dataset(data_dir, (3, 7), quiet=True, dtype=np.dtype(dtype).type)
-    X, y = ds.train.X, ds.train.y
-    if n <= X.shape[0]:
-        return X[:n], y[:n]
-    rows = np.random.default_rng(seed).integers(0, X.shape[0], n)
-    return X[rows], y[rows]
 
 
 def measure(spec: dict) -> dict:
     from mlp import model
 
     from . import impls
+    from .reference import training_rows
 
     record = {k: spec.get(k) for k in RECORD_KEYS}
     try:

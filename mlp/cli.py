@@ -99,8 +99,9 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu",
                    help="where to compute: cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--backend", default=None, choices=BACKENDS, metavar="LIB",
-                   help=f"array library: {', '.join(BACKENDS)} "
-                        "(default: numpy on cpu, cupy on cuda); the model's code is the same for all")
+                   help=f"array library: {', '.join(BACKENDS)} (default: auto = numpy on cpu; on cuda the "
+                        "first of jax, torch that sees the GPU (both have a compiled engine), else cupy); "
+                        "the model's code is the same for all")
     add_dask_flags(p, store=p.prog.endswith("mlp.train"))
 
 

@@ -137,6 +137,9 @@ class Engine(Protocol):
         last - first values, on the device, or NumPy where the engine computes them on the host).
         The parameters passed in are never changed, nor are those returned changed later."""
 
+    # An engine that holds device resources beyond its arrays (CUDA graphs and their memory pools)
+    # also has close(), which releases them; whoever made the engine calls it when done with it.
+
 
 class EagerEngine:
     """One `model.train_step` per step, dispatched from Python: every backend has it."""

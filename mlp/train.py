@@ -194,9 +194,11 @@ def check_same_data(args, cfg: dict, ckpt: Checkpoint | None, n: int, data_finge
             print(f"note: {note}", file=sys.stderr)
 
 
-def announce(args, cfg, backend, n: int, n_val: int, n_features: int, ckpt, steps_per_epoch: int) -> None:
+def announce(args, cfg, backend, engine, n: int, n_val: int, n_features: int, ckpt, steps_per_epoch: int) -> None:
     if args.quiet:
         return
+    if backend.picked:   # --backend auto (the default) on a GPU: which backend, which engine, and why
+        print(f"backend auto -> {backend.name} ({engine.name}): {backend.picked}", file=sys.stderr, flush=True)
     where = f"resuming {args.resume} at epoch {ckpt.epoch}" + (
         f", step {ckpt.step_in_epoch} of {steps_per_epoch}" if ckpt.step_in_epoch else "") if ckpt else "training"
     val = f" (+ {n_val:,} held out for validation)" if n_val else ""
@@ -254,8 +256,8 @@ def main(argv=None) -> int:
                 "data_fingerprint": data_fingerprint}
     state = TrainState.fresh(backend, cfg, n_features) if ckpt is None else TrainState.from_checkpoint(backend, ckpt)
     _, steps_per_epoch = batching(n, cfg["batch_size"])
-    announce(args, cfg, backend, n, n_val, n_features, ckpt, steps_per_epoch)
     engine = make_engine(backend, args.engine, cfg, X, y)
+    announce(args, cfg, backend, engine, n, n_val, n_features, ckpt, steps_per_epoch)
     save = Saver(backend, cfg, data_cfg, ckpt, args.resume, engine.name)
     progress = Progress(cfg["epochs"], steps_per_epoch, state, enabled=not args.quiet)
     history = watch(args, backend, cfg, val, save, state.epoch, ckpt)   # checks done: from here on, files are written
@@ -284,6 +286,7 @@ def main(argv=None) -> int:
     finally:
         progress.close()
         history.close()
+        getattr(engine, "close", lambda: None)()   # CUDA graphs' memory, before the test set is scored
     if not params_finite(backend, state.params):
         raise DivergedError(f"the parameters became non-finite in the last step ({state.step}); "
                             f"try a smaller --lr than {cfg['lr']}")

@@ -20,6 +20,9 @@ import pytest
 from mlp import backends
 from mlp import data
 
+# every xdist worker (and every process a test starts) shares one GPU: no JAX preallocation of 75%
+# of it (mlp.backends sets the same before JAX's first use; this covers tests that use JAX directly)
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -62,10 +65,24 @@ def _torch_gpu_available() -> str | None:
     return None if torch.cuda.is_available() else f"this PyTorch ({torch.__version__}) sees no CUDA GPU"
 
 
+def _jax_gpu_available() -> str | None:
+    if importlib.util.find_spec("jax") is None:
+        return "JAX is not installed"
+    if not any(importlib.util.find_spec(f"jax_cuda{v}_plugin") for v in (12, 13)):  # without importing JAX
+        return "this JAX has no CUDA plugin (pip install 'jax[cuda12]' or 'jax[cuda13]')"
+    try:
+        backends.resolve("cuda", "jax")
+    except backends.BackendError as exc:
+        return str(exc)
+    return None
+
+
 GPU_MISSING = _gpu_available()
 TORCH_GPU_MISSING = _torch_gpu_available()
+JAX_GPU_MISSING = _jax_gpu_available()
 needs_gpu = pytest.mark.skipif(GPU_MISSING is not None, reason=f"needs a CUDA GPU: {GPU_MISSING}")
 needs_torch_gpu = pytest.mark.skipif(TORCH_GPU_MISSING is not None, reason=f"needs a CUDA GPU: {TORCH_GPU_MISSING}")
+needs_jax_gpu = pytest.mark.skipif(JAX_GPU_MISSING is not None, reason=f"needs a CUDA GPU: {JAX_GPU_MISSING}")
 
 
 # MLP_REQUIRE_GPU=1 (bench/gpu_check.sh sets it): on a GPU machine a skip proves nothing, so a
@@ -111,6 +128,7 @@ def backend_params():
         params.append(pytest.param((name, "cpu"), id=f"{name}-cpu", marks=marks))
     params.append(pytest.param(("cupy", "cuda"), id="cupy-cuda", marks=[pytest.mark.gpu, needs_gpu]))
     params.append(pytest.param(("torch", "cuda"), id="torch-cuda", marks=[pytest.mark.gpu, needs_torch_gpu]))
+    params.append(pytest.param(("jax", "cuda"), id="jax-cuda", marks=[pytest.mark.gpu, needs_jax_gpu]))
     return params
 
 

@@ -119,9 +119,11 @@ def test_report_arithmetic():
                fake("ours", 1000, 100, 1.0, "cupy", device="cuda:0"),
                fake("ours", 1000, 100, 50.0, "numpy", batch=64), fake("ours", 1000, 100, 5.0, "jax", "cuda:0",
                                                                      engine="compiled", batch=64)]
-    report.enrich(records, probes)
+    references = {(n, 100, b): 0.7 for n in (1000, 4000, 16000) for b in (None, 64)}
+    report.enrich(records, probes, references)
     assert records[3]["ratio_to_ours"] == 0.5 and records[4]["ratio_to_ours"] == 2.0
     assert records[3]["loss_check"] == "ok" and records[4]["loss_check"] == "MISMATCH"
+    assert records[5]["loss_check"] == "ok"       # a GPU row is held to float64 NumPy, with or without CuPy
     assert records[0]["floor_ms"] == pytest.approx(epoch_flops(1000, 784, 100) / 1e11 * 1e3)
     assert records[0]["fraction_of_floor"] == pytest.approx(records[0]["floor_ms"] / 10.0)
     assert records[5]["floor_ms"] is None  # no probe for the GPU: no floor, and no invented one
@@ -134,3 +136,124 @@ def test_report_arithmetic():
     meta = {"devices": ["cuda:0"]}
     assert report.no_speedup_reason(meta).startswith("CPU not measured in this run")
     assert report.no_speedup_reason({"devices": ["cpu"]}).startswith("no GPU was measured")
+
+
+# ----------------------------------------------------------------------------- the bench fails loudly
+
+
+def test_first_step_loss_is_float64_numpys_on_the_rows_the_first_step_takes(data_dir):
+    """The reference against our own NumPy step in float64, through the bench's Ours, in full batch,
+    in minibatch (the first B rows of the seeded permutation) and beyond the real rows (resampled)."""
+    from mlp.bench import impls, reference
+    from mlp.data import load_dataset
+
+    train = load_dataset(data_dir, (3, 7), quiet=True, dtype=np.float64).train
+    for n, hidden, batch in ((2_000, 8, None), (2_000, 8, 512), (train.X.shape[0] + 500, 4, None)):
+        impl = impls.make("ours", "numpy", "cpu", "float64", 0.1, batch=batch)
+        X, y = reference.training_rows(data_dir, n, "float64")
+        impl.setup(X, y, model.init_params(X.shape[1], hidden, np.random.default_rng(0), init="he", activation="relu"))
+        impl.epoch()
+        expected = reference.first_step_loss(train.X, train.y, n, hidden, batch)
+        assert impl.first_loss() == pytest.approx(expected, rel=1e-12, abs=0)
+    assert reference.first_step_loss(train.X, train.y, 2_000, 8, 512) != reference.first_step_loss(
+        train.X, train.y, 2_000, 8, None)
+
+
+def test_problems_are_errors_mismatches_and_unchecked_rows_not_skips():
+    from mlp.bench import reference
+
+    ok = fake("ours", 1000, 100, 1.0, "jax", device="cuda:0", engine="compiled", loss=0.7)
+    off = fake("torch-expert", 1000, 100, 1.0, device="cuda:0", loss=0.71)
+    unchecked = fake("ours", 2000, 100, 1.0, "torch", device="cuda:0", loss=0.7)
+    nan = fake("ours", 1000, 100, 1.0, "cupy", device="cuda:0", loss=float("nan"))
+    error = {**fake("ours", 1000, 100, 1.0, "cupy", device="cuda:0"), "status": "error", "reason": "Boom: x"}
+    skipped = {**fake("jax-jit", 1000, 100, 1.0), "status": "skipped", "reason": "jax is not installed"}
+    probe = {"library": "cupy", "device": "cuda:0", "dtype": "float32", "status": "error", "reason": "no driver"}
+    records = [ok, off, unchecked, nan, error, skipped]
+    reference.check(records, {(1000, 100, None): 0.7})
+    assert [r.get("loss_check") for r in records] == ["ok", "MISMATCH", None, "MISMATCH", None, None]
+    found = reference.problems(records, [probe])
+    assert found[0] == "probe cupy on cuda:0 float32: error: no driver"
+    assert found[1] == "ours (cupy, eager) on cuda:0 float32 N=1,000 H=100 B=full: error: Boom: x"
+    assert found[2].startswith("torch-expert on cuda:0 float32 N=1,000 H=100 B=full: first step's loss 0.71 is 0.014 "
+                               "away from float64 NumPy's 0.7 (tolerance 0.0001)")
+    assert found[3] == ("ours (torch, eager) on cuda:0 float32 N=2,000 H=100 B=full: its first step's loss was not "
+                        "checked against float64 NumPy")
+    assert "ours (cupy, eager)" in found[4] and "nan" in found[4] and len(found) == 5
+    assert reference.problems([ok]) == []
+    assert reference.skipped(records) == "1 rows skipped (not errors; see 'Not measured'): jax is not installed"
+
+
+def test_bench_exit_code_is_1_on_any_problem_and_the_lines_say_why(capsys):
+    import argparse
+
+    from mlp.bench import cli
+
+    args = argparse.Namespace(json=None, markdown=None, plot=None)
+    meta = {"cpu": "a CPU", "command": "python -m bench", "date": "today", "devices": ["cpu"]}
+    good = fake("ours", 1000, 100, 1.0, "numpy", loss=0.7)
+    result = {"meta": meta, "probes": [], "records": report.enrich([good], [], {(1000, 100, None): 0.7})}
+    assert cli.write_outputs(args, result) == 0
+    assert "bench:" not in capsys.readouterr().err
+    bad = {**fake("ours", 1000, 100, 1.0, "cupy", device="cuda:0"), "status": "error", "reason": "Boom"}
+    result = {"meta": meta, "probes": [], "records": report.enrich([good, bad], [], {(1000, 100, None): 0.7})}
+    assert cli.write_outputs(args, result) == 1
+    assert "bench: ours (cupy, eager) on cuda:0 float32 N=1,000 H=100 B=full: error: Boom" in capsys.readouterr().err
+
+
+def test_peak_memory_is_read_on_the_rows_device(monkeypatch):
+    """Stand-ins for torch.cuda, CuPy and JAX record which device each reading names: cuda:1's."""
+    import sys
+    import types
+
+    from mlp.bench.worker import PeakMemory
+
+    torch = pytest.importorskip("torch")
+    seen = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: seen.append(("reset", device)))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: seen.append(("max", device)) or 7)
+    current = [0]
+
+    class Device:
+        def __init__(self, index):
+            self.index = index
+
+        def __enter__(self):
+            self.previous, current[0] = current[0], self.index
+
+        def __exit__(self, *exc):
+            current[0] = self.previous
+
+    pool = types.SimpleNamespace(free_all_blocks=lambda: seen.append(("free", current[0])),
+                                 total_bytes=lambda: seen.append(("total", current[0])) or 9)
+    cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=Device), get_default_memory_pool=lambda: pool)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    jax = pytest.importorskip("jax")
+    gpus = [types.SimpleNamespace(memory_stats=lambda i=i: {"peak_bytes_in_use": 10 + i}) for i in range(2)]
+    monkeypatch.setattr(jax, "devices", lambda kind=None: gpus)
+    peaks = []
+    for impl, backend in (("ours", "torch"), ("ours", "cupy"), ("jax-jit", None)):
+        memory = PeakMemory(impl, backend, "cuda:1")
+        memory.start()
+        peaks.append(memory.peak(None))
+    assert peaks == [7, 9, 11]
+    assert seen == [("reset", 1), ("max", 1), ("free", 1), ("total", 1)]
+
+
+def test_a_library_that_cannot_use_the_device_is_an_error_and_a_missing_one_a_skip(capsys):
+    """On a GPU sweep, rows must not pass as skipped because an installed library sees no GPU."""
+    import importlib.util
+
+    from mlp.bench import worker
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available() or importlib.util.find_spec("cupy") is not None:
+        pytest.skip("needs a PyTorch that sees no GPU and no CuPy")
+    spec = {"mode": "measure", "impl": "ours", "engine": "eager", "batch": None, "device": "cuda",
+            "dtype": "float32", "n": 10, "hidden": 4, "lr": 0.1}
+    results = []
+    for backend in ("torch", "cupy"):
+        worker.main([json.dumps({**spec, "backend": backend})])
+        results.append(json.loads(capsys.readouterr().out.split(worker.RESULT_MARK)[1]))
+    assert results[0]["status"] == "error" and "this PyTorch build sees no GPU" in results[0]["reason"]
+    assert (results[1]["status"], results[1]["reason"]) == ("skipped", "cupy is not installed")

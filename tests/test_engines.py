@@ -1,6 +1,7 @@
 """Engines: the compiled epoch gives what the eager loop gives, resumes as it does, and a
-step issues no host-to-device copy. JAX-CPU runs the compiled engine in CI; the CUDA-graph
-engine's step logic runs without capture on CPU torch, and its capture is tested on a GPU."""
+step issues no host-to-device copy. JAX-CPU runs the compiled engine in CI, JAX-CUDA on a GPU;
+the CUDA-graph engine runs on cuda:0 and on the last GPU (when there are several) on a GPU, and
+its capture logic on the CPU with a stand-in for torch.cuda (tests/test_cuda_graph.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from mlp import backends, checkpoint, model, train
 from mlp.loop import EagerEngine, Interrupted, TrainState, fit, make_engine
 
-from .conftest import call_cli, make_dataset, needs_torch_gpu, synthetic
+from .conftest import TORCH_GPU_MISSING, call_cli, make_dataset, needs_jax_gpu, needs_torch_gpu, synthetic
 
 needs = {name: pytest.mark.skipif(importlib.util.find_spec(name) is None, reason=f"{name} is not installed")
          for name in ("jax", "torch")}
@@ -27,15 +28,11 @@ def start(backend, dtype, seed=3):
     return backend.asarray(X, dtype), backend.asarray(y, dtype), TrainState.fresh(backend, cfg, D)
 
 
-def train_with(backend_name, engine, dtype, batch_size, epochs=2, segment=None, device="cpu", **engine_kw):
+def train_with(backend_name, engine, dtype, batch_size, epochs=2, segment=None, device="cpu"):
     backend = backends.resolve(device, backend_name)
     X, y, state = start(backend, dtype)
     cfg = {"epochs": epochs, "batch_size": batch_size, "lr": 0.05, "activation": "relu"}
-    if isinstance(engine, str):
-        engine = make_engine(backend, engine, cfg, X, y)
-    else:  # an engine class, built as the backend's factory would
-        engine = engine(backend.compiled_engine.args[0] if engine_kw.get("capture", True) else "cpu", *_step(cfg),
-                        X, y, 64 if batch_size != "full" else N, **engine_kw)
+    engine = make_engine(backend, engine, cfg, X, y)
     if segment:
         engine.segment = segment
     fit(backend, engine, state, epochs)
@@ -53,25 +50,23 @@ def cached(*args, **kw):
     return _cache[key]
 
 
-def _step(cfg):
-    import functools
-
-    return (functools.partial(model.train_step, lr=cfg["lr"], activation=cfg["activation"]),)
-
-
 def assert_close(a, b, tol):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     assert a.shape == b.shape
     assert float(np.max(np.abs(a - b)) / np.max(np.abs(b))) <= tol
 
 
-@needs["jax"]
+JAX_DEVICES = [pytest.param("cpu", marks=needs["jax"]),
+               pytest.param("cuda", marks=[pytest.mark.gpu, needs_jax_gpu])]
+
+
+@pytest.mark.parametrize("device", JAX_DEVICES)
 @pytest.mark.parametrize("dtype, batch_size, segment", [
     ("float32", 64, None), ("float64", 64, 3), ("float64", "full", None)])  # None: one scan an epoch; 3: split
-def test_compiled_jax_matches_eager(dtype, batch_size, segment):
-    engine, losses, params = cached("jax", "compiled", dtype, batch_size, segment=segment)
+def test_compiled_jax_matches_eager(dtype, batch_size, segment, device):
+    engine, losses, params = cached("jax", "compiled", dtype, batch_size, segment=segment, device=device)
     assert type(engine).__name__ == "JaxScanEngine" and engine.name == "compiled"
-    _, eager_losses, eager_params = cached("jax", "eager", dtype, batch_size)
+    _, eager_losses, eager_params = cached("jax", "eager", dtype, batch_size, device=device)
     assert len(losses) == 2 * (5 if batch_size == 64 else 1)
     half = len(losses) // 2
     assert eager_losses[half:].mean() < eager_losses[:half].mean(), "the run must learn"
@@ -79,6 +74,16 @@ def test_compiled_jax_matches_eager(dtype, batch_size, segment):
     for k in model.PARAM_NAMES:
         assert params[k].dtype == np.dtype(dtype)
         assert_close(params[k], eager_params[k], TOLERANCE[dtype])
+
+
+@needs["jax"]
+def test_jax_segments_are_capped_in_steps_as_well_as_rows():
+    from mlp.backends import jax_engine
+
+    X, y = np.zeros((20_000, 3)), np.zeros(20_000)
+    sizes = {batch: jax_engine.JaxScanEngine("cpu", lambda *a: a, X, y, batch).segment
+             for batch in (1, 4, 64, 20_000)}
+    assert sizes == {1: jax_engine.STEPS_PER_SEGMENT, 4: 4096, 64: 256, 20_000: 1}
 
 
 @needs["jax"]
@@ -108,32 +113,36 @@ def test_compiled_jax_resumed_mid_epoch_equals_uninterrupted(dtype="float64"):
         np.testing.assert_array_equal(backend.to_host(resumed.params[k]), whole_params[k])
 
 
-@needs["torch"]
-@pytest.mark.parametrize("batch_size", [64, "full"])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_cuda_graph_step_logic_matches_eager_on_cpu(dtype, batch_size):
-    """The in-place steps that the CUDA-graph engine captures, run without capture on CPU torch."""
-    from mlp.backends.torch_graph import TorchGraphEngine
+def _torch_gpus() -> list:
+    """cuda:0, and the last GPU when there are several (on cuda:N, N != 0, the capture must be made
+    on device N: tests/test_cuda_graph.py checks that on the CPU)."""
+    if TORCH_GPU_MISSING is not None:
+        return ["cuda:0"]                                     # skipped, with the reason
+    import torch
 
-    engine, losses, params = train_with("torch", TorchGraphEngine, dtype, batch_size, segment=3, capture=False)
-    _, eager_losses, eager_params = cached("torch", "eager", dtype, batch_size)
-    assert_close(losses, eager_losses, TOLERANCE[dtype])
-    for k in model.PARAM_NAMES:
-        assert_close(params[k], eager_params[k], TOLERANCE[dtype])
+    return sorted({"cuda:0", f"cuda:{torch.cuda.device_count() - 1}"})
 
 
 @pytest.mark.gpu
 @needs_torch_gpu
+@pytest.mark.parametrize("device", _torch_gpus())
 @pytest.mark.parametrize("batch_size", [64, "full"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_cuda_graph_engine_matches_eager(dtype, batch_size):
-    backend = backends.resolve("cuda", "torch")
+def test_cuda_graph_engine_matches_eager(dtype, batch_size, device):
+    backend = backends.resolve(device, "torch")
     X, y, _ = start(backend, dtype)
     cfg = {"epochs": 2, "batch_size": batch_size, "lr": 0.05, "activation": "relu"}
     assert type(make_engine(backend, "auto", cfg, X, y)).__name__ == "TorchGraphEngine"
-    engine, losses, params = train_with("torch", "compiled", dtype, batch_size, device="cuda", segment=3)
+    engine, losses, params = train_with("torch", "compiled", dtype, batch_size, device=device, segment=3,
+                                        epochs=3)
     assert len(engine.graphs) == (2 if batch_size == 64 else 1)      # steps 0-2 and 3-4, captured once each
-    _, eager_losses, eager_params = train_with("torch", "eager", dtype, batch_size, device="cuda")
+    import torch
+
+    held = torch.cuda.memory_reserved(device)
+    engine.close()                                                   # the graphs and their pools released
+    assert engine.graphs == {} and torch.cuda.memory_reserved(device) < held
+    _, eager_losses, eager_params = train_with("torch", "eager", dtype, batch_size, device=device, epochs=3)
+    assert len(losses) == 3 * (5 if batch_size == 64 else 1)         # replays after the first epoch train too
     assert_close(losses, eager_losses, TOLERANCE[dtype])
     for k in model.PARAM_NAMES:
         assert_close(params[k], eager_params[k], TOLERANCE[dtype])

@@ -1,0 +1,106 @@
+"""What every row is held to: its first step's loss against float64 NumPy, and the verdict.
+
+Every row's first step starts from the same parameters (he init, seed 0) on the same rows (in
+minibatch, the first B of the seeded permutation), so its loss depends on (N, H, B) alone:
+`first_losses` computes it once per configuration, in float64 NumPy, in chunks of rows; `check`
+holds each row to it; `problems` is what fails the bench (an error, a disagreeing or unchecked
+loss); `skipped` names the rows not run for a reason that is not an error (library missing).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlp import model
+from mlp.batches import batch_rows, is_full_batch
+
+TOLERANCE = {"float32": 1e-4, "float64": 1e-9}   # |loss - float64 NumPy's| / float64 NumPy's
+CHUNK_ROWS = 16_384
+
+
+def row_index(real_n: int, n: int, seed: int = 0) -> np.ndarray:
+    """Which real training rows make the bench's n rows: the first n; beyond the real ones,
+    rows drawn from them with replacement (seeded), so every size is real digits."""
+    return np.arange(n) if n <= real_n else np.random.default_rng(seed).integers(0, real_n, n)
+
+
+def training_rows(data_dir, n: int, dtype: str, seed: int = 0):
+    """The bench's n rows of MNIST 3 vs 7 (see row_index) in `dtype`."""
+    from mlp.data import load_dataset
+
+    ds = load_dataset(data_dir, (3, 7), quiet=True, dtype=np.dtype(dtype).type)
+    X, y = ds.train.X, ds.train.y
+    if n <= X.shape[0]:
+        return X[:n], y[:n]
+    rows = row_index(X.shape[0], n, seed)
+    return X[rows], y[rows]
+
+
+def first_step_loss(X: np.ndarray, y: np.ndarray, n: int, hidden: int, batch, seed: int = 0) -> float:
+    """The loss of a row's first step, in float64: X, y are all the real rows (float64)."""
+    params = model.init_params(X.shape[1], hidden, np.random.default_rng(seed), init="he", activation="relu")
+    rows = row_index(X.shape[0], n, seed)
+    if batch is not None and not is_full_batch(n, batch):       # as bench.base.Impl.permutation draws it
+        rows = rows[np.random.default_rng(seed).permutation(n)[batch_rows(0, batch, n)]]
+    total = 0.0
+    for start in range(0, len(rows), CHUNK_ROWS):
+        take = rows[start:start + CHUNK_ROWS]
+        _, _, z2 = model.forward(params, X[take], "relu")
+        total += float(model.bce_with_logits(z2, y[take].reshape(-1, 1))) * len(take)
+    return total / len(rows)
+
+
+def config(r: dict) -> tuple:
+    return r["n"], r["hidden"], r.get("batch")
+
+
+def first_losses(data_dir, records: list) -> dict:
+    """{(n, hidden, batch): float64 NumPy's first-step loss} for every configuration measured."""
+    configs = sorted({config(r) for r in records if r.get("status") == "ok"}, key=str)
+    if not configs:
+        return {}
+    from mlp.data import load_dataset
+
+    train = load_dataset(data_dir, (3, 7), quiet=True, dtype=np.float64).train
+    return {c: first_step_loss(train.X, train.y, *c) for c in configs}
+
+
+def check(records: list, references: dict) -> None:
+    """Each measured row's first-step loss against float64 NumPy's: 'loss_check' is 'ok' or
+    'MISMATCH' (NaN included); a row without a reference or a loss gets no 'loss_check'."""
+    for r in records:
+        ref = references.get(config(r)) if r.get("status") == "ok" else None
+        if ref is None or r.get("initial_loss") is None:
+            continue
+        rel = abs(r["initial_loss"] - ref) / abs(ref)
+        r["reference_loss"], r["initial_loss_rel_diff"] = ref, rel
+        r["loss_check"] = "ok" if rel <= TOLERANCE[r["dtype"]] else "MISMATCH"
+
+
+def _what(r: dict) -> str:
+    name = (f"ours ({r.get('backend')}, {r.get('engine') or 'eager'})" if r.get("impl") == "ours"
+            else r.get("impl") or f"probe {r.get('library')}")
+    where = f"{name} on {r.get('device')} {r.get('dtype')}"
+    return where + (f" N={r['n']:,} H={r['hidden']} B={r.get('batch') or 'full'}" if r.get("n") else "")
+
+
+def problems(records: list, probes: list = ()) -> list:
+    """Why the bench must fail, one line each (empty: it passes)."""
+    out = [f"{_what(r)}: error: {r.get('reason')}" for r in (*probes, *records) if r.get("status") == "error"]
+    for r in records:
+        if r.get("status") != "ok":
+            continue
+        if "loss_check" not in r:
+            out.append(f"{_what(r)}: its first step's loss was not checked against float64 NumPy")
+        elif r["loss_check"] != "ok":
+            out.append(f"{_what(r)}: first step's loss {r['initial_loss']!r} is {r['initial_loss_rel_diff']:.2g} "
+                       f"away from float64 NumPy's {r['reference_loss']!r} (tolerance {TOLERANCE[r['dtype']]:g})")
+    return out
+
+
+def skipped(records: list) -> str | None:
+    """One line on the rows not measured for a reason that is not an error (library missing, too slow)."""
+    reasons = sorted({str(r.get("reason")) for r in records if r.get("status") == "skipped"})
+    count = sum(1 for r in records if r.get("status") == "skipped")
+    more = f"; and {len(reasons) - 3} other reasons" if len(reasons) > 3 else ""
+    return f"{count} rows skipped (not errors; see 'Not measured'): {'; '.join(reasons[:3])}{more}" if count else None
