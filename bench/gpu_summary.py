@@ -1,8 +1,8 @@
 """`python -m mlp.bench.gpu_summary`: bench/gpu_check.sh's outputs as the GPU targets, met or missed.
 
-Reads the GPU bench JSON (`python -m bench --json`), the float64 NumPy reference (the same bench's
-NumPy rows, in float64 on the CPU, at the GPU sweep's N, H and B), pytest's JUnit XML for
-`pytest -m gpu` and the phase times, and writes a plain-text summary. It measures nothing and
+Reads the GPU bench JSON (`python -m bench --json`: each row's first-step loss already held to float64
+NumPy's by the bench, bench/reference.py), pytest's JUnit XML for `pytest -m gpu` and the phase
+times, and writes a plain-text summary. It measures nothing and
 invents nothing: a figure or field that is not in its inputs is "not measured".
 
 The targets (float32, median ms per epoch):
@@ -26,7 +26,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .report import LOSS_TOLERANCE  # the bench's own tolerance for a first-step loss, per dtype
+from .reference import TOLERANCE  # the bench's own tolerance for a first-step loss, per dtype
 
 B64_TARGETS = (("jax", "compiled", 6.0, "JAX compiled"),
                ("torch", "compiled", 20.0, "torch CUDA graph"),
@@ -148,38 +148,29 @@ def targets(records: list) -> list[str]:
     return lines
 
 
-def loss_checks(records: list, reference: list | None) -> tuple[list[str], list[str]]:
-    """Each GPU row's first-step loss against float64 NumPy's at the same N, H and B: the table's
-    cells, and the problems (rows unchecked or mismatched)."""
-    refs = {}
-    for r in reference or []:
-        if (r.get("status") == "ok" and r.get("device") == "cpu" and r.get("impl") == "ours"
-                and r.get("backend") == "numpy" and r.get("dtype") == "float64" and "initial_loss" in r):
-            refs[(r["n"], r["hidden"], r.get("batch"))] = r["initial_loss"]
+def loss_checks(records: list) -> tuple[list[str], list[str]]:
+    """Each GPU row's first-step loss as the bench held it to float64 NumPy's at the same N, H and B
+    (bench/reference.py: 'loss_check', 'initial_loss_rel_diff'): the table's cells, and the problems
+    (rows unchecked or mismatched)."""
     cells, problems = [], []
     for r in records:
         if r.get("status") != "ok":
             cells.append("–")
             continue
-        loss, ref = r.get("initial_loss"), refs.get((r.get("n"), r.get("hidden"), r.get("batch")))
-        tol = LOSS_TOLERANCE.get(r.get("dtype"), 0.0)
-        if loss is None:
+        if r.get("initial_loss") is None:
             cells.append("not measured (no initial_loss)")
-        elif reference is None:
-            cells.append("not checked (no reference file)")
-        elif ref is None:
-            cells.append("not checked (no float64 NumPy row here)")
+        elif "loss_check" not in r:
+            cells.append("not checked (the bench has no float64 NumPy check for this row)")
         else:
-            rel = abs(loss - ref) / abs(ref) if ref else abs(loss - ref)
-            cells.append(f"{'ok' if rel <= tol else 'MISMATCH'} ({rel:.1e}, tolerance {tol:g})")
+            cells.append(f"{r['loss_check']} ({r.get('initial_loss_rel_diff', float('nan')):.1e}, "
+                         f"tolerance {TOLERANCE.get(r.get('dtype'), 0.0):g})")
         if not cells[-1].startswith("ok"):
             problems.append(f"{label(r)} {r.get('device')} {r.get('dtype')} {where(r)}: {cells[-1]}")
     return cells, problems
 
 
 def table(records: list, checks: list[str]) -> list[str]:
-    head = ("row", "device", "dtype", "N", "H", "B", "median ms", "% of floor", "first loss", "vs ours (bench)",
-            "vs float64 NumPy")
+    head = ("row", "device", "dtype", "N", "H", "B", "median ms", "% of floor", "first loss", "vs float64 NumPy")
     body = []
     for r, check in zip(records, checks):
         if r.get("status") == "ok":
@@ -187,11 +178,10 @@ def table(records: list, checks: list[str]) -> list[str]:
             body.append((label(r), r.get("device"), r.get("dtype"), f"{r.get('n', 0):,}", str(r.get("hidden")),
                          str(r.get("batch") or "full"), f"{r['median_ms']:.3f}",
                          "not measured" if fraction is None else f"{fraction:.0%}",
-                         "not measured" if r.get("initial_loss") is None else f"{r['initial_loss']:.6g}",
-                         r.get("loss_check") or "not checked", check))
+                         "not measured" if r.get("initial_loss") is None else f"{r['initial_loss']:.6g}", check))
         else:
             body.append((label(r), r.get("device"), r.get("dtype"), f"{r.get('n', 0):,}", str(r.get("hidden")),
-                         str(r.get("batch") or "full"), f"{r.get('status')}: {r.get('reason')}", "", "", "", ""))
+                         str(r.get("batch") or "full"), f"{r.get('status')}: {r.get('reason')}", "", "", ""))
     widths = [max(len(str(row[i])) for row in (head, *body)) for i in range(len(head))]
     return ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in (head, *body)]
 
@@ -209,7 +199,6 @@ def phases(path) -> list[str]:
 def summarize(args) -> tuple[list[str], list[str]]:
     """The summary's lines and the problems that fail the check."""
     bench, bench_err = load_json(args.bench)
-    ref, ref_err = load_json(args.reference)
     problems = []
     out = ["GPU check summary (bench/gpu_check.sh); figures from the files named here, nothing else"]
     if bench is None:
@@ -221,10 +210,6 @@ def summarize(args) -> tuple[list[str], list[str]]:
         out += [f"bench: {args.bench}: {meta.get('command')}",
                 f"  GPU: {', '.join(meta.get('gpus') or []) or 'none named'}; commit {meta.get('git_commit')}; "
                 f"{meta.get('date')}; {meta.get('wall_seconds')} s"]
-    if ref is None:
-        out.append(f"float64 NumPy reference: not measured ({ref_err})")
-    else:
-        out.append(f"float64 NumPy reference: {args.reference}: {ref.get('meta', {}).get('command')}")
 
     test_lines, tests_ok = tests_summary(args.junit)
     out += ["", test_lines[0]]
@@ -234,7 +219,7 @@ def summarize(args) -> tuple[list[str], list[str]]:
     gpu = [r for r in records if is_gpu(r)]
     if bench is not None and not any(r.get("status") == "ok" for r in gpu):
         problems.append("no GPU row was measured")
-    checks, unchecked = loss_checks(gpu, None if ref is None else ref.get("records", []))
+    checks, unchecked = loss_checks(gpu)
     problems += [f"unchecked GPU row: {p}" for p in unchecked]
     errored = [r for r in gpu if r.get("status") == "error"]
     problems += [f"GPU row failed: {label(r)} {r.get('device')} {r.get('dtype')} {where(r)}: {r.get('reason')}"
@@ -249,8 +234,7 @@ def summarize(args) -> tuple[list[str], list[str]]:
     out.append(f"- every GPU row's first loss checked against float64 NumPy: {len(measured) - len(unchecked)} of "
                f"{len(measured)} rows within tolerance: " + ("met" if met else "MISSED"))
     if gpu:
-        out += ["", "GPU rows (vs ours (bench): the bench's own check against ours on CuPy, eager, same device "
-                    "and dtype):", ""]
+        out += ["", "GPU rows:", ""]
         out += table(gpu, checks)
     ph = phases(args.phases)
     if ph:
@@ -263,7 +247,6 @@ def summarize(args) -> tuple[list[str], list[str]]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m mlp.bench.gpu_summary", description=__doc__.splitlines()[0])
     p.add_argument("--bench", required=True, metavar="JSON", help="the GPU bench's JSON (python -m bench --json)")
-    p.add_argument("--reference", metavar="JSON", help="the float64 NumPy rows on the CPU (python -m bench --json)")
     p.add_argument("--junit", metavar="XML", help="pytest -m gpu --junitxml")
     p.add_argument("--phases", metavar="TXT", help="'name seconds exit' lines (gpu_check.sh's phases.txt)")
     p.add_argument("--out", metavar="TXT", help="also write the summary here")
