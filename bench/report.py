@@ -232,21 +232,20 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict, path) -> None:
+def plot(result: dict, path) -> bool:
     """Log-log ms per epoch: a full-batch panel (x = N) per dtype and H, a minibatch panel
     (x = B) per dtype, and the GPU-over-CPU speed-ups as labelled bars. Every panel has its
-    legend and says how many of its points were not measured."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    legend and says how many of its points were not measured. False when nothing was measured
+    (no plot written). The format follows the suffix (mlp.plots.plot_format)."""
     from mlp.files import atomic_write
+    from mlp.plots import plot_format, pyplot
+
+    plt = pyplot()
 
     everything = result["records"]
     records = [r for r in everything if r.get("status") == "ok"]
     if not records:
-        return
+        return False
     dtypes = sorted({r["dtype"] for r in records}, key=lambda d: d != "float32")
     hiddens = sorted({r["hidden"] for r in records if batch_of(r) is None})
     minibatch = any(batch_of(r) is not None for r in records)
@@ -303,6 +302,7 @@ def plot(result: dict, path) -> None:
     fig.tight_layout()
     try:
         with atomic_write(path) as f:
-            fig.savefig(f, format="png", dpi=110)
+            fig.savefig(f, format=plot_format(path), dpi=110)
     finally:
         plt.close(fig)
+    return True
