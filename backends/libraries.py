@@ -171,7 +171,8 @@ def _jax_address_space() -> None:
         raise BackendError(f"--backend jax under an address-space limit of {limit / 2**30:.2f} GiB (ulimit -v): JAX "
                            "aborts the whole process, without an error to report, when it runs out of address "
                            f"space, and needs about {need / 2**30:.2f} GiB on these {os.cpu_count()} cores; raise "
-                           "the limit (ulimit -v unlimited) or use --backend numpy or torch")
+                           "the limit (ulimit -v unlimited) or use --backend numpy or torch (to reduce --hidden "
+                           "or --batch-size does not lower what JAX itself reserves)")
 
 
 def _jax(index: int | None) -> Backend:

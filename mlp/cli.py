@@ -11,7 +11,7 @@ import sys
 
 from mlp.backends import BACKENDS, describe_out_of_memory, is_out_of_memory, release
 
-from .checkpoint_meta import MAX_LABEL, MAX_SEED
+from .checkpoint_meta import MAX_SEED
 from .errors import DivergedError, Signalled, UserError
 from .files import DISK_FULL, release_locks, write_failure
 
@@ -70,11 +70,6 @@ def bounded_int(minimum: int, maximum: int):
     def parse(text: str) -> int:
         return whole_number(text, minimum, f"must be at least {minimum}", maximum)
     return parse
-
-
-def class_label(text: str) -> int:
-    """--classes A B: a label of the data set (a whole number from 0 to 2**31 - 1)."""
-    return whole_number(text, 0, "a class label must be 0 or more", MAX_LABEL)
 
 
 def positive_int(text: str) -> int:
@@ -161,7 +156,7 @@ def dask_options(args):
 
         try:
             parse_bytes(args.worker_memory)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):
             raise UserError(f"--worker-memory {args.worker_memory!r} is not a size; use e.g. 500MB or 2GB") from None
     if args.workers is not None and (args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
         raise UserError("--workers sizes a local cluster; with --scheduler the cluster has the workers started on it")
@@ -198,18 +193,22 @@ def _signals():
             signal.signal(signum, handler)
 
 
-def _quiet_stdout() -> None:
-    """Point fd 1 at /dev/null, so that what is still buffered for stdout goes nowhere at exit
-    (instead of a second error and exit code 120)."""
-    with contextlib.suppress(OSError, ValueError):
+def _quiet(stream=None, fd: int | None = None) -> None:
+    """Point the file descriptor of `stream` (or `fd`) at /dev/null, so that what is still
+    buffered for it goes nowhere at exit (instead of a second error and exit code 120)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):   # a stream without a descriptor
+        fd = stream.fileno() if fd is None else fd
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        if devnull != fd:
+            os.dup2(devnull, fd)
+            os.close(devnull)
 
 
-class _Stdout:
-    """sys.stdout while a command runs: a write that fails (a full disk, an I/O error) is kept in
-    `failed` and the command goes on, so that its files are still written; `run` reports it at
-    the end. A closed pipe stays BrokenPipeError, which ends the command quietly."""
+class _Guarded:
+    """sys.stdout or sys.stderr while a command runs: a write that fails (a full disk, an I/O
+    error) is kept in `failed` and the command goes on, so that its files are still written;
+    `run` reports a failed stdout at the end. A closed pipe stays BrokenPipeError, which ends
+    the command quietly."""
 
     def __init__(self, stream):
         self._stream = stream
@@ -220,8 +219,8 @@ class _Stdout:
             return method(*args)
         except BrokenPipeError:
             raise
-        except OSError as exc:
-            self.failed = self.failed or exc
+        except (OSError, ValueError) as exc:   # ValueError: written after a close
+            self.failed = self.failed or (exc if isinstance(exc, OSError) else OSError(str(exc)))
             return len(args[0]) if args else None
 
     def write(self, text):
@@ -250,82 +249,84 @@ codecs.register_error("mlp.file-names", _file_names)
 @contextlib.contextmanager
 def _streams():
     """stdout/stderr closed at start (`>&-`) are /dev/null (and fd 1/2 stay taken, so that no
-    file opened later lands on them); both write file names as their bytes; stdout is guarded."""
+    file opened later lands on them); both write file names as their bytes, and are guarded."""
+    saved, errors = (sys.stdout, sys.stderr), {}
     for fd, name in ((1, "stdout"), (2, "stderr")):
         if getattr(sys, name) is None:
             try:
                 os.fstat(fd)
             except OSError:
-                null = os.open(os.devnull, os.O_WRONLY)
-                if null != fd:
-                    os.dup2(null, fd)
-                    os.close(null)
+                _quiet(fd=fd)
             setattr(sys, name, open(os.devnull, "w"))
-    errors = {}
-    for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
-        if stream is not None and hasattr(stream, "reconfigure"):
-            errors[name] = stream.errors
+        if hasattr(stream, "reconfigure"):
+            errors[stream] = stream.errors
             stream.reconfigure(errors="mlp.file-names")
-    stdout = sys.stdout
-    sys.stdout = guarded = _Stdout(stdout)
+        setattr(sys, name, _Guarded(stream))
+    guarded = (sys.stdout, sys.stderr)
     try:
         yield guarded
     finally:
-        if sys.stdout.__class__ is _Stdout:
-            sys.stdout = stdout
-        for name, value in errors.items():
+        for name, stream, before in zip(("stdout", "stderr"), guarded, saved):
+            if getattr(sys, name) is stream:
+                setattr(sys, name, stream._stream if before is None else before)
+        for stream, value in errors.items():
             with contextlib.suppress(Exception):
-                getattr(sys, name).reconfigure(errors=value)
+                stream.reconfigure(errors=value)
 
 
-def _quiet_broken_pipe() -> int:
-    """The reader of stdout went away (`| head -1`): stop without a word."""
-    _quiet_stdout()
-    return EXIT_BROKEN_PIPE
+def _say(line: str) -> None:
+    """The command's last word on stderr; if even that cannot be written, nothing more is tried."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        _quiet(sys.stderr)
 
 
 def run(main, argv=None) -> int:
     """Call main(argv); turn the errors a user can act on into one line and an exit code."""
     prog = getattr(main, "prog", "mlp")
     try:
-        with _streams() as stdout, _signals():
+        with _streams() as (stdout, stderr), _signals():
             try:
                 code = main(argv) or 0
             finally:
                 release()  # a Dask cluster is closed on every exit: success, errors, Ctrl-C
             stdout.flush()
+            if stderr.failed is not None:
+                _quiet(stderr)
             if stdout.failed is not None:
-                _quiet_stdout()
-                print(f"{prog}: error: cannot write to stdout ({stdout.failed.strerror or stdout.failed}); "
-                      "the files reported as written were written", file=sys.stderr)
+                _quiet(stdout)
+                _say(f"{prog}: error: cannot write to stdout ({stdout.failed.strerror or stdout.failed}); "
+                     "the files reported as written were written")
                 return EXIT_USER_ERROR
             return code
     except BrokenPipeError:
-        return _quiet_broken_pipe()
+        _quiet(sys.stdout)   # the reader of stdout went away (`| head -1`): stop without a word
+        return EXIT_BROKEN_PIPE
     except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        _say(f"{prog}: error: {exc}")
         return EXIT_USER_ERROR
     except DivergedError as exc:
-        print(f"{prog}: diverged: {exc}", file=sys.stderr)
+        _say(f"{prog}: diverged: {exc}")
         return EXIT_DIVERGED
     except Signalled as exc:
-        print(f"{prog}: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        _say(f"{prog}: stopped by {signal.Signals(exc.signum).name}")
         return exit_code(exc.signum)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        _say(f"{prog}: interrupted")
         return EXIT_INTERRUPTED
     except OSError as exc:
         if getattr(exc, "output", None) is None and exc.errno not in DISK_FULL:
             raise
-        print(f"{prog}: error: {write_failure(exc)}", file=sys.stderr)
+        _say(f"{prog}: error: {write_failure(exc)}")
         return EXIT_USER_ERROR
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
         advice = getattr(main, "oom_advice", "reduce --batch-size or --hidden (or, for the data itself, "
                                                 "use a device with more memory)")
-        print(f"{prog}: out of memory: {describe_out_of_memory(exc)} failed; {advice}", file=sys.stderr)
+        _say(f"{prog}: out of memory: {describe_out_of_memory(exc)} failed; {advice}")
         return EXIT_OUT_OF_MEMORY
     finally:
         release_locks()

@@ -16,9 +16,9 @@ folder), the link kept. Each output is then locked for the rest of the run (`fil
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
@@ -64,6 +64,7 @@ def check_output_path(path, flag: str) -> Path:
     if st is not None:
         _check_replaceable(path, flag, target, st, via)
     _check_name(path, flag, target)
+    _check_space(path, flag, parent)
     probe = parent / f".mlp-write-check.{os.getpid()}-{secrets.token_hex(4)}"
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -83,13 +84,35 @@ def _check_replaceable(path, flag: str, target: Path, st: os.stat_result, via: s
     if not os.access(target, os.W_OK):
         raise UserError(f"{flag} {path}{via}: is read-only; make it writable (chmod u+w) or choose another path")
     parent_st = os.stat(target.parent)
-    if st.st_dev != parent_st.st_dev:
+    if st.st_dev != parent_st.st_dev or str(target) in _mount_points():
         raise UserError(f"{flag} {path}{via}: is a mount point (a bind-mounted file), which cannot be "
                         "replaced; choose another path")
     me = os.geteuid()
     if parent_st.st_mode & stat.S_ISVTX and me != 0 and me not in (st.st_uid, parent_st.st_uid):
         raise UserError(f"{flag} {path}{via}: belongs to another user in the sticky folder {target.parent}, "
                         "where only its owner may replace it; choose another path")
+
+
+def _mount_points() -> set[str]:
+    """The mount points of this process's mount namespace (Linux: /proc/self/mountinfo); a file
+    bind-mounted onto itself has its folder's device, so st_dev alone does not tell."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            fields = [line.split(" ")[4] for line in f if line.count(" ") >= 4]
+    except OSError:
+        return set()
+    return {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), p) for p in fields}   # \040 is a space
+
+
+def _check_space(path, flag: str, folder: Path) -> None:
+    """A file system with no free block at all (a full disk) is refused now, not after the work."""
+    try:
+        free = os.statvfs(folder)
+    except OSError:
+        return
+    if (free.f_bfree if os.geteuid() == 0 else free.f_bavail) == 0 and free.f_blocks > 0:
+        raise UserError(f"{flag} {path}: the file system of {folder} is full (no free space); free some space or "
+                        "choose another path")
 
 
 def _check_name(path, flag: str, target: Path) -> None:
@@ -106,12 +129,14 @@ def _check_name(path, flag: str, target: Path) -> None:
         raise UserError(f"{flag} {str(path)[:200]}...: the path is too long for the file system; choose a shorter one")
 
 
-def _same_file(a, b) -> bool:
-    if written_path(a) == written_path(b):
-        return True
-    with contextlib.suppress(OSError, ValueError):
-        return os.path.samefile(a, b)   # hard links
-    return False
+def _same_file(target: Path, path, other) -> bool:
+    """Whether `path` (which writes `target`) and `other` name one file: after links, or as hard links."""
+    try:
+        if written_path(other) == target:
+            return True
+        return os.path.samefile(path, other)
+    except (OSError, ValueError):
+        return False
 
 
 def check_outputs(outputs: dict, inputs: dict | None = None, allowed=(), *, locked: bool = True) -> dict:
@@ -120,21 +145,20 @@ def check_outputs(outputs: dict, inputs: dict | None = None, allowed=(), *, lock
     (after links and hard links); `allowed` lists pairs of flags that may (`("--save",
     "--resume")`: continuing a run in place). Then lock each output for the rest of the run.
     Returns {flag: the file it writes}."""
-    outs = {flag: path for flag, path in outputs.items() if path is not None}
-    targets = {flag: check_output_path(path, flag) for flag, path in outs.items()}
+    outs = [(flag, path) for flag, path in outputs.items() if path is not None]
+    targets = {flag: check_output_path(path, flag) for flag, path in outs}
     ins = [(flag, path) for flag, path in (inputs or {}).items() if path]
-    names = list(outs.items())
-    for i, (flag, path) in enumerate(names):
-        for other, other_path in names[i + 1:]:
-            if _same_file(path, other_path):
+    for i, (flag, path) in enumerate(outs):
+        for other, other_path in outs[i + 1:]:
+            if _same_file(targets[flag], path, other_path):
                 raise UserError(f"{flag} and {other} both name {path}; the second would overwrite the first: "
                                 "give each output its own file")
         for other, other_path in ins:
-            if (flag, other) not in allowed and _same_file(path, other_path):
+            if (flag, other) not in allowed and _same_file(targets[flag], path, other_path):
                 raise UserError(f"{flag} {path} is also the input {other}; writing it would destroy what is "
                                 "being read: choose another output file")
     if locked:
-        for flag, path in outs.items():
+        for flag, path in outs:
             lock(path, flag)
     return targets
 

@@ -16,8 +16,8 @@ from mlp import backends
 
 from . import checkpoint, model
 from .checkpoint import RUN_KEYS, Checkpoint
-from .checkpoint_meta import MAX_COUNT, MAX_DIM
-from .cli import (Parser, add_data_flags, add_device_flags, bounded_int, class_label, dask_options, exit_code,
+from .checkpoint_meta import MAX_COUNT, MAX_DIM, MAX_LABEL
+from .cli import (Parser, add_data_flags, add_device_flags, bounded_int, dask_options, exit_code,
                   positive_float, positive_int, run, seed_int, val_fraction)
 from .data import MNIST_MEAN, MNIST_STD, data_paths, default_data_dir, load_dataset
 from .errors import CheckpointError, DivergedError, UserError
@@ -63,7 +63,7 @@ def build_parser() -> Parser:
     add_device_flags(p)
     add_data_flags(p)
     g = p.add_argument_group("model and optimiser")
-    g.add_argument("--classes", nargs=2, type=class_label, metavar=("A", "B"),
+    g.add_argument("--classes", nargs=2, type=bounded_int(0, MAX_LABEL), metavar=("A", "B"),
                    help=f"the two digits; label 1 = B (default: {d['classes'][0]} {d['classes'][1]})")
     g.add_argument("--hidden", type=bounded_int(1, MAX_DIM), metavar="H", help=f"hidden units (default: {d['hidden']})")
     g.add_argument("--activation", choices=model.ACTIVATIONS, help=f"hidden activation (default: {d['activation']})")
@@ -291,31 +291,36 @@ def finish(args, cfg, backend, state, history, data, n, n_val, steps_per_epoch, 
     """After training: the test set (for the first time), the summary, and the outputs."""
     if stopped:
         print(stopped, file=sys.stderr)
+    written, failed = [], []   # a line for each output written, or one line for those that failed
     if args.save:
         save(args.save, state, check=False)  # just checked finite
-        wrote(args.save, f"epoch {state.epoch}")
+        written.append((args.save, f"epoch {state.epoch}"))
     if args.save_best and history.best["written"]:
-        wrote(args.save_best, f"epoch {history.best['epoch']}, validation loss {fmt_loss(history.best['val_loss'])}")
+        written.append((args.save_best, f"epoch {history.best['epoch']}, validation loss "
+                                        f"{fmt_loss(history.best['val_loss'])}"))
     log = history.log
-    failed = [f"--log: {write_failure(log.error, args.log)} (the log stops at epoch {log.rows[-1]['epoch'] if log.rows else 0})"
-              ] if log is not None and log.error is not None else []
-    if log is not None and log.error is None and log.rows:
-        wrote(args.log, f"{len(log.rows)} epochs")
+    if log is not None and log.error is not None:
+        failed.append(f"--log: {write_failure(log.error, args.log)} (it stops at epoch "
+                      f"{log.rows[-1]['epoch'] if log.rows else 0})")
+    elif log is not None and log.rows:
+        written.append((args.log, f"{len(log.rows)} epochs"))
     test = score(backend, state.params, data.test.X, data.test.y, cfg["activation"])
     m = metrics(backend, cfg, state, test, history, engine=save.engine, n_train=n, n_val=n_val,
                 train_loss=epoch_train_loss(state, steps_per_epoch), stopped=stopped)
     print(summary_line(m, test, backend))
-    for flag, write in (("--metrics-json", lambda: write_metrics(args.metrics_json, m)),
-                        ("--plot", lambda: write_loss_plot(args.plot, m, steps_per_epoch, backend))):
+    for flag, path, write in (("--metrics-json", args.metrics_json, lambda: write_metrics(args.metrics_json, m)),
+                              ("--plot", args.plot, lambda: write_loss_plot(args.plot, m, steps_per_epoch, backend))):
         try:
-            if getattr(args, flag[2:].replace("-", "_")):
+            if path:
                 write()
+                written.append((path, None))
         except (OSError, ValueError, RuntimeError) as exc:   # never costs the model: it is saved by now
-            failed.append(f"{flag}: " + (write_failure(exc) if isinstance(exc, OSError) else
-                                         f"cannot write {getattr(args, flag[2:].replace('-', '_'))} ({exc})"))
+            failed.append(f"{flag}: " + (write_failure(exc) if isinstance(exc, OSError) else f"cannot write {path} ({exc})"))
     if failed:
-        kept = f"the checkpoint {args.save} was saved" if args.save else "training finished (no --save asked for)"
-        raise UserError(f"{'; '.join(failed)}; {kept}")
+        kept = ", ".join(f"{p}" + (f" ({d})" if d else "") for p, d in written) or "nothing else was asked for"
+        raise UserError(f"{'; '.join(failed)}; written: {kept}")
+    for path, detail in written:
+        wrote(path, detail)
 
 
 main.prog = "mlp.train"

@@ -8,6 +8,7 @@ import errno
 import io
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -244,3 +245,25 @@ def test_a_checkpoint_with_many_members_is_refused_before_its_directory_is_read(
     from mlp.npz import directory_size
 
     assert directory_size(raw)[0] == 7
+
+
+def test_a_bind_mounted_file_and_a_full_file_system_are_refused_up_front(tiny, tmp_path):
+    """In a private mount namespace (root only): a file bind-mounted onto itself (same device as its
+    folder: rename over it fails with EBUSY), and a 64 kB tmpfs that is full."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
+        pytest.skip("no private mount namespace here (needs root and unshare)")
+    (tmp_path / "m.npz").write_bytes(b"kept")
+    (tmp_path / "small").mkdir()
+    script = ('mount --bind "$1/m.npz" "$1/m.npz" && mount -t tmpfs -o size=64k none "$1/small" && '
+              'dd if=/dev/zero of="$1/small/fill" bs=4k count=64 2>/dev/null; '
+              'for out in "--save $1/m.npz" "--log $1/small/log.csv"; do '
+              '"$2" -m mlp.train --data-dir "$3" --quiet $out; echo "rc=$?"; done')
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", tmp_path, sys.executable, tiny / "data"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["rc=2", "rc=2"], proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"mlp.train: error: --save {tmp_path / 'm.npz'}: is a mount point (a bind-mounted file), which cannot be "
+        "replaced; choose another path",
+        f"mlp.train: error: --log {tmp_path / 'small' / 'log.csv'}: the file system of {tmp_path / 'small'} is full "
+        "(no free space); free some space or choose another path"]
+    assert (tmp_path / "m.npz").read_bytes() == b"kept"

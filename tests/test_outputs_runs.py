@@ -119,10 +119,10 @@ def test_a_full_log_disk_costs_the_log_not_the_checkpoint(tiny, tmp_path, monkey
     code, out, err = run_train(tiny, "--log", tmp_path / "log.csv", "--save", tmp_path / "c.npz",
                                "--metrics-json", tmp_path / "m.json")
     assert code == 2 and "test accuracy" in out, err
-    assert err.strip().splitlines()[-1] == (
+    assert err.strip().splitlines() == [
         f"mlp.train: error: --log: cannot write {tmp_path / 'log.csv'} (No space left on device); free some space "
-        f"(or raise the file-size limit, ulimit -f) (the log stops at epoch 1); the checkpoint {tmp_path / 'c.npz'} "
-        "was saved")
+        f"(or raise the file-size limit, ulimit -f) (it stops at epoch 1); written: {tmp_path / 'c.npz'} (epoch 3), "
+        f"{tmp_path / 'm.json'}"]
     assert checkpoint.load(tmp_path / "c.npz").epoch == 3 and (tmp_path / "m.json").exists()
     assert_whole_log(tmp_path / "log.csv", [1])
 
@@ -190,6 +190,10 @@ def test_a_full_stdout_is_one_line_after_the_files_are_written(tiny, tmp_path):
     assert err.getvalue().strip().splitlines()[-1] == ("mlp.train: error: cannot write to stdout (No space left on "
                                                        "device); the files reported as written were written")
     assert files_in(tmp_path) == ["c.npz", "m.json"]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(Full()):   # stderr full: no crash
+        code = cli.run(train.main, ["--data-dir", str(tiny / "data"), "--epochs", "1", "--batch-size", "8",
+                                    "--save", str(tmp_path / "d.npz")])
+    assert code == 0 and checkpoint.load(tmp_path / "d.npz").epoch == 1
 
 
 # ----------------------------------------------------------------------------- memory, plotting
