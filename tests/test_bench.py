@@ -61,6 +61,8 @@ def test_quick_sweep_end_to_end(data_dir, tmp_path):
     assert "Median ms per minibatch epoch" in table
     assert "no GPU was measured in this run" in table
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("b.json", "b.md", "b.png"):   # a line for each output written, as the trainer's
+        assert f"wrote {tmp_path / name}" in result.stderr
     assert table.strip() in result.stdout
 
 
