@@ -12,7 +12,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if name in ("OutOfMemoryError",):  # cupy.cuda.memory / torch.cuda
         return True
     text = str(exc)
-    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+    # torch on the CPU: RuntimeError "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes"
+    return ("RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+            or "DefaultCPUAllocator: can't allocate memory" in text or "DefaultCPUAllocator: not enough memory" in text)
 
 
 def describe_out_of_memory(exc: BaseException) -> str:

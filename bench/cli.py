@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import decimal
 import importlib.util
 import json
 import os
@@ -22,10 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from mlp import backends
-from mlp.cli import Parser, add_data_flags, positive_int
+from mlp.checkpoint_meta import MAX_COUNT
+from mlp.cli import Parser, add_data_flags, positive_float, positive_int
+from mlp.data import data_paths, default_data_dir
 from mlp.versions import versions
 from mlp.errors import UserError
-from mlp.files import atomic_write, check_output_path
+from mlp.files import atomic_write
+from mlp.outputs import check_outputs
+from mlp.plots import plot_format
 
 from . import reference, report
 from .dask_impl import expand, summary as dask_summary
@@ -51,15 +56,21 @@ def csv(kind):
 
 
 def size(text: str):
+    """A row count (1e5 is 100000; at most 2**62) or 'real'."""
     if text.lower() == REAL:
         return REAL
     try:
-        value = int(float(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a row count or 'real', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be at least 1, got {value}")
-    return value
+        value = decimal.Decimal(text.strip())
+    except decimal.InvalidOperation:
+        raise argparse.ArgumentTypeError(f"expected a whole row count or 'real', got {text[:40]!r}") from None
+    if not value.is_finite() or value != value.to_integral_value() or not 1 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"sizes must be whole numbers from 1 to 2**62, got {text[:40]}")
+    return int(value)
+
+
+def seconds(text: str) -> float:
+    """A finite number of seconds, 0 or more."""
+    return 0.0 if text.strip() in ("0", "0.0") else positive_float(text)
 
 
 def build_parser() -> Parser:
@@ -85,15 +96,16 @@ def build_parser() -> Parser:
     p.add_argument("--epochs", type=positive_int, default=20, help="timed epochs per measurement (default: 20)")
     p.add_argument("--min-epochs", type=positive_int, default=5,
                    help="timed epochs always run, even past --budget (default: 5)")
-    p.add_argument("--budget", type=float, default=3.0, metavar="S",
+    p.add_argument("--budget", type=seconds, default=3.0, metavar="S",
                    help="seconds of timed epochs per measurement, after --min-epochs (default: 3)")
     p.add_argument("--warmup", type=positive_int, default=2, help="untimed epochs first (default: 2)")
-    p.add_argument("--max-epoch-seconds", type=float, default=None, metavar="S",
+    p.add_argument("--max-epoch-seconds", type=positive_float, default=None, metavar="S",
                    help="skip configurations whose estimated epoch (2x the floor) is longer "
                         "(default: 1 on cpu, 10 on cuda)")
     add_data_flags(p)   # --data-dir / $MLP_DATA_DIR / ~/.cache/mlp/mnist, exactly as mlp.train
     p.add_argument("--json", metavar="PATH", help="write all records and metadata as JSON")
-    p.add_argument("--plot", metavar="PATH", help="write the plot (PNG)")
+    p.add_argument("--plot", metavar="PATH",
+                   help="write the plot; the format follows the suffix: .png, .svg, .pdf, ...")
     p.add_argument("--markdown", metavar="PATH", help="write the markdown table")
     return p
 
@@ -141,6 +153,10 @@ def plan(args) -> dict:
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         raise UserError(f"unknown peer {unknown[0]!r}: use {', '.join(PEERS)} or none")
+    unknown = [b for b in args.backends or [] if b not in backends.BACKENDS
+               and not (b.startswith("dask:") and b[5:].isdigit() and int(b[5:]) >= 1)]
+    if unknown:
+        raise UserError(f"--backends: unknown backend {unknown[0]!r}: use {', '.join(backends.BACKENDS)} (or dask:N)")
     dtypes = args.dtype or (["float32"] if args.quick else ["float32", "float64"])
     for d in dtypes:
         if d not in backends.DTYPES:
@@ -213,10 +229,11 @@ def measure_all(args, sweep, real_n: int, d: int, best_gemm: dict) -> list:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    for flag in ("json", "plot", "markdown"):
-        if getattr(args, flag):
-            check_output_path(getattr(args, flag), "--" + flag)
     sweep = plan(args)
+    check_outputs({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot},
+                  {f"--data-dir's {p.name}": p for p in data_paths(args.data_dir or default_data_dir())})
+    if args.plot:
+        plot_format(args.plot)
     started = time.time()
     from mlp.data import load_dataset   # loaded (downloaded if need be) once here; workers only read it
 
@@ -266,11 +283,15 @@ def write_outputs(args, result) -> int:
     if args.json:
         with atomic_write(args.json, "w") as f:
             json.dump(result, f, indent=1, default=_jsonable)
+        print(f"wrote {args.json} ({len(result['records'])} records)", file=sys.stderr)
     if args.markdown:
         with atomic_write(args.markdown, "w") as f:
             f.write(table)
+        print(f"wrote {args.markdown}", file=sys.stderr)
     if args.plot:
-        report.plot(result, args.plot)
+        written = report.plot(result, args.plot)
+        print(f"wrote {args.plot}" if written else f"no plot written to {args.plot}: nothing was measured",
+              file=sys.stderr)
     note, problems = reference.skipped(result["records"]), reference.problems(result["records"], result["probes"])
     for line in ([note] if note else []) + problems:
         print(f"bench: {line}", file=sys.stderr)

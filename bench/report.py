@@ -231,22 +231,21 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict, path) -> None:
+def plot(result: dict, path) -> bool:
     """Log-log ms per epoch: a full-batch panel (x = N) per dtype and H, a minibatch panel
     (x = B) per dtype, and the GPU-over-CPU speed-ups as labelled bars. One legend, beside the
     panels, with a colour and a marker of its own for each line (ours solid, peers dashed);
-    every panel says how many of its points were not measured."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    every panel says how many of its points were not measured. False when nothing was measured (no plot
+    written). The format follows the suffix (mlp.plots.plot_format)."""
     from mlp.files import atomic_write
+    from mlp.plots import plot_format, pyplot
+
+    plt = pyplot()
 
     everything = result["records"]
     records = [r for r in everything if r.get("status") == "ok"]
     if not records:
-        return
+        return False
     dtypes = sorted({r["dtype"] for r in records}, key=lambda d: d != "float32")
     hiddens = sorted({r["hidden"] for r in records if batch_of(r) is None})
     minibatch = any(batch_of(r) is not None for r in records)
@@ -307,6 +306,7 @@ def plot(result: dict, path) -> None:
     fig.legend(legend.values(), legend.keys(), loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8)
     try:
         with atomic_write(path) as f:
-            fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+            fig.savefig(f, format=plot_format(path), dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
+    return True

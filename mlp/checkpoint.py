@@ -20,7 +20,7 @@ import numpy as np
 
 from .checkpoint_meta import FORMAT, MAX_META_BYTES, STRUCTURE, check_same_data, parse_meta, validate_config  # noqa: F401
 from .errors import CheckpointError
-from .files import atomic_write, describe_kind
+from .files import atomic_write, describe_kind, write_advice
 from .model import PARAM_NAMES, param_shapes
 from .npz import Npz, NpzError
 from .versions import versions
@@ -80,7 +80,7 @@ def save_or_rescue(path, ckpt: Checkpoint, previous: str | None = None) -> None:
             where = f"the parameters could not be saved elsewhere either ({rescue}: {again.strerror})"
         kept = f"{path} was left as it was" + (f" ({previous})" if previous else "")
         raise CheckpointError(f"cannot write the checkpoint {path} ({exc.strerror}); {kept}; {where}; "
-                              "free some space (or raise ulimit -f) and resume from it") from None
+                              f"{write_advice(exc, path)}, and resume from it") from None
 
 
 def load(path) -> Checkpoint:

@@ -16,6 +16,10 @@ from .model import ACTIVATIONS, DTYPES, INITS
 FORMAT = "mlp-checkpoint/1"
 MAX_META_BYTES = 1 << 20
 MAX_DIM = 1 << 31
+#: epochs and steps (--epochs, --batch-size take no more, so a checkpoint written is one read)
+MAX_COUNT = 1 << 62
+MAX_SEED = (1 << 128) - 1
+MAX_LABEL = (1 << 31) - 1
 #: the metadata fields `load` turns into Checkpoint attributes (the rest stays in .meta)
 STRUCTURE = ("format", "config", "epoch", "step", "step_in_epoch", "rng_state", "partial_epoch_seconds")
 
@@ -27,7 +31,7 @@ def _bad(path, field: str, value, need: str) -> CheckpointError:
                            "the file is corrupt or was edited: use a checkpoint written by --save")
 
 
-def _int(d: dict, key: str, path, lo: int = 0, hi: int = 1 << 62, prefix: str = "") -> int:
+def _int(d: dict, key: str, path, lo: int = 0, hi: int = MAX_COUNT, prefix: str = "") -> int:
     value = d.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise _bad(path, prefix + key, value, f"a whole number from {lo} to {hi}")
@@ -95,7 +99,7 @@ def validate_config(c: dict, path) -> dict:
             raise CheckpointError(f"checkpoint {path} lacks the setting {key!r}")
     _int(c, "hidden", path, lo=1, hi=MAX_DIM, prefix=p)
     _int(c, "n_features", path, lo=1, hi=MAX_DIM, prefix=p)
-    _int(c, "seed", path, lo=0, hi=1 << 128, prefix=p)
+    _int(c, "seed", path, lo=0, hi=MAX_SEED, prefix=p)
     if c["activation"] not in ACTIVATIONS:
         raise CheckpointError(f"checkpoint {path} names an unknown activation {c['activation']!r}")
     for key, allowed in (("init", INITS), ("dtype", DTYPES)):
@@ -106,7 +110,7 @@ def validate_config(c: dict, path) -> dict:
         _int(c, "batch_size", path, lo=1, prefix=p)
     classes = c["classes"]
     if (not isinstance(classes, list) or len(classes) != 2 or any(isinstance(v, bool) or not isinstance(v, int)
-                                                                 or not 0 <= v < 1 << 31 for v in classes)
+                                                                 or not 0 <= v <= MAX_LABEL for v in classes)
             or classes[0] == classes[1]):
         raise _bad(path, p + "classes", classes, "two different labels (whole numbers >= 0)")
     shape = c.get("image_shape")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import os
 import signal
@@ -10,8 +11,9 @@ import sys
 
 from mlp.backends import BACKENDS, describe_out_of_memory, is_out_of_memory, release
 
+from .checkpoint_meta import MAX_SEED
 from .errors import DivergedError, Signalled, UserError
-from .files import DISK_FULL, release_locks
+from .files import DISK_FULL, release_locks, write_failure
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -47,15 +49,27 @@ def package_version() -> str:
         return "unknown"
 
 
-def whole_number(text: str, minimum: int, rule: str) -> int:
-    """An int of at least `minimum`; `rule` says so in the message ('must be at least 1')."""
+def whole_number(text: str, minimum: int, rule: str, maximum: int | None = None) -> int:
+    """An int of at least `minimum` (`rule` says so in the message: 'must be at least 1') and
+    at most `maximum`."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}") from None
+    shown = text if len(text) <= 40 else text[:37] + "..."
     if value < minimum:
-        raise argparse.ArgumentTypeError(f"{rule}, got {value}")
+        raise argparse.ArgumentTypeError(f"{rule}, got {shown}")
+    if maximum is not None and value > maximum:
+        raise argparse.ArgumentTypeError(f"must be at most {maximum:,} (what a checkpoint records), got {shown}")
     return value
+
+
+def bounded_int(minimum: int, maximum: int):
+    """A flag's type: a whole number from `minimum` to `maximum` (the range a checkpoint
+    stores, so that what the flags accept, the checkpoint reader accepts, and back)."""
+    def parse(text: str) -> int:
+        return whole_number(text, minimum, f"must be at least {minimum}", maximum)
+    return parse
 
 
 def positive_int(text: str) -> int:
@@ -69,7 +83,7 @@ def non_negative_int(text: str) -> int:
 def seed_int(text: str) -> int:
     """A seed NumPy's generator accepts (a whole number >= 0), below 2**128 (a checkpoint keeps it)."""
     value = non_negative_int(text)
-    if value >= 1 << 128:
+    if value > MAX_SEED:
         raise argparse.ArgumentTypeError(f"must be below 2**128, got {text}")
     return value
 
@@ -144,7 +158,7 @@ def dask_options(args):
 
         try:
             parse_bytes(args.worker_memory)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):
             raise UserError(f"--worker-memory {args.worker_memory!r} is not a size; use e.g. 500MB or 2GB") from None
     if args.workers is not None and (args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
         raise UserError("--workers sizes a local cluster; with --scheduler the cluster has the workers started on it")
@@ -181,52 +195,140 @@ def _signals():
             signal.signal(signum, handler)
 
 
-def _quiet_broken_pipe() -> int:
-    """The reader of stdout went away (`| head -1`): stop without a word."""
-    with contextlib.suppress(OSError, ValueError):
+def _quiet(stream=None, fd: int | None = None) -> None:
+    """Point the file descriptor of `stream` (or `fd`) at /dev/null, so that what is still
+    buffered for it goes nowhere at exit (instead of a second error and exit code 120)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):   # a stream without a descriptor
+        fd = stream.fileno() if fd is None else fd
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    return EXIT_BROKEN_PIPE
+        if devnull != fd:
+            os.dup2(devnull, fd)
+            os.close(devnull)
+
+
+class _Guarded:
+    """sys.stdout or sys.stderr while a command runs: a write that fails (a full disk, an I/O
+    error) is kept in `failed` and the command goes on, so that its files are still written;
+    `run` reports a failed stdout at the end. A closed pipe stays BrokenPipeError, which ends
+    the command quietly."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.failed: OSError | None = None
+
+    def _guard(self, method, *args):
+        try:
+            return method(*args)
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as exc:   # ValueError: written after a close
+            self.failed = self.failed or (exc if isinstance(exc, OSError) else OSError(str(exc)))
+            return len(args[0]) if args else None
+
+    def write(self, text):
+        return self._guard(self._stream.write, text)
+
+    def flush(self):
+        return self._guard(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _file_names(exc):
+    """Encoding errors of stdout/stderr: a file name's undecodable bytes go out as those bytes
+    (so a printed name is the name on disk, and a printed command works when copied), any
+    other character the encoding lacks as a backslash escape."""
+    if isinstance(exc, UnicodeEncodeError):
+        with contextlib.suppress(UnicodeError):
+            return codecs.lookup_error("surrogateescape")(exc)
+    return codecs.lookup_error("backslashreplace")(exc)
+
+
+codecs.register_error("mlp.file-names", _file_names)
+
+
+@contextlib.contextmanager
+def _streams():
+    """stdout/stderr closed at start (`>&-`) are /dev/null (and fd 1/2 stay taken, so that no
+    file opened later lands on them); both write file names as their bytes, and are guarded."""
+    saved, errors = (sys.stdout, sys.stderr), {}
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is None:
+            try:
+                os.fstat(fd)
+            except OSError:
+                _quiet(fd=fd)
+            setattr(sys, name, open(os.devnull, "w"))
+        stream = getattr(sys, name)
+        if hasattr(stream, "reconfigure"):
+            errors[stream] = stream.errors
+            stream.reconfigure(errors="mlp.file-names")
+        setattr(sys, name, _Guarded(stream))
+    guarded = (sys.stdout, sys.stderr)
+    try:
+        yield guarded
+    finally:
+        for name, stream, before in zip(("stdout", "stderr"), guarded, saved):
+            if getattr(sys, name) is stream:
+                setattr(sys, name, stream._stream if before is None else before)
+        for stream, value in errors.items():
+            with contextlib.suppress(Exception):
+                stream.reconfigure(errors=value)
+
+
+def _say(line: str) -> None:
+    """The command's last word on stderr; if even that cannot be written, nothing more is tried."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        _quiet(sys.stderr)
 
 
 def run(main, argv=None) -> int:
     """Call main(argv); turn the errors a user can act on into one line and an exit code."""
     prog = getattr(main, "prog", "mlp")
     try:
-        with _signals():
+        with _streams() as (stdout, stderr), _signals():
             try:
                 code = main(argv) or 0
             finally:
                 release()  # a Dask cluster is closed on every exit: success, errors, Ctrl-C
-            sys.stdout.flush()
+            stdout.flush()
+            if stderr.failed is not None:
+                _quiet(stderr)
+            if stdout.failed is not None:
+                _quiet(stdout)
+                _say(f"{prog}: error: cannot write to stdout ({stdout.failed.strerror or stdout.failed}); "
+                     "the files reported as written were written")
+                return EXIT_USER_ERROR
             return code
     except BrokenPipeError:
-        return _quiet_broken_pipe()
+        _quiet(sys.stdout)   # the reader of stdout went away (`| head -1`): stop without a word
+        return EXIT_BROKEN_PIPE
     except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        _say(f"{prog}: error: {exc}")
         return EXIT_USER_ERROR
     except DivergedError as exc:
-        print(f"{prog}: diverged: {exc}", file=sys.stderr)
+        _say(f"{prog}: diverged: {exc}")
         return EXIT_DIVERGED
     except Signalled as exc:
-        print(f"{prog}: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        _say(f"{prog}: stopped by {signal.Signals(exc.signum).name}")
         return exit_code(exc.signum)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        _say(f"{prog}: interrupted")
         return EXIT_INTERRUPTED
     except OSError as exc:
-        if exc.errno not in DISK_FULL:
+        if getattr(exc, "output", None) is None and exc.errno not in DISK_FULL:
             raise
-        where = f" writing {exc.filename}" if exc.filename else ""
-        print(f"{prog}: error: {exc.strerror}{where}; nothing was replaced: free some space (or raise the "
-              "file-size limit, ulimit -f) and run again", file=sys.stderr)
+        _say(f"{prog}: error: {write_failure(exc)}")
         return EXIT_USER_ERROR
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
         advice = getattr(main, "oom_advice", "reduce --batch-size or --hidden (or, for the data itself, "
                                                 "use a device with more memory)")
-        print(f"{prog}: out of memory: {describe_out_of_memory(exc)} failed; {advice}", file=sys.stderr)
+        _say(f"{prog}: out of memory: {describe_out_of_memory(exc)} failed; {advice}")
         return EXIT_OUT_OF_MEMORY
     finally:
         release_locks()

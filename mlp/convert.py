@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 
+from .data import default_data_dir
+from .outputs import check_output_dir
 from .cli import Parser, add_data_flags, non_negative_int, positive_int, run, seed_int
 from .store import convert
 
@@ -29,6 +31,7 @@ def build_parser() -> Parser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_output_dir(args.out, "--out", {"--data-dir": args.data_dir or default_data_dir()})   # docs/outputs.md
     info = convert(args.data_dir, args.out, tuple(args.classes), rows=args.rows,
                    max_shift=args.max_shift if args.rows else 0, seed=args.seed, download=not args.no_download)
     size = info["n"] * int(np.prod(info["image_shape"]))

@@ -12,7 +12,7 @@ from . import checkpoint
 from .cli import Parser, add_data_flags, add_device_flags, dask_options, positive_int, run
 from .data import data_paths, default_data_dir, load_dataset
 from .errors import UserError
-from .files import check_output_path, check_outputs
+from .outputs import check_outputs
 from .plots import plot_format
 from .progress import fmt_loss
 from .scoring import score
@@ -44,7 +44,6 @@ def build_parser() -> Parser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.plot:
-        check_output_path(args.plot, "--plot")
         check_outputs({"--plot": args.plot}, {"--checkpoint": args.checkpoint, **{
             f"--data-dir's {p.name}": p for p in data_paths(args.data_dir or default_data_dir())}})
         plot_format(args.plot)

@@ -1,14 +1,18 @@
-"""Writing files so that nothing is ever half-written, lost or overwritten by mistake.
+"""Writing files so that nothing is ever half-written, lost or replaced by mistake.
 
-- `atomic_write`: a temporary file `.NAME.<pid>-<random>.tmp` beside the target, fsync,
+- `written_path`: the file a write of PATH lands in: symbolic links are followed to their
+  final target (a dangling link names the file it would create), so an output behind a
+  link is written through it and the link is kept, never replaced.
+- `atomic_write`: a temporary file `.NAME.<pid>-<random>.tmp` beside that target, fsync,
   rename. It honours the umask (mkstemp's files are 0600), keeps an existing target's
-  mode, removes its temporary file on any failure or signal that Python sees, and removes
-  the stale temporary files of dead processes for the same target before it starts.
-- `check_output_path` / `check_outputs`: before any work, each output must be a regular
-  file name the file system accepts, in a writable folder; no two outputs, and no output
-  and input, may name the same file.
-- `lock`: an exclusive `flock` on `.NAME.lock` beside a target, so that two runs never
-  write the same checkpoint at once; released (and removed) at exit.
+  mode, refuses to replace anything but a regular file, removes its temporary file on any
+  failure or signal that Python sees, and removes the stale temporary files of dead
+  processes for the same target before it starts. An OSError it raises carries
+  `.output` (the target, left as it was); `write_failure` words it by its cause.
+- `lock`: an exclusive lock (the `filelock` library: flock) on `.NAME.lock` beside a
+  target, so that two runs never write the same file; held until the process ends.
+
+The policy of which outputs a command accepts is in `mlp.outputs`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
-import fcntl
 import os
 import secrets
 import stat
@@ -27,14 +30,28 @@ from .errors import UserError
 
 #: errors that mean "the disk (or the file-size limit) is full", not a bug
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-#: the longest temporary-name suffix we make: "." + pid (7) + "-" + 8 hex + ".tmp"
-_TMP_EXTRA = len(".") + len("." + "9" * 7 + "-" + "0" * 8 + ".tmp")
+#: how many links a path may go through (as the kernel's MAXSYMLINKS)
+MAX_LINKS = 40
 
 
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def written_path(path) -> Path:
+    """The absolute path a write of `path` lands in: each symbolic link followed (relative ones
+    from their own folder) and the folders on the way resolved. A link into /proc (/dev/stdout,
+    /dev/fd/N) is not followed: what it names is an open file, not a place for a new one."""
+    p = Path(os.path.abspath(path))
+    for _ in range(MAX_LINKS):
+        parent = Path(os.path.realpath(p.parent))
+        p = parent / p.name
+        if parent.parts[1:2] == ("proc",) or not p.is_symlink():
+            return p
+        p = Path(os.path.abspath(parent / os.readlink(p)))
+    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
 
 
 def _tmp_name(path: Path) -> Path:
@@ -74,31 +91,38 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode: str = "wb"):
-    """Open a temporary file beside `path`; on success fsync it and rename it over `path`.
-
-    A failure (or a crash) before the rename leaves `path` as it was and removes the
-    temporary file, so readers see either the old file or the complete new one."""
-    path = Path(path)
-    remove_stale_temporaries(path)
+def atomic_write(path, mode: str = "wb", **open_args):
+    """Open a temporary file beside (the target of) `path`; on success fsync it and rename it
+    over that target. A failure (or a crash) before the rename leaves the target as it was
+    and removes the temporary file, so readers see either the old file or the complete new
+    one. `open_args` go to the text layer (encoding, errors, newline)."""
     try:
-        perms = stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        perms = 0o666 & ~_umask()
-    tmp = _tmp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        target = written_path(path)
+        st = os.stat(target) if os.path.lexists(target) else None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"it is {describe_kind(target) or 'not a regular file'}, which is never "
+                                        "replaced", str(target))
+        remove_stale_temporaries(target)
+        perms = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask()
+        tmp = _tmp_name(target)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError as exc:
+        exc.output = Path(path)
+        raise
     try:
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, **open_args) as f:
             yield f
             f.flush()
             os.fchmod(f.fileno(), perms)
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        os.replace(tmp, target)
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            exc.output = Path(path)
         raise
-    _fsync_dir(path.parent)
+    _fsync_dir(target.parent)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -110,11 +134,33 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def write_failure(exc: OSError, path=None) -> str:
+    """'cannot write PATH (Permission denied); <what to do about that cause>': the advice
+    follows the error (a full disk, a permission, a read-only file system, a mount point)."""
+    path = path or getattr(exc, "output", None) or exc.filename or "an output"
+    kept = f"; {path} was left as it was" if getattr(exc, "output", None) is not None else ""
+    return f"cannot write {path} ({exc.strerror or exc}){kept}; {write_advice(exc, path)}"
+
+
+def write_advice(exc: OSError, path) -> str:
+    """What to do about a failed write of `path`, by its cause."""
+    if exc.errno in DISK_FULL:
+        return "free some space (or raise the file-size limit, ulimit -f)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (f"check the permissions of {path} and of its folder (in a sticky folder such as /tmp "
+                "only a file's owner may replace it), or choose another path")
+    if exc.errno == errno.EROFS:
+        return "the file system is mounted read-only: choose another path"
+    if exc.errno == errno.EBUSY:
+        return "it is a mount point, which cannot be replaced: choose another path"
+    return "check the path and the disk, or choose another path"
+
+
 def describe_kind(path) -> str | None:
     """'a directory', 'a FIFO (named pipe)', ... for an existing non-regular file, else None."""
     try:
         mode = os.stat(path).st_mode
-    except OSError:
+    except (OSError, ValueError):
         return None
     for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
                        (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
@@ -141,99 +187,43 @@ def check_input_file(path, what: str) -> Path:
     return path
 
 
-def check_output_path(path, flag: str) -> Path:
-    """Fail now, not after an hour of training, if `path` cannot be written."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise UserError(f"{flag} {path}: is a directory; give a file name")
-    kind = describe_kind(path)
-    if kind is not None:
-        raise UserError(f"{flag} {path}: is {kind}, not a regular file; give a file name "
-                        "(outputs are replaced atomically, which a special file cannot be)")
-    if not parent.is_dir():
-        raise UserError(f"{flag} {path}: directory {parent} does not exist; create it or choose another path")
-    try:
-        name_max = os.pathconf(parent, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        name_max = 255
-    if len(os.fsencode(path.name)) + _TMP_EXTRA > name_max:
-        raise UserError(f"{flag} {path}: the file name is {len(os.fsencode(path.name))} bytes; this file system "
-                        f"takes at most {name_max} bytes per name, {_TMP_EXTRA} of which the temporary file "
-                        f"needs; choose a name of at most {name_max - _TMP_EXTRA} bytes")
-    if len(os.fsencode(os.path.abspath(path))) + _TMP_EXTRA >= 4096:
-        raise UserError(f"{flag} {path}: the path is too long for the file system; choose a shorter one")
-    probe = parent / f".mlp-write-check.{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except OSError as exc:
-        raise UserError(f"{flag} {path}: cannot write in {parent} ({exc.strerror}); "
-                        "choose a writable directory") from None
-    os.unlink(probe)
-    return path
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    with contextlib.suppress(OSError):
-        return os.path.samefile(a, b)   # hard links
-    return False
-
-
-def check_outputs(outputs: dict, inputs: dict | None = None, allowed=()) -> None:
-    """No two outputs, and no output and input, may name the same file (after symlinks and
-    hard links): `{"--save": path, ...}`; None values are skipped. `allowed` lists pairs of
-    flags that may share a file (`("--save", "--resume")`: continuing a run in place)."""
-    outs = [(flag, Path(p)) for flag, p in outputs.items() if p]
-    ins = [(flag, Path(p)) for flag, p in (inputs or {}).items() if p]
-    for i, (flag, path) in enumerate(outs):
-        for other, other_path in outs[i + 1:]:
-            if _same_file(path, other_path):
-                raise UserError(f"{flag} and {other} both name {path}; the second would overwrite the first: "
-                                "give each output its own file")
-        for other, other_path in ins:
-            if (flag, other) not in allowed and _same_file(path, other_path):
-                raise UserError(f"{flag} {path} is also the input {other}; writing it would destroy what is "
-                                "being read: choose another output file")
-
-
 # ----------------------------------------------------------------------------- locks
 
-_held: list = []
+_held: dict = {}   # lock file -> filelock.FileLock
 
 
 def lock(path, flag: str) -> None:
-    """Take an exclusive lock on `.NAME.lock` beside `path` for the rest of the process, or
-    raise a UserError if another process holds it (another run writes the same file)."""
-    path = Path(path)
-    lock_path = path.parent / f".{path.name}.lock"
-    while True:
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666 & ~_umask())
-        except OSError as exc:
-            raise UserError(f"{flag} {path}: cannot create the lock file {lock_path} ({exc.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise UserError(f"{flag} {path}: another run is writing this file (it holds {lock_path}); "
-                            "wait for it to finish or choose another path") from None
-        with contextlib.suppress(OSError):  # the file we locked is still the one at that name
-            if os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
-                _held.append((fd, lock_path))
-                return
-        os.close(fd)  # it was removed by its previous holder in between: take the new one
+    """Take an exclusive lock on `.NAME.lock` beside the target of `path` for the rest of the
+    process (again for the same file: nothing to do), or raise a UserError if another process
+    holds it (another run writes the same file)."""
+    import filelock
+
+    target = written_path(path)
+    lock_path = target.parent / f".{target.name}.lock"
+    if lock_path in _held:
+        return
+    held = filelock.FileLock(lock_path, timeout=0, fallback_to_soft=False)
+    try:
+        held.acquire()
+    except filelock.Timeout:
+        raise UserError(f"{flag} {path}: another run is writing this file (it holds {lock_path}); "
+                        "wait for it to finish or choose another path") from None
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot lock it with {lock_path} ({exc.strerror}); "
+                        "check the folder's permissions or choose another path") from None
+    _held[lock_path] = held
 
 
 def release_locks() -> None:
-    """Remove and unlock every lock this process holds (called at exit)."""
+    """Remove, then unlock, every lock file this process holds (called at exit). Removed first:
+    a run that opened the file in between finds it unlinked once it gets the lock, and
+    filelock treats that as not acquired, so no two runs ever hold the same name."""
     while _held:
-        fd, lock_path = _held.pop()
+        lock_path, held = _held.popitem()
         with contextlib.suppress(OSError):
             os.unlink(lock_path)
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        with contextlib.suppress(Exception):
+            held.release(force=True)
 
 
 atexit.register(release_locks)

@@ -1,5 +1,5 @@
 """What a run records epoch by epoch: the validation split, each epoch's figures, the
---log file, early stopping and the best checkpoint.
+--log file (mlp.runlog), early stopping and the best checkpoint.
 
 Validation uses held-out *training* rows only (`--val-split F`); the test set is never
 looked at before the run ends. Its loss and accuracy are computed once per epoch, on the
@@ -8,20 +8,13 @@ device, and come back to the host as two numbers in one round trip.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 
 from . import model
 from .errors import CheckpointError, UserError
 from .progress import fmt_loss
-
-#: the columns of the --log file, one row per epoch
-COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "seconds")
-
 
 def resolve_val_split(given: float | None, ckpt, resume_path) -> float:
     """The flag, else the checkpoint's split, else 0; a flag that contradicts the checkpoint is an
@@ -60,43 +53,6 @@ def validation_figures(backend, params, Xv, yv, activation: str) -> tuple[float,
 
 class EarlyStopped(Exception):
     """The validation loss stopped improving; the state is at a complete epoch."""
-
-
-class EpochLog:
-    """--log PATH: one row per epoch, written and flushed as the epoch ends, so the run can be
-    watched (`tail -f`) or plotted while it runs. JSON lines for .jsonl/.ndjson, else CSV."""
-
-    def __init__(self, path, keep_until: int = 0):
-        """A new log; resuming a run (keep_until = the checkpoint's epoch), the rows of that run's
-        epochs up to keep_until are kept from an existing log at `path`, so the log stays whole."""
-        self.path = Path(path)
-        self.json = self.path.suffix.lower() in (".jsonl", ".ndjson")
-        kept = self._rows_until(keep_until) if keep_until else []
-        self.file = open(self.path, "w", newline="")
-        self.writer = None if self.json else csv.DictWriter(self.file, COLUMNS)
-        if self.writer is not None:
-            self.writer.writeheader()
-        for row in kept:
-            self.write(row)
-        self.file.flush()
-
-    def _rows_until(self, epoch: int) -> list[dict]:
-        try:
-            with open(self.path, newline="") as f:
-                rows = [json.loads(line) for line in f if line.strip()] if self.json else list(csv.DictReader(f))
-            return [r for r in rows if int(r["epoch"]) <= epoch]
-        except (OSError, ValueError, KeyError, TypeError):
-            return []  # no log, or not one of ours: start a new one
-
-    def write(self, row: dict) -> None:
-        if self.json:
-            self.file.write(json.dumps({k: row.get(k) for k in COLUMNS}) + "\n")
-        else:
-            self.writer.writerow({k: "" if row.get(k) is None else row[k] for k in COLUMNS})
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
 
 
 class History:

@@ -9,6 +9,7 @@ caller expects and against the member's size in the archive; only then is it rea
 
 from __future__ import annotations
 
+import struct
 import zipfile
 import zlib
 
@@ -16,6 +17,11 @@ import numpy as np
 
 #: deflate expands at most ~1032 times; a member claiming more than this is a lie
 MAX_RATIO = 1100
+#: members an archive may have (a checkpoint has 7), and the bytes of its central directory that
+#: lists them: more is refused before the directory is read
+MAX_MEMBERS = 64
+MAX_DIRECTORY_BYTES = 64 << 10
+_EOCD = b"PK\x05\x06"          # the end-of-central-directory record: 22 bytes + a comment (< 64 kB)
 
 
 def read_npy_header(f) -> tuple[tuple, bool, np.dtype]:
@@ -27,6 +33,20 @@ def read_npy_header(f) -> tuple[tuple, bool, np.dtype]:
     if version == (2, 0):
         return np.lib.format.read_array_header_2_0(f)
     raise ValueError(f"unsupported .npy format version {version}")
+
+
+def directory_size(f) -> tuple[int, int]:
+    """(members, bytes of the central directory) of the zip archive open as `f`, from its
+    end-of-central-directory record (in the last 64 kB): known before zipfile reads the
+    directory (0xFFFF and 0xFFFFFFFF mean a zip64 archive: at least as many)."""
+    size = f.seek(0, 2)
+    tail_start = max(0, size - (22 + 0xFFFF))
+    f.seek(tail_start)
+    tail = f.read()
+    at = tail.rfind(_EOCD)
+    if at < 0 or len(tail) - at < 22:
+        raise zipfile.BadZipFile("no end-of-central-directory record")
+    return struct.unpack("<HI", tail[at + 10:at + 16])
 
 
 class NpzError(ValueError):
@@ -42,9 +62,16 @@ class Npz:
 
     def __init__(self, path):
         try:
-            self.zip = zipfile.ZipFile(path)
+            with open(path, "rb") as f:
+                count, directory = directory_size(f)
+            if count <= MAX_MEMBERS and directory <= MAX_DIRECTORY_BYTES:
+                self.zip = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
             raise NpzError(f"not a readable .npz archive ({exc})") from None
+        if count > MAX_MEMBERS or directory > MAX_DIRECTORY_BYTES:
+            raise NpzError(f"{'65,535 or more' if count == 0xFFFF else f'{count:,}'} members in a directory of "
+                           f"{directory:,} bytes, more than an archive of ours has (at most {MAX_MEMBERS} members, "
+                           f"{MAX_DIRECTORY_BYTES:,} bytes)")
         self.names = {n.removesuffix(".npy") for n in self.zip.namelist() if n.endswith(".npy")}
 
     def __enter__(self):

@@ -3,6 +3,10 @@ for (.png, .jpg, .svg, .pdf, ...: whatever matplotlib writes); another suffix is
 
 from __future__ import annotations
 
+import functools
+import io
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +15,22 @@ from .errors import UserError
 from .files import atomic_write
 
 
+def _matplotlib():
+    """matplotlib, drawing with Agg: figures are only ever written to files, so $MPLBACKEND (which
+    names a backend for windows, and makes `import matplotlib` fail when it names none) is
+    set to agg for this process first."""
+    os.environ["MPLBACKEND"] = "agg"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    return matplotlib
+
+
 def plot_format(path, flag: str = "--plot") -> str:
-    """The matplotlib format named by `path`'s suffix; a UserError for none or an unknown one
-    (checked before any work, so a run never ends with an unwritable figure)."""
+    """The matplotlib format named by `path`'s suffix, once a small figure has been written in it:
+    a UserError (before any work) for no suffix, an unknown one, or a format this installation
+    cannot write (.pgf without its TeX program)."""
+    matplotlib = _matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     formats = FigureCanvasAgg.get_supported_filetypes()
@@ -22,20 +39,40 @@ def plot_format(path, flag: str = "--plot") -> str:
         given = f"the suffix .{suffix} names no image format" if suffix else "no suffix to name the image format"
         raise UserError(f"{flag} {path}: {given}; end the name with one of "
                         f"{', '.join('.' + f for f in sorted(formats))} (e.g. .png)")
+    tex = matplotlib.rcParams["pgf.texsystem"] if suffix == "pgf" else None
+    if tex and shutil.which(tex) is None:
+        raise UserError(f"{flag} {path}: a .pgf figure needs {tex}, which is not installed; "
+                        "use .pdf or .svg (or install a TeX system)")
+    problem = _cannot_write(suffix)
+    if problem:
+        raise UserError(f"{flag} {path}: matplotlib cannot write .{suffix} here ({problem}); use .png, .pdf or .svg")
     return suffix
 
 
-def _pyplot():
-    import matplotlib
+@functools.lru_cache(maxsize=None)
+def _cannot_write(suffix: str) -> str | None:
+    """Why a small figure with text cannot be written as `suffix`, or None when it can."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
+    fig = Figure(figsize=(1, 1))
+    fig.subplots().set_title("x")
+    try:
+        fig.savefig(io.BytesIO(), format=suffix)
+    except Exception as exc:   # noqa: BLE001 - whatever the format's writer lacks, said now, not after the run
+        return str(exc)[:120] or type(exc).__name__
+    return None
+
+
+def pyplot():
+    """matplotlib.pyplot, drawing with Agg."""
+    _matplotlib()
     import matplotlib.pyplot as plt
 
     return plt
 
 
 def _save(fig, path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     try:
         with atomic_write(path) as f:
             fig.savefig(f, format=plot_format(path), dpi=120, bbox_inches="tight")
@@ -49,7 +86,7 @@ def plot_losses(path, losses, steps_per_epoch: int, title: str, rows=(), test_ac
     With validation figures in `rows` (one dict per epoch: step, val_loss, val_accuracy) the
     validation loss is drawn beside them, and a second panel shows the validation accuracy
     per epoch (and the test accuracy reached at the end, as a dashed line)."""
-    plt = _pyplot()
+    plt = pyplot()
     losses = np.asarray(losses, dtype=np.float64)
     steps = np.arange(1, len(losses) + 1)
     val = [r for r in rows if r.get("val_loss") is not None]
@@ -92,7 +129,7 @@ def _probability(p: float) -> str:
 
 def plot_misclassified(path, X, digits, probs, wrong, image_shape, classes, *, max_shown: int = 64) -> None:
     """A grid of misclassified images, each titled "true 7, predicted 3, P(7)=0.03"."""
-    plt = _pyplot()
+    plt = pyplot()
     shown = wrong[:max_shown]
     cols = max(1, min(8, len(shown)))
     rows = max(1, -(-len(shown) // cols))

@@ -23,9 +23,10 @@ from . import checkpoint
 from .cli import Parser, add_device_flags, dask_options, run
 from .data import MNIST_MEAN, MNIST_STD, normalise
 from .errors import UserError
-from .files import atomic_write, check_output_path, check_outputs
+from .files import atomic_write
 from .images import load_image, looks_wrong, scale_pixels
 from .scoring import probabilities
+from .outputs import check_outputs
 
 #: the files a directory given as IMAGE contributes (others in it are left alone)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
@@ -60,6 +61,8 @@ def load_stack(path: Path, shape: tuple) -> np.ndarray | None:
         return None  # load_image says what is wrong with it
     if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != tuple(shape):
         return None
+    if arr.shape[0] == 0:
+        return np.zeros(arr.shape)                         # an empty stack: no images, and no note
     return scale_pixels(np.asarray(arr), path)             # the same rule as a single .npy image
 
 
@@ -71,7 +74,7 @@ def collect(paths, shape: tuple, *, resize: bool, invert: bool) -> tuple[list[st
         stack = load_stack(path, shape)
         if stack is not None:
             names += [f"{path}[{i}]" for i in range(stack.shape[0])]
-            rows.append((1.0 - stack if invert else stack).reshape(stack.shape[0], -1))
+            rows.append((1.0 - stack if invert else stack).reshape(stack.shape[0], int(np.prod(shape))))
             continue
         pixels, note = load_image(path, shape, resize=resize, invert=invert)
         if note:
@@ -89,8 +92,10 @@ def probability(p) -> str:
 
 
 def write_csv(path, names, probs, classes) -> None:
+    """UTF-8; a file name that is not valid UTF-8 is written as its own bytes (surrogateescape),
+    so that the name in the CSV is the name on disk (`os.fsencode` of it)."""
     a, b = classes
-    with atomic_write(path, "w") as f:
+    with atomic_write(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["input", f"p_{b}", "predicted"])
         for name, p in zip(names, probs):
@@ -118,9 +123,8 @@ def build_parser() -> Parser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.csv:
-        check_output_path(args.csv, "--csv")
         check_outputs({"--csv": args.csv}, {"--checkpoint": args.checkpoint,
-                                            **{f"the input {p}": p for p in expand_inputs(args.images)}})
+                                            **{f"IMAGE {p}": p for p in expand_inputs(args.images)}})
     ckpt = checkpoint.load(args.checkpoint)
     cfg = ckpt.config
     shape = tuple(cfg.get("image_shape") or (int(cfg["n_features"]),))
@@ -129,7 +133,8 @@ def main(argv=None) -> int:
                         f"{cfg['n_features']} features; the file is corrupt")
     names, X = collect(args.images, shape, resize=args.resize, invert=args.invert)
     if not names:
-        raise UserError("no images to predict: the inputs given hold none (an empty stack?)")
+        raise UserError(f"no images to predict: {', '.join(map(str, args.images))[:200]} "
+                        "holds none (an empty stack of shape (0, ...)?); give at least one image")
     X = normalise(X, mean=cfg.get("mean", MNIST_MEAN), std=cfg.get("std", MNIST_STD))   # pixels in [0, 1]
     backend = backends.resolve(args.device, args.backend, dask_options(args))
     params = {k: backend.asarray(v, cfg["dtype"]) for k, v in ckpt.params.items()}

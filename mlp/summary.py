@@ -76,7 +76,6 @@ def summary_line(m: dict, test: dict, backend) -> str:
 def write_metrics(path, m: dict) -> None:
     with atomic_write(path, "w") as f:
         json.dump(m, f, indent=1)
-    wrote(path)
 
 
 def write_loss_plot(path, m: dict, steps_per_epoch: int, backend) -> None:
@@ -86,4 +85,3 @@ def write_loss_plot(path, m: dict, steps_per_epoch: int, backend) -> None:
     plot_losses(path, m["losses"], steps_per_epoch,
                 f"MNIST {a} vs {b}: H={m['hidden']} {m['activation']}, lr {m['lr']}, batch {m['batch_size']}, "
                 f"{m['dtype']}, {backend.name} on {backend.device}", m["history"], m["test_accuracy"])
-    wrote(path)

@@ -16,18 +16,21 @@ from mlp import backends
 
 from . import checkpoint, model
 from .checkpoint import RUN_KEYS, Checkpoint
-from .cli import (Parser, add_data_flags, add_device_flags, dask_options, exit_code, positive_float, positive_int, run,
-                  seed_int, val_fraction)
+from .checkpoint_meta import MAX_COUNT, MAX_DIM, MAX_LABEL
+from .cli import (Parser, add_data_flags, add_device_flags, bounded_int, dask_options, exit_code,
+                  positive_float, positive_int, run, seed_int, val_fraction)
 from .data import MNIST_MEAN, MNIST_STD, data_paths, default_data_dir, load_dataset
 from .errors import CheckpointError, DivergedError, UserError
-from .files import check_output_path, check_outputs, lock
-from .history import EarlyStopped, EpochLog, History, holdout, resolve_val_split
+from .files import write_failure
+from .history import EarlyStopped, History, holdout, resolve_val_split
 from .batches import batching
 from .loop import ENGINES, Interrupted, StopOnSignals, TrainState, fit, make_engine, params_finite
+from .outputs import check_outputs
 from .plots import plot_format
 from .progress import Progress, epoch_train_loss, fmt_loss
 from .saver import Saver
 from .rows import training_arrays
+from .runlog import EpochLog
 from .scoring import score
 from .summary import continue_command, metrics, summary_line, write_loss_plot, write_metrics, wrote
 
@@ -46,7 +49,7 @@ DEFAULTS = {
 
 
 def batch_size_arg(text: str):
-    return "full" if text.strip().lower() == "full" else positive_int(text)
+    return "full" if text.strip().lower() == "full" else bounded_int(1, MAX_COUNT)(text)
 
 
 def build_parser() -> Parser:
@@ -60,16 +63,16 @@ def build_parser() -> Parser:
     add_device_flags(p)
     add_data_flags(p)
     g = p.add_argument_group("model and optimiser")
-    g.add_argument("--classes", nargs=2, type=int, metavar=("A", "B"),
+    g.add_argument("--classes", nargs=2, type=bounded_int(0, MAX_LABEL), metavar=("A", "B"),
                    help=f"the two digits; label 1 = B (default: {d['classes'][0]} {d['classes'][1]})")
-    g.add_argument("--hidden", type=positive_int, metavar="H", help=f"hidden units (default: {d['hidden']})")
+    g.add_argument("--hidden", type=bounded_int(1, MAX_DIM), metavar="H", help=f"hidden units (default: {d['hidden']})")
     g.add_argument("--activation", choices=model.ACTIVATIONS, help=f"hidden activation (default: {d['activation']})")
     g.add_argument("--init", choices=model.INITS,
                    help="weights: classic = 0.01*uniform[0,1) (the exercise's), normal = 0.01*N(0,1), "
                         "he = N(0, 2/fan_in), xavier = N(0, 2/(fan_in+fan_out)) "
                         "(default: he for relu, xavier for tanh)")
     g.add_argument("--lr", type=positive_float, help=f"learning rate of plain gradient descent (default: {d['lr']})")
-    g.add_argument("--epochs", type=positive_int,
+    g.add_argument("--epochs", type=bounded_int(1, MAX_COUNT),
                    help=f"total epochs of the run, counting those in --resume's checkpoint (default: {d['epochs']})")
     g.add_argument("--batch-size", type=batch_size_arg, metavar="N|full",
                    help=f"rows per step, or 'full' for the whole training set (default: {d['batch_size']})")
@@ -147,10 +150,8 @@ def _show(value) -> str:
 
 
 def check_flags(args) -> None:
-    """Everything that can be checked before any work: nothing is written yet."""
-    for flag in ("save", "metrics_json", "plot", "save_best", "log"):
-        if getattr(args, flag):
-            check_output_path(getattr(args, flag), "--" + flag.replace("_", "-"))
+    """Everything that can be checked before any work: nothing is written yet. Each output is
+    then locked: a second run writing the same file is refused; released at exit."""
     if args.checkpoint_every and not args.save:
         raise UserError("--checkpoint-every needs --save PATH to know where to write")
     inputs = {"--resume": args.resume, **{f"--data-dir's {p.name}": p  # --resume x --save x: in place
@@ -160,8 +161,6 @@ def check_flags(args) -> None:
     check_outputs(outputs, inputs, allowed={("--save", "--resume")})
     if args.plot:
         plot_format(args.plot)
-    if args.save:
-        lock(args.save, "--save")  # a second run writing the same checkpoint is refused; released at exit
 
 
 def load_rows(args, cfg: dict, ckpt: Checkpoint | None):
@@ -207,13 +206,13 @@ def announce(args, cfg, backend, engine, n: int, n_val: int, n_features: int, ck
           f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, {cfg['dtype']}", file=sys.stderr, flush=True)
 
 
-def watch(args, backend, cfg: dict, val, save: "Saver", state_epoch: int, ckpt) -> History:
+def watch(args, backend, cfg: dict, val, save: "Saver", log: EpochLog | None, ckpt) -> History:
     """Validation (its rows to the device, once), the --log file, early stopping, --save-best;
     a resumed run continues from the best validation loss its checkpoint records."""
     if val is not None:
         val = backend.asarray(val[0], cfg["dtype"]), backend.asarray(val[1].reshape(-1, 1), cfg["dtype"])
     history = History(backend, cfg["activation"], val, patience=args.early_stop,
-                      log=EpochLog(args.log, keep_until=state_epoch) if args.log else None,
+                      log=log,
                       save_best=(lambda state: save(args.save_best, state)) if args.save_best else None,
                       carried=ckpt.meta.get("validation") if ckpt is not None and val is not None else None)
     save.validation = history.carried
@@ -246,6 +245,7 @@ def main(argv=None) -> int:
     check_flags(args)
     ckpt = checkpoint.load(args.resume) if args.resume else None
     cfg = resolve_config(args, ckpt)
+    log = EpochLog(args.log, keep_until=ckpt.epoch if ckpt else 0) if args.log else None  # a resumed log: checked now
     backend = backends.resolve(args.device, args.backend, dask_options(args))
     data, rows, val = load_rows(args, cfg, ckpt)
     X, y, data_fingerprint = training_arrays(backend, data, rows, cfg["dtype"], store=args.store)  # to the device, once
@@ -256,11 +256,11 @@ def main(argv=None) -> int:
                 "data_fingerprint": data_fingerprint}
     state = TrainState.fresh(backend, cfg, n_features) if ckpt is None else TrainState.from_checkpoint(backend, ckpt)
     _, steps_per_epoch = batching(n, cfg["batch_size"])
-    engine = make_engine(backend, args.engine, cfg, X, y)
+    engine = make_engine(backend, args.engine, cfg, X, y)   # a backend without the engine asked for: refused first
     announce(args, cfg, backend, engine, n, n_val, n_features, ckpt, steps_per_epoch)
     save = Saver(backend, cfg, data_cfg, ckpt, args.resume, engine.name)
     progress = Progress(cfg["epochs"], steps_per_epoch, state, enabled=not args.quiet)
-    history = watch(args, backend, cfg, val, save, state.epoch, ckpt)   # checks done: from here on, files are written
+    history = watch(args, backend, cfg, val, save, log, ckpt)   # checks are done: from here on, files are written
 
     def on_epoch_end(state: TrainState):
         progress.epoch_line(state, history.epoch_end(state, epoch_train_loss(state, steps_per_epoch)))
@@ -298,21 +298,37 @@ def finish(args, cfg, backend, state, history, data, n, n_val, steps_per_epoch, 
     """After training: the test set (for the first time), the summary, and the outputs."""
     if stopped:
         print(stopped, file=sys.stderr)
+    written, failed = [], []   # a line for each output written, or one line for those that failed
     if args.save:
         save(args.save, state, check=False)  # just checked finite
-        wrote(args.save, f"epoch {state.epoch}")
+        written.append((args.save, f"epoch {state.epoch}"))
     if args.save_best and history.best["written"]:
-        wrote(args.save_best, f"epoch {history.best['epoch']}, validation loss {fmt_loss(history.best['val_loss'])}")
-    if args.log:
-        wrote(args.log, f"{len(history.rows)} epochs")
+        written.append((args.save_best, f"epoch {history.best['epoch']}, validation loss "
+                                        f"{fmt_loss(history.best['val_loss'])}"))
+    log = history.log
+    if log is not None and log.error is not None:
+        failed.append(f"--log: {write_failure(log.error, args.log)} (it stops at epoch "
+                      f"{log.rows[-1]['epoch'] if log.rows else 0})")
+    elif log is not None and log.rows:
+        written.append((args.log, f"{len(log.rows)} epochs"))
     test = score(backend, state.params, data.test.X, data.test.y, cfg["activation"])
     m = metrics(backend, cfg, state, test, history, engine=save.engine, n_train=n, n_val=n_val,
                 train_loss=epoch_train_loss(state, steps_per_epoch), stopped=stopped)
     print(summary_line(m, test, backend))
-    if args.metrics_json:
-        write_metrics(args.metrics_json, m)
-    if args.plot:
-        write_loss_plot(args.plot, m, steps_per_epoch, backend)
+    for flag, path, write in (("--metrics-json", args.metrics_json, lambda: write_metrics(args.metrics_json, m)),
+                              ("--plot", args.plot, lambda: write_loss_plot(args.plot, m, steps_per_epoch, backend))):
+        try:
+            if path:
+                write()
+                written.append((path, None))
+        except (OSError, ValueError, RuntimeError) as exc:   # never costs the model: it is saved by now
+            why = write_failure(exc) if isinstance(exc, OSError) else f"cannot write {path} ({exc})"
+            failed.append(f"{flag}: {why}")
+    if failed:
+        kept = ", ".join(f"{p}" + (f" ({d})" if d else "") for p, d in written) or "nothing else was asked for"
+        raise UserError(f"{'; '.join(failed)}; written: {kept}")
+    for path, detail in written:
+        wrote(path, detail)
 
 
 main.prog = "mlp.train"

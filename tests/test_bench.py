@@ -61,6 +61,8 @@ def test_quick_sweep_end_to_end(data_dir, tmp_path):
     assert "Median ms per minibatch epoch" in table
     assert "no GPU was measured in this run" in table
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("b.json", "b.md", "b.png"):   # a line for each output written, as the trainer's
+        assert f"wrote {tmp_path / name}" in result.stderr
     assert table.strip() in result.stdout
 
 
@@ -69,7 +71,7 @@ def test_bad_bench_flags_are_one_line():
     assert result.returncode == 2
     assert result.stderr.strip() == "bench: error: unknown peer 'tensorflow': use " + ", ".join(PEERS) + " or none"
     result = run_cli("bench", "--sizes", "0")
-    assert result.returncode == 2 and "sizes must be at least 1" in result.stderr
+    assert result.returncode == 2 and "sizes must be whole numbers from 1 to 2**62, got 0" in result.stderr
 
 
 @pytest.mark.parametrize("n, d, h", [(10, 784, 128), (257, 31, 7), (1000, 784, 1024)])

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mlp import backends, checkpoint, data, evaluate, history, predict, train
+from mlp import backends, checkpoint, data, evaluate, history, predict, runlog, train
 from mlp.scoring import score
 from mlp.progress import fmt_loss
 from mlp.summary import continue_command
@@ -63,7 +63,7 @@ def test_validation_figures_log_and_best_checkpoint(small, tmp_path):
     assert code == 0, err
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
-    assert list(rows[0]) == list(history.COLUMNS)
+    assert list(rows[0]) == list(runlog.COLUMNS)
     m = json.loads((tmp_path / "m.json").read_text())
     assert (m["n_train"], m["n_val"]) == (60, 20)
     for line in (f"wrote {tmp_path / 'last.npz'} (epoch 5)", f"wrote {tmp_path / 'log.csv'} (5 epochs)",
@@ -172,7 +172,7 @@ def test_a_resumed_run_keeps_its_best_checkpoint_and_its_patience(small, tmp_pat
 
 
 def test_epoch_log_is_flushed_as_it_goes(tmp_path):
-    log = history.EpochLog(tmp_path / "l.csv")
+    log = runlog.EpochLog(tmp_path / "l.csv")
     log.write({"epoch": 1, "step": 5, "train_loss": 0.5, "seconds": 0.1})
     assert (tmp_path / "l.csv").read_text().splitlines()[1] == "1,5,0.5,,,0.1"  # readable before close
     log.close()

@@ -142,7 +142,7 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(tiny, tmp_path):
     assert stderr.strip().splitlines() == [
         f"mlp.train: error: cannot write the checkpoint {ckpt} (File too large); {ckpt} was left as it was "
         f"(epoch 1); the parameters could not be saved elsewhere either ({rescue}: File too large); "
-        "free some space (or raise ulimit -f) and resume from it"]
+        "free some space (or raise the file-size limit, ulimit -f), and resume from it"]
     assert ckpt.read_bytes() == before
     assert files_in(tmp_path) == ["c.npz"]
     assert not rescue.exists()
@@ -181,10 +181,15 @@ def test_no_space_left_saves_a_rescue_copy(tiny, tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(summary.json, "dump", no_space)    # what --metrics-json writes with
-    assert_refused(call_cli(train.main, "--data-dir", tiny / "data", "--epochs", "1", "--batch-size", "8",
-                            "--hidden", "4", "--quiet", "--metrics-json", tmp_path / "m.json"),
-                   "mlp.train: error: No space left on device; nothing was replaced: free some space")
-    assert (tmp_path / "m.json").read_text() == "{}" and files_in(tmp_path) == ["c.npz", "m.json"]
+    code, _, err = call_cli(train.main, "--data-dir", tiny / "data", "--epochs", "1", "--batch-size", "8",
+                            "--hidden", "4", "--quiet", "--metrics-json", tmp_path / "m.json",
+                            "--save", tmp_path / "new.npz")
+    assert code == 2 and err.strip().splitlines() == [
+        f"mlp.train: error: --metrics-json: cannot write {tmp_path / 'm.json'} (No space left on device); "
+        f"{tmp_path / 'm.json'} was left as it was; free some space (or raise the file-size limit, "
+        f"ulimit -f); written: {tmp_path / 'new.npz'} (epoch 1)"]
+    assert (tmp_path / "m.json").read_text() == "{}" and files_in(tmp_path) == ["c.npz", "m.json", "new.npz"]
+    assert checkpoint.load(tmp_path / "new.npz").epoch == 1   # a secondary output never costs the model
 
 
 def test_a_second_run_on_the_same_checkpoint_is_refused(tiny, tmp_path):
@@ -233,7 +238,7 @@ def test_idx_bombs_and_impossible_headers(tiny, tmp_path):
         assert_refused(call_cli(train.main, "--data-dir", folder, "--quiet"), message)
 
 
-def test_download_writes_at_most_the_expected_bytes(mirror, tmp_path, monkeypatch):
+def test_download_writes_at_most_the_expected_bytes(mirror, tmp_path, monkeypatch):  # noqa: F811 (the fixture)
     make_dataset(mirror)
     trust(mirror, monkeypatch)
     name = "train-labels-idx1-ubyte.gz"

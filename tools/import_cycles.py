@@ -20,10 +20,10 @@ FLOORS = {
     "top": ["mlp.bench"],
     "commands": ["mlp.train", "mlp.evaluate", "mlp.predict", "mlp.convert", "mlp.cli", "mlp.estimator"],
     "run": ["mlp.loop", "mlp.history", "mlp.progress", "mlp.scoring", "mlp.summary", "mlp.saver", "mlp.rows",
-            "mlp.plots"],
+            "mlp.plots", "mlp.runlog"],
     "devices": ["mlp.backends"],
     "data": ["mlp.model", "mlp.data", "mlp.store", "mlp.checkpoint", "mlp.checkpoint_meta", "mlp.images"],
-    "ground": ["mlp.errors", "mlp.files", "mlp.idx", "mlp.npz", "mlp.batches", "mlp.versions"],
+    "ground": ["mlp.errors", "mlp.files", "mlp.outputs", "mlp.idx", "mlp.npz", "mlp.batches", "mlp.versions"],
 }
 LEVEL = {name: len(FLOORS) - i for i, names in enumerate(FLOORS.values()) for name in names}
 
