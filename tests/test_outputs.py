@@ -140,7 +140,9 @@ def test_a_read_only_output_is_refused_before_training(tiny):
     (tmp_path / "log.csv").write_text("kept\n")
     (tmp_path / "log.csv").chmod(0o444)
     drop = "os.setuid(65534) if os.geteuid() == 0 else None"   # root may write anything: run as nobody
-    code = (f"import os, sys, importlib.metadata, filelock; from mlp import cli, train; {drop}; "
+    # the parser (which reads the package's metadata) is built before dropping to nobody, who cannot
+    # read this machine's Python under /root
+    code = (f"import os, sys, importlib.metadata, filelock; from mlp import cli, train; train.build_parser(); {drop}; "
             "sys.exit(cli.run(train.main, ['--data-dir', "
             f"{str(tiny / 'data')!r}, '--quiet', '--log', {str(tmp_path / 'log.csv')!r}]))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
