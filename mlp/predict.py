@@ -134,6 +134,7 @@ def main(argv=None) -> int:
         raise UserError("no images to predict: the inputs given hold none (an empty stack?)")
     X = normalise(X, mean=cfg.get("mean", MNIST_MEAN), std=cfg.get("std", MNIST_STD))   # pixels in [0, 1]
     backend = backends.resolve(args.device, args.backend, dask_options(args))
+    backends.choose_threads(backend, min(len(X), CHUNK), cfg["n_features"], cfg["hidden"], args.threads)
     params = {k: backend.asarray(v, cfg["dtype"]) for k, v in ckpt.params.items()}
     probs = np.concatenate([  # in chunks of rows, to bound the device memory
         backend.to_host(model.predict_proba(params, backend.asarray(X[i:i + CHUNK], cfg["dtype"]), cfg["activation"]))
