@@ -170,7 +170,8 @@ def make_engine(backend, name: str, cfg: dict, X, y) -> Engine:
     """The engine `name` ('auto', 'eager' or 'compiled') for this backend and run; `cfg` gives
     batch_size, lr and activation.
 
-    'auto' is the compiled engine where the backend has one, else eager. Asking for
+    'auto' is the compiled engine where the backend has one that pays for its compiling, else
+    eager (torch on the CPU: compiling takes longer than a usual run saves). Asking for
     'compiled' where there is none is a UserError."""
     if name not in ENGINES:
         raise UserError(f"unknown engine {name!r}: use one of {', '.join(ENGINES)}")
@@ -183,7 +184,7 @@ def make_engine(backend, name: str, cfg: dict, X, y) -> Engine:
     if dask is not None:
         return dask(backend, X, y, batch, lr=cfg["lr"], activation=cfg["activation"])
     step = functools.partial(model.train_step, lr=cfg["lr"], activation=cfg["activation"])
-    if name != "eager" and compiled is not None:
+    if compiled is not None and (name == "compiled" or name == "auto" and backend.auto_compiles):
         return compiled(step, X, y, batch)
     return EagerEngine(backend, step, X, y, batch)
 

@@ -122,6 +122,19 @@ def test_cuda_graph_step_logic_matches_eager_on_cpu(dtype, batch_size):
         assert_close(params[k], eager_params[k], TOLERANCE[dtype])
 
 
+@needs["torch"]
+def test_compiled_torch_on_cpu_matches_eager(dtype="float32"):
+    """torch.compile of the step (B rows and the 44-row remainder: two programs; compiling takes a while)."""
+    engine, losses, params = train_with("torch", "compiled", dtype, 64, segment=3)
+    assert type(engine).__name__ == "TorchCompileEngine" and engine.name == "compiled"
+    _, eager_losses, eager_params = cached("torch", "eager", dtype, 64)
+    assert len(losses) == 10
+    assert_close(losses, eager_losses, TOLERANCE[dtype])
+    for k in model.PARAM_NAMES:
+        assert params[k].dtype == np.dtype(dtype)
+        assert_close(params[k], eager_params[k], TOLERANCE[dtype])
+
+
 @pytest.mark.gpu
 @needs_torch_gpu
 @pytest.mark.parametrize("batch_size", [64, "full"])
