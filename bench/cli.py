@@ -269,7 +269,7 @@ def metadata(argv, records, real_shape) -> dict:
         "malloc_keeps_freed_memory": os.environ.get("MLP_MALLOC_DEFAULTS") != "1",
         "real_rows": real_shape[0],
         "usable_cores": usable_cores(),      # affinity and cgroup quota: what the thread policy sizes pools by
-        "load_avg_start": [round(v, 2) for v in os.getloadavg()],
+        "load_avg_end": [round(v, 2) for v in os.getloadavg()],   # 1, 5, 15 min, as the sweep ended
         "features": real_shape[1],
         "wall_seconds": None,
         "unit": "one training epoch over N rows (forward + hand-written backward + update), data on the device; "
