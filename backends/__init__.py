@@ -12,8 +12,9 @@ never needs CuPy, PyTorch or JAX installed.
     dask           -> NumPy (or, on cuda, CuPy) chunks on a Dask cluster: see dask_cluster.py
 
 The modules: base (Backend, device names), libraries (one factory per library), host (the
-CPU, its allocator and memory), oom (out-of-memory errors), torch_graph and jax_engine (the
-compiled engines), dask_cluster and dask_engine (--backend dask).
+CPU, its allocator and memory), threads (the CPU thread pools' size), oom (out-of-memory errors),
+torch_graph, torch_compile and jax_engine (the compiled engines), dask_cluster and dask_engine
+(--backend dask).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mlp.model import DTYPES
 from .base import BACKENDS, INSTALL_HINT, Backend, parse_device
 from .host import cpu_name, keep_freed_memory
 from .oom import describe_out_of_memory, is_out_of_memory
+from .threads import choose as choose_threads
 
 __all__ = [
     "Backend",
@@ -42,6 +44,7 @@ __all__ = [
     "is_out_of_memory",
     "describe_out_of_memory",
     "keep_freed_memory",
+    "choose_threads",
 ]
 
 

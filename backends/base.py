@@ -43,6 +43,7 @@ class Backend:
     # the compiled engine where this backend has one: (step, X, y, batch) -> engine (see mlp.loop)
     compiled_engine: Callable | None = field(default=None, repr=False)
     picked: str | None = None
+    auto_compiles: bool = True     # False: `--engine auto` stays eager (compiling costs more than it saves)
 
     def asarray(self, host_array, dtype: str | None = None):
         """Copy a host (NumPy) array to this device, optionally casting to 'float32'/'float64'.

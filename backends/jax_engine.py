@@ -26,6 +26,8 @@ from jax import lax
 
 from mlp.batches import batch_rows
 
+from .threads import xla_options
+
 ROWS_PER_SEGMENT = 16_384   # about 1.3 epochs of MNIST 3 vs 7: a short wait for a stop request
 STEPS_PER_SEGMENT = 4_096   # ...and no more steps than this (the scan's body compiles once whatever the
                             # count: only the time between two checks for a stop request grows)
@@ -58,9 +60,10 @@ class JaxScanEngine:
         self.full_steps, self.remainder = divmod(self.n, batch)
         self.segment = segment or min(STEPS_PER_SEGMENT, max(1, ROWS_PER_SEGMENT // batch))
         self.perm = None
-        self._full_batch = jax.jit(step)
-        self._scan = jax.jit(functools.partial(_scan_steps, step, batch), static_argnames="count")
-        self._rest = jax.jit(functools.partial(_remainder_step, step, batch_rows(self.full_steps, batch, self.n)))
+        jit = functools.partial(jax.jit, compiler_options=xla_options(device))   # the run's thread count
+        self._full_batch = jit(step)
+        self._scan = jit(functools.partial(_scan_steps, step, batch), static_argnames="count")
+        self._rest = jit(functools.partial(_remainder_step, step, batch_rows(self.full_steps, batch, self.n)))
 
     def begin_epoch(self, perm) -> None:
         self.perm = None if perm is None else jax.device_put(perm, self.device)   # once per epoch

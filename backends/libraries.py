@@ -103,8 +103,15 @@ def _torch(index: int | None) -> Backend:
         _to_host=lambda x: x.detach().cpu().numpy().copy(),
         _synchronize=sync,
         _device_name=device_name,
-        compiled_engine=None if index is None else _torch_graph_factory(dev),
+        compiled_engine=_torch_compile_factory() if index is None else _torch_graph_factory(dev),
+        auto_compiles=index is not None,   # on the CPU: --engine compiled only (torch.compile takes 10-90 s)
     )
+
+
+def _torch_compile_factory():
+    from .torch_compile import factory
+
+    return factory()
 
 
 def _torch_graph_factory(dev):

@@ -8,6 +8,7 @@ import importlib.util
 import numpy as np
 
 from mlp import backends
+from mlp.backends import threads
 from mlp.batches import is_full_batch
 
 PEERS = ("torch-manual", "torch-expert", "torch-autograd", "torch-compile", "jax-jit", "sklearn")
@@ -16,7 +17,7 @@ LIBRARY = {"torch-manual": "torch", "torch-expert": "torch", "torch-autograd": "
            "jax-jit": "jax", "sklearn": "sklearn"}
 # where our backends have a compiled engine (backends' `compiled_engine`), known here without
 # importing the libraries into the sweep's own process
-COMPILED = {("jax", "cpu"), ("jax", "cuda"), ("torch", "cuda")}
+COMPILED = {("jax", "cpu"), ("jax", "cuda"), ("torch", "cpu"), ("torch", "cuda")}
 SKLEARN_EPOCHS_PER_FIT = 5
 
 
@@ -47,6 +48,7 @@ class Impl:
 
     compiles = False
     epochs_per_call = 1
+    ours = False      # ours gets the thread policy; a peer its library's default
 
     def __init__(self, device: str, dtype: str, lr: float, batch=None, seed: int = 0):
         self.device, self.dtype, self.lr = device, dtype, lr
@@ -54,6 +56,16 @@ class Impl:
 
     def setup(self, X: np.ndarray, y: np.ndarray, params: dict) -> None:
         raise NotImplementedError
+
+    def set_threads(self, requested, batch: int, d: int, h: int) -> int | None:
+        """The CPU threads of this run: ours the thread policy's (or the count asked for), a peer
+        its library's default unless a count is asked for; None on a GPU, on Dask, or unknown."""
+        backend = getattr(self, "backend", None) or resolve(self.device, "numpy")   # sklearn: NumPy's BLAS
+        if backend.device != "cpu" or backend.name == "dask":
+            return None
+        if requested == "auto" and not self.ours:
+            return threads.current(backend)
+        return backends.choose_threads(backend, batch, d, h, requested)
 
     def epoch(self) -> None:
         raise NotImplementedError

@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import decimal
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -23,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from mlp import backends
+from mlp.backends.threads import usable_cores
 from mlp.checkpoint_meta import MAX_COUNT
-from mlp.cli import Parser, add_data_flags, positive_float, positive_int
+from mlp.cli import Parser, add_data_flags, positive_float, positive_int, threads_arg
 from mlp.data import data_paths, default_data_dir
 from mlp.versions import versions
 from mlp.errors import UserError
@@ -32,7 +34,7 @@ from mlp.files import atomic_write
 from mlp.outputs import check_outputs
 from mlp.plots import plot_format
 
-from . import reference, report
+from . import busy, reference, report
 from .dask_impl import expand, summary as dask_summary
 from .floor import epoch_flops
 from .impls import COMPILED, LIBRARY, MINIBATCH_PEERS, PEERS
@@ -103,6 +105,13 @@ def build_parser() -> Parser:
                    help="skip configurations whose estimated epoch (2x the floor) is longer "
                         "(default: 1 on cpu, 10 on cuda)")
     add_data_flags(p)   # --data-dir / $MLP_DATA_DIR / ~/.cache/mlp/mnist, exactly as mlp.train
+    p.add_argument("--threads", type=csv(threads_arg), default=["auto"], metavar="LIST",
+                   help="CPU threads of every row: auto (ours: the thread policy; a peer: its library's default) "
+                        "and/or counts, each its own row, e.g. auto,1 (default: auto)")
+    p.add_argument("--busy", action="store_true",
+                   help="measure every row idle, then beside 1 and N CPU-bound competing processes (N = the usable "
+                        "cores), and report each slowdown; by default the default job's configuration and full "
+                        "batch (float32, N = real, H = 128, B = 64)")
     p.add_argument("--json", metavar="PATH", help="write all records and metadata as JSON")
     p.add_argument("--plot", metavar="PATH",
                    help="write the plot; the format follows the suffix: .png, .svg, .pdf, ...")
@@ -163,9 +172,13 @@ def plan(args) -> dict:
             raise UserError(f"unknown dtype {d!r}: use float32 and/or float64")
     if args.quick:
         args.epochs, args.min_epochs, args.warmup, args.budget = 3, 3, 1, 0.0
-    batches = [] if args.no_minibatch else (args.batches or ([512] if args.quick else DEFAULT_BATCHES))
+    if args.busy:   # the default job's configuration, unless asked for others
+        dtypes, args.sizes, args.hidden = args.dtype or ["float32"], args.sizes or [REAL], args.hidden or [128]
+    batches = [] if args.no_minibatch else (args.batches or ([512] if args.quick else [64] if args.busy
+                                                             else DEFAULT_BATCHES))
     return {"devices": devices, "peers": peers, "dtypes": dtypes, "hidden": [32] if args.quick else
-            (args.hidden or DEFAULT_HIDDEN), "batches": batches}
+            (args.hidden or DEFAULT_HIDDEN), "batches": batches,
+            "busy": busy.levels(usable_cores()) if args.busy else [0]}
 
 
 def run_probes(devices, dtypes) -> list:
@@ -206,24 +219,28 @@ def measure_all(args, sweep, real_n: int, d: int, best_gemm: dict) -> list:
         for dtype, h, n, batch in configs:
             rate = best_gemm.get((kind, dtype))
             estimate = 2 * epoch_flops(n, d, h) / rate if rate else 0.0
-            for impl, backend, engine in rows(kind, args.backends or DEFAULT_BACKENDS[kind], sweep["peers"], batch):
+            for (impl, backend, engine), threads, k in itertools.product(
+                    rows(kind, args.backends or DEFAULT_BACKENDS[kind], sweep["peers"], batch), args.threads,
+                    sweep["busy"]):
                 spec = {"mode": "measure", "impl": impl, "backend": backend, "engine": engine, "batch": batch,
                         "device": device, "dtype": dtype, "n": n, "hidden": h, "epochs": args.epochs,
                         "min_epochs": args.min_epochs, "budget_s": args.budget, "warmup": args.warmup, "lr": 0.1,
-                        "seed": 0, "data_dir": args.data_dir}
+                        "seed": 0, "data_dir": args.data_dir, "threads_requested": threads, "busy": k}
                 why_not = None
-                if args.quick and impl == "torch-compile":
+                if args.quick and (impl == "torch-compile" or (backend, engine, kind) == ("torch", "compiled", "cpu")):
                     why_not = "not run by --quick (compiling the step takes longer than the quick sweep)"
                 elif estimate > cap and not args.quick:
                     why_not = f"estimated {estimate:.1f} s per epoch is over --max-epoch-seconds {cap:g}"
                 if why_not:
                     r = {**{k: spec[k] for k in RECORD_KEYS}, "status": "skipped", "reason": why_not}
-                else:
-                    r = run_worker(spec, timeout=max(600.0, 40 * estimate * (args.warmup + args.epochs)))
+                else:   # beside spec["busy"] competing processes, stopped when it ends
+                    r = busy.measure(run_worker, spec, timeout=max(600.0, 40 * estimate * (args.warmup + args.epochs)))
                 records.append(r)
-                head = f"{report.label(r):26s} {device:6s} {dtype} N={n:>9,} H={h:>5} B={batch or 'full':>5}"
-                print(f"{head}: {r['median_ms']:10.3f} ms (min {r['min_ms']:.3f}, {r['epochs_timed']} epochs)"
-                      if r.get("status") == "ok" else f"{head}: {r['status']}: {r['reason']}", file=sys.stderr)
+                head = (f"{report.label(r):26s} {device:6s} {dtype} N={n:>9,} H={h:>5} B={batch or 'full':>5}"
+                        + (f" busy {k}" if sweep["busy"] != [0] else ""))
+                print(f"{head}: {r['median_ms']:10.3f} ms (min {r['min_ms']:.3f}, {r['epochs_timed']} epochs, "
+                      f"threads {r.get('threads') or '-'})" if r.get("status") == "ok"
+                      else f"{head}: {r['status']}: {r['reason']}", file=sys.stderr)
     return records
 
 
@@ -246,7 +263,9 @@ def main(argv=None) -> int:
             best_gemm[key] = max(best_gemm.get(key, 0.0), p["gemm_flops_per_s"])
     records = measure_all(args, sweep, real.shape[0], real.shape[1], best_gemm)
     result = {"meta": metadata(argv, records, real.shape), "probes": probes,
-              "records": report.enrich(records, probes, reference.first_losses(args.data_dir, records))}
+              "records": report.enrich([r for r in records if not r.get("busy")], probes,
+                                       reference.first_losses(args.data_dir, records)),
+              "busy": [r for r in records if r.get("busy")]}   # beside competitors: the busy table only
     result["speedups"] = report.speedups(result["records"])
     result["slopes"] = report.slopes(result["records"])
     result["targets"] = report.targets(result["records"], real.shape[0])
@@ -268,6 +287,8 @@ def metadata(argv, records, real_shape) -> dict:
         "git_commit": git_commit(),
         "malloc_keeps_freed_memory": os.environ.get("MLP_MALLOC_DEFAULTS") != "1",
         "real_rows": real_shape[0],
+        "usable_cores": usable_cores(),      # affinity and cgroup quota: what the thread policy sizes pools by
+        "load_avg_end": [round(v, 2) for v in os.getloadavg()],   # 1, 5, 15 min, as the sweep ended
         "features": real_shape[1],
         "wall_seconds": None,
         "unit": "one training epoch over N rows (forward + hand-written backward + update), data on the device; "

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlp.backends import threads
 from mlp.batches import batching
 
 from .base import COMPILED, LIBRARY, MINIBATCH_PEERS, PEERS, SKLEARN_EPOCHS_PER_FIT, Impl, Unavailable, \
@@ -32,6 +33,8 @@ __all__ = ["COMPILED", "LIBRARY", "MINIBATCH_PEERS", "PEERS", "Impl", "Unavailab
 
 
 class Ours(Impl):
+    ours = True
+
     def __init__(self, backend: str, engine: str, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend, self.engine_name = resolve(self.device, backend), engine
@@ -113,7 +116,7 @@ class JaxJit(Impl):
             d_b1 = d_z1.sum(0)
             return (w1 - lr * d_w1, b1 - lr * d_b1, w2 - lr * d_w2, b2 - lr * d_b2), loss
 
-        self.step = jax.jit(step, donate_argnums=0)
+        self.step = jax.jit(step, donate_argnums=0, compiler_options=threads.xla_options(b.device))
 
     def epoch(self):
         self.p, self.loss = self.step(self.p, self.X, self.y)

@@ -7,6 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from . import busy
 from .floor import epoch_flops, epoch_min_bytes, floor_seconds
 from .reference import check
 
@@ -20,7 +21,9 @@ def device_kind(device: str) -> str:
 
 
 def label(r: dict) -> str:
-    return f"ours ({r['backend']}, {r.get('engine') or 'eager'})" if r["impl"] == "ours" else r["impl"]
+    name = f"ours ({r['backend']}, {r.get('engine') or 'eager'})" if r["impl"] == "ours" else r["impl"]
+    threads = r.get("threads_requested")
+    return name if threads in (None, "auto") else f"{name} [{threads} thread{'s' * (threads > 1)}]"
 
 
 def batch_of(r: dict):
@@ -30,7 +33,7 @@ def batch_of(r: dict):
 
 def is_reference(r: dict) -> bool:
     return (r["impl"] == "ours" and r["backend"] == REFERENCE_BACKEND[device_kind(r["device"])]
-            and (r.get("engine") or "eager") == "eager")
+            and (r.get("engine") or "eager") == "eager" and r.get("threads_requested") in (None, "auto"))
 
 
 def enrich(records: list, probes: list, references: dict) -> list:
@@ -106,10 +109,10 @@ def targets(records: list, real_n: int) -> list:
     """The CPU targets at float32, N = all real rows, H=128, full batch, as measured in this run."""
     at = {label(r): r for r in records if r.get("status") == "ok" and r["device"] == "cpu" and batch_of(r) is None
           and r["dtype"] == "float32" and r["n"] == real_n and r["hidden"] == 128}
+    out = parity(records, real_n)
     ours = at.get("ours (numpy, eager)")
     if ours is None:
-        return []
-    out = []
+        return out
     if ours.get("floor_ms"):
         ratio = ours["median_ms"] / ours["floor_ms"]
         out.append(("ours within 1.25x of the floor", f"{ours['median_ms']:.1f} ms vs floor {ours['floor_ms']:.1f} ms "
@@ -122,6 +125,25 @@ def targets(records: list, real_n: int) -> list:
                         f"{ratio:.2f}" + (f" ({1 / ratio:.2f}x faster)" if peer == "sklearn" else ""), ratio <= goal))
         else:
             out.append((text, f"{peer} not measured in this run", None))
+    return out
+
+
+def parity(records: list, real_n: int) -> list:
+    """The best of our CPU rows against the best torch-expert row, float32, N = real, H = 128, at B=64
+    and full batch."""
+    out = []
+    for batch in (64, None):
+        at = [r for r in records if r.get("status") == "ok" and r["device"] == "cpu" and batch_of(r) == batch
+              and r["dtype"] == "float32" and r["n"] == real_n and r["hidden"] == 128]
+        ours = min((r for r in at if r["impl"] == "ours"), key=lambda r: r["median_ms"], default=None)
+        expert = min((r for r in at if r["impl"] == "torch-expert"), key=lambda r: r["median_ms"], default=None)
+        text = f"best of ours no slower than torch-expert at B={batch or 'full'}"
+        if ours and expert:
+            ratio = ours["median_ms"] / expert["median_ms"]
+            out.append((text, f"{label(ours)} {ours['median_ms']:.1f} ms vs {label(expert)} {expert['median_ms']:.1f} "
+                        f"ms = {ratio:.2f}x", ratio <= 1.0))
+        elif at:
+            out.append((text, "ours or torch-expert not measured in this run", None))
     return out
 
 
@@ -223,9 +245,15 @@ def markdown(result: dict) -> str:
         f"{p['library']} {p['device']} {p['dtype']}: GEMM {p['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s "
         f"({p['gemm_size']}²), copy {p['copy_bytes_per_s'] / 1e9:.1f} GB/s"
         for p in result["probes"] if p.get("status", "ok") == "ok")]
+    slow = busy.table(result["records"], result.get("busy") or [], label)
+    if slow:
+        lines += ["", "Busy machine: median ms per epoch idle and beside K CPU-bound competing processes (in "
+                  "brackets: the slowdown against idle; load: the 1-minute load average at the end of the idle "
+                  "run, the bench's own processes included):", ""] + slow
     tg = result.get("targets") or []
     if tg:
-        lines += ["", f"Targets (CPU, float32, N={meta.get('real_rows', 0):,}, H=128, full batch):", ""]
+        lines += ["", f"Targets (CPU, float32, N={meta.get('real_rows', 0):,}, H=128; full batch unless B is named):",
+                  ""]
         lines += [f"- {name}: {text}: " + {True: "met", False: "MISSED", None: "not checked"}[met]
                   for name, text, met in tg]
     return "\n".join(lines) + "\n"

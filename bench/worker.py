@@ -8,6 +8,7 @@ The result is one line on stdout: RESULT_MARK followed by a JSON object.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -16,7 +17,7 @@ import traceback
 import numpy as np
 
 RESULT_MARK = "@@bench-result@@ "
-RECORD_KEYS = ("impl", "backend", "engine", "batch", "device", "dtype", "n", "hidden")
+RECORD_KEYS = ("impl", "backend", "engine", "batch", "device", "dtype", "n", "hidden", "threads_requested", "busy")
 
 
 class PeakMemory:
@@ -92,6 +93,8 @@ def measure(spec: dict) -> dict:
     record["device_name"] = impl.device_name()
     X, y = training_rows(spec.get("data_dir"), spec["n"], spec["dtype"])
     record["d"] = X.shape[1]
+    record["threads"] = impl.set_threads(spec.get("threads_requested") or "auto", min(spec.get("batch") or spec["n"],
+                                         spec["n"]), X.shape[1], spec["hidden"])   # before setup: compiling uses it
     params = model.init_params(X.shape[1], spec["hidden"], np.random.default_rng(spec.get("seed", 0)),
                                init="he", activation="relu")
     memory = PeakMemory(spec["impl"], spec["backend"], spec["device"])
@@ -112,14 +115,15 @@ def measure(spec: dict) -> dict:
         impl.epoch()
     impl.sync()
 
-    times = []
+    times, cpu = [], []
     started = time.perf_counter()
     while len(times) < spec["epochs"]:
         impl.sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         impl.epoch()
         impl.sync()
         times.extend([(time.perf_counter() - t0) / impl.epochs_per_call] * impl.epochs_per_call)
+        cpu.append((time.process_time() - c0) / impl.epochs_per_call)
         if len(times) >= spec["min_epochs"] and time.perf_counter() - started > spec["budget_s"]:
             break
     final_loss = impl.last_loss()
@@ -138,6 +142,8 @@ def measure(spec: dict) -> dict:
         "epochs_per_call": impl.epochs_per_call,
         "warmup": spec["warmup"],
         "first_epoch_ms": first_epoch_s * 1e3,
+        "cpu_ms": statistics.median(cpu) * 1e3,          # this process's CPU time per epoch, all its threads
+        "load_avg": [round(v, 2) for v in os.getloadavg()],  # the machine's, bench and competitors included
         "initial_loss": initial_loss,
         "final_loss": final_loss,
         "peak_mem_bytes": memory.peak(impl),

@@ -70,6 +70,8 @@ def parse_meta(text: str, path, fmt: str = FORMAT) -> dict:
         raise _bad(path, "rng_state", meta.get("rng_state"), "the NumPy generator's state (a JSON object)")
     if "target_epochs" in meta:
         _int(meta, "target_epochs", path, lo=1)
+    if meta.get("threads") is not None:      # the CPU threads it was trained with (None: GPU or Dask)
+        _int(meta, "threads", path, lo=1, hi=1 << 16)
     if "saved_on" in meta and not isinstance(meta["saved_on"], str):
         raise _bad(path, "saved_on", meta["saved_on"], "a text")
     if meta.get("validation") is not None:

@@ -116,7 +116,15 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
                    help=f"array library: {', '.join(BACKENDS)} (default: auto = numpy on cpu; on cuda the "
                         "first of jax, torch that sees the GPU (both have a compiled engine), else cupy); "
                         "the model's code is the same for all")
+    p.add_argument("--threads", type=threads_arg, default="auto", metavar="N|auto",
+                   help="CPU threads of the array library: auto = 1 for small steps (the default job), more "
+                        "for large ones, up to the cores this process may use; never from the load (default: auto)")
     add_dask_flags(p, store=p.prog.endswith("mlp.train"))
+
+
+def threads_arg(text: str):
+    """--threads: 'auto' or a whole number >= 1."""
+    return "auto" if text.strip().lower() == "auto" else whole_number(text, 1, "must be 'auto' or at least 1")
 
 
 FLAGS = ("workers", "scheduler", "chunk_rows", "worker_memory", "scheduler_timeout", "store")

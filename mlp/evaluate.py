@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     if split.X.shape[1] != cfg["n_features"]:
         raise UserError(f"the checkpoint expects {cfg['n_features']} pixels per image, the data has "
                         f"{split.X.shape[1]}; evaluate on the data set it was trained on")
+    backends.choose_threads(backend, min(len(split.y), 65_536), cfg["n_features"], cfg["hidden"], args.threads)
     params = {k: backend.asarray(v, cfg["dtype"]) for k, v in ckpt.params.items()}
     result = score(backend, params, split.X, split.y, cfg["activation"])
     a, b = cfg["classes"]

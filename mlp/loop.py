@@ -173,7 +173,8 @@ def make_engine(backend, name: str, cfg: dict, X, y) -> Engine:
     """The engine `name` ('auto', 'eager' or 'compiled') for this backend and run; `cfg` gives
     batch_size, lr and activation.
 
-    'auto' is the compiled engine where the backend has one, else eager. Asking for
+    'auto' is the compiled engine where the backend has one that pays for its compiling, else
+    eager (torch on the CPU: compiling takes longer than a usual run saves). Asking for
     'compiled' where there is none is a UserError. The labels are checked here, once (the steps
     leave that to their caller: see model.loss_and_grads); on Dask the workers make them 0/1."""
     if name not in ENGINES:
@@ -188,7 +189,7 @@ def make_engine(backend, name: str, cfg: dict, X, y) -> Engine:
         return dask(backend, X, y, batch, lr=cfg["lr"], activation=cfg["activation"])
     model.check_binary(y)
     step = functools.partial(model.train_step, lr=cfg["lr"], activation=cfg["activation"])
-    if name != "eager" and compiled is not None:
+    if compiled is not None and (name == "compiled" or name == "auto" and backend.auto_compiles):
         return compiled(step, X, y, batch)
     return EagerEngine(backend, step, X, y, batch)
 

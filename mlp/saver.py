@@ -25,6 +25,7 @@ class Saver:
         previous = f"epoch {self.last['epoch']}" if same else None
         ckpt = state.to_checkpoint(self.backend, {**{k: self.cfg[k] for k in RUN_KEYS}, **self.data_cfg},
                                    {"saved_on": str(self.backend), "target_epochs": self.cfg["epochs"],
-                                    "engine": self.engine, "validation": self.validation()})
+                                    "engine": self.engine, "threads": self.cfg.get("threads"),
+                                    "validation": self.validation()})
         checkpoint.save_or_rescue(path, ckpt, previous)
         self.last.update(epoch=state.epoch, path=path)

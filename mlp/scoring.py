@@ -8,7 +8,10 @@ import numpy as np
 from . import model
 
 
-def score(backend, params, X, y, activation, *, chunk: int = 65_536) -> dict:
+CHUNK_ROWS = 65_536   # rows per device call when scoring or predicting: bounds the device memory
+
+
+def score(backend, params, X, y, activation, *, chunk: int = CHUNK_ROWS) -> dict:
     """Mean BCE, accuracy and P(label 1) over (X, y), in chunks of rows to bound memory.
 
     X and y are host arrays; params live on the backend's device."""
@@ -34,7 +37,7 @@ def score(backend, params, X, y, activation, *, chunk: int = 65_536) -> dict:
     }
 
 
-def probabilities(backend, params, X, activation, *, chunk: int = 65_536) -> np.ndarray:
+def probabilities(backend, params, X, activation, *, chunk: int = CHUNK_ROWS) -> np.ndarray:
     """P(label 1) of each host row of X (already normalised), in chunks of rows to bound memory."""
     dtype = _dtype_name(params["w1"])
     return np.concatenate([backend.to_host(model.predict_proba(params, backend.asarray(X[i:i + chunk], dtype),

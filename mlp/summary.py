@@ -51,6 +51,7 @@ def metrics(backend, cfg: dict, state, test: dict, history, *, engine: str, n_tr
         "device_name": backend.device_name,
         "backend": backend.name,
         "engine": engine,
+        "threads": cfg.get("threads"),   # CPU threads of the array library (None: not this process's, GPU or Dask)
         **{k: cfg[k] for k in ("dtype", "hidden", "activation", "init", "epochs", "batch_size", "lr", "seed")},
         "completed_epochs": state.epoch,
         "steps": state.step,

@@ -203,7 +203,9 @@ def announce(args, cfg, backend, engine, n: int, n_val: int, n_features: int, ck
     val = f" (+ {n_val:,} held out for validation)" if n_val else ""
     print(f"{where}: {backend}; {n:,} rows{val} of {n_features} features, classes {cfg['classes'][0]} vs "
           f"{cfg['classes'][1]}; H={cfg['hidden']} {cfg['activation']} {cfg['init']} init, lr {cfg['lr']}, "
-          f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, {cfg['dtype']}", file=sys.stderr, flush=True)
+          f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, {cfg['dtype']}"
+          + ("" if cfg["threads"] is None else f", {cfg['threads']} thread{'s' * (cfg['threads'] > 1)}"),
+          file=sys.stderr, flush=True)
 
 
 def watch(args, backend, cfg: dict, val, save: "Saver", log: EpochLog | None, ckpt) -> History:
@@ -248,6 +250,8 @@ def main(argv=None) -> int:
     log = EpochLog(args.log, keep_until=ckpt.epoch if ckpt else 0) if args.log else None  # a resumed log: checked now
     backend = backends.resolve(args.device, args.backend, dask_options(args))
     data, rows, val = load_rows(args, cfg, ckpt)
+    batch = batching(len(rows[0]), cfg["batch_size"])[0]   # CPU thread pools: sized from the run, never the load
+    cfg["threads"] = backends.choose_threads(backend, batch, rows[0].shape[1], cfg["hidden"], args.threads)
     X, y, data_fingerprint = training_arrays(backend, data, rows, cfg["dtype"], store=args.store)  # to the device, once
     (n, n_features), n_val = X.shape, 0 if val is None else len(val[1])
     check_same_data(args, cfg, ckpt, n, data_fingerprint)

@@ -123,6 +123,25 @@ def _torch_gpus() -> list:
     return sorted({"cuda:0", f"cuda:{torch.cuda.device_count() - 1}"})
 
 
+@needs["torch"]
+def test_compiled_torch_on_cpu_matches_eager(dtype="float32"):
+    """torch.compile of the step: 2 steps per call, then single steps, then the 44-row remainder (three
+    programs, split across segments of 3 steps; compiling them takes a while)."""
+    backend = backends.resolve("cpu", "torch")
+    X, y, state = start(backend, dtype)
+    cfg = {"epochs": 2, "batch_size": 64, "lr": 0.05, "activation": "relu"}
+    engine = make_engine(backend, "compiled", cfg, X, y)
+    assert type(engine).__name__ == "TorchCompileEngine" and engine.name == "compiled"
+    engine.segment, engine.unroll = 3, 2
+    fit(backend, engine, state, cfg["epochs"])
+    _, eager_losses, eager_params = cached("torch", "eager", dtype, 64)
+    assert len(state.losses) == 10
+    assert_close(state.losses, eager_losses, TOLERANCE[dtype])
+    for k in model.PARAM_NAMES:
+        assert state.params[k].dtype == getattr(__import__("torch"), dtype)
+        assert_close(backend.to_host(state.params[k]), eager_params[k], TOLERANCE[dtype])
+
+
 @pytest.mark.gpu
 @needs_torch_gpu
 @pytest.mark.parametrize("device", _torch_gpus())

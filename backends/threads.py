@@ -1,0 +1,143 @@
+"""How many threads a run's CPU thread pools use, chosen from the run and the machine, never from
+the load, so that the same flags on the same machine give the same numbers.
+
+    usable_cores()          the cores this process may run on: its CPU affinity, capped by a
+                            cgroup CPU quota (v1 cpu.cfs_quota_us, v2 cpu.max), rounded down
+    policy(B, D, H, cores)  1 thread while a step's work B*D*H is under WORK_PER_THREAD (~4 GFLOP
+                            a step); then one more thread per WORK_PER_THREAD, up to `cores`
+    choose(backend, ...)    the policy (or `--threads N`) applied to the backend's library:
+                            threadpoolctl for NumPy's BLAS, torch.set_num_threads for PyTorch,
+                            XLA's `xla_cpu_multi_thread_eigen` for JAX's compiled engine
+
+Why 1 thread for small steps: a 64-row step is ~25 MFLOP, under a millisecond per product, too
+little to share; and a second BLAS or OpenMP thread spins waiting for a core that another
+process holds, which made the default job 5-60x slower on a busy 2-core machine. NumPy's
+(OpenBLAS's) last bits depend on the thread count; torch's and JAX's did not in our checks.
+Dask is left alone: its workers run one thread each.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from mlp.errors import UserError
+
+WORK_PER_THREAD = 1 << 30   # B*D*H of a step per thread: full batch (12,396 x 784 x 128) gets 2
+
+
+def policy(batch: int, d: int, h: int, cores: int, requested="auto") -> int:
+    """The thread count for steps of `batch` rows, `d` features and `h` hidden units on `cores`
+    usable cores; `requested` is 'auto' or a number (`--threads N`, taken as given)."""
+    if requested != "auto":
+        return int(requested)
+    return max(1, min(cores, batch * d * h // WORK_PER_THREAD + 1))
+
+
+def usable_cores(affinity=None, root: str | os.PathLike = "/") -> int:
+    """The cores this process may use: its affinity (all CPUs where the system has none), capped
+    by the tightest cgroup CPU quota on its way to the root, rounded down (at least 1).
+    `affinity` and `root` (where /proc and /sys are) are for tests."""
+    if affinity is None:
+        try:
+            affinity = os.sched_getaffinity(0)
+        except (AttributeError, OSError):
+            affinity = range(os.cpu_count() or 1)
+    n = max(1, len(affinity))
+    quota = cgroup_cpu_limit(root)
+    return n if quota is None else max(1, min(n, math.floor(quota)))
+
+
+def cgroup_cpu_limit(root: str | os.PathLike = "/") -> float | None:
+    """The CPUs' worth of time this process's cgroups allow (quota / period), the smallest over
+    its cgroup and the ones above it, v1 and v2; None without a quota."""
+    root = Path(root)
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":                                   # v2: one unified hierarchy
+            mounts, read = [root / "sys/fs/cgroup"], _v2
+        elif "cpu" in controllers.split(","):                   # v1: cpu or cpu,cpuacct
+            mounts, read = [root / "sys/fs/cgroup" / m for m in ("cpu,cpuacct", "cpu", "cpuacct,cpu")], _v1
+        else:
+            continue
+        parts = [p for p in path.strip().split("/") if p]
+        for mount in mounts:
+            for i in range(len(parts), -1, -1):                 # a container sees its own cgroup as the root
+                limit = read(mount.joinpath(*parts[:i]))
+                if limit is not None:
+                    limits.append(limit)
+    return min(limits) if limits else None
+
+
+def _v2(folder: Path) -> float | None:
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _v1(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+_jax = {}   # the thread count chosen last for JAX, which its compiled engine reads when it compiles
+
+
+def xla_options(device) -> dict | None:
+    """jax.jit compiler options for `device` (a jax Device, or 'cpu') under the thread count chosen
+    last: Eigen's products on one thread or on XLA's pool (whose size is fixed when JAX starts)."""
+    if "threads" not in _jax or getattr(device, "platform", device) != "cpu":
+        return None
+    return {"xla_cpu_multi_thread_eigen": _jax["threads"] > 1}
+
+
+def apply(backend, n: int) -> None:
+    """Limit the CPU thread pools of `backend`'s library to n threads (process-wide)."""
+    if backend.name == "torch":
+        import torch
+
+        torch.set_num_threads(n)
+    elif backend.name == "jax":
+        _jax["threads"] = n
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n, user_api="blas")   # NumPy's BLAS (every backend's host arrays)
+
+
+def current(backend) -> int | None:
+    """The threads `backend`'s library computes with now (None where that is not known)."""
+    if backend.name == "torch":
+        import torch
+
+        return torch.get_num_threads()
+    if backend.name == "jax":
+        return _jax.get("threads")
+    from threadpoolctl import threadpool_info
+
+    counts = [lib["num_threads"] for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    return max(counts) if counts else 1
+
+
+def choose(backend, batch: int, d: int, h: int, requested="auto") -> int | None:
+    """Apply the thread count for this run (`requested`: 'auto' or `--threads N`) and return it;
+    None on a GPU or on Dask, whose pools are not this process's to size."""
+    if backend.device != "cpu" or backend.name == "dask":
+        if requested != "auto":
+            where = "Dask workers run one thread each" if backend.name == "dask" else f"this run is on {backend.device}"
+            raise UserError(f"--threads sizes this process's CPU thread pools, but {where}; drop --threads")
+        return None
+    n = policy(batch, d, h, usable_cores(), requested)
+    apply(backend, n)
+    return n
