@@ -7,6 +7,7 @@ divergence check and the metrics), so a full-batch epoch makes one small host ro
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import warnings
@@ -16,10 +17,10 @@ from mlp import backends
 
 from . import checkpoint, model
 from .checkpoint import RUN_KEYS, Checkpoint
-from .cli import (Parser, add_data_flags, add_device_flags, dask_options, exit_code, positive_float, positive_int, run,
-                  seed_int, val_fraction)
+from .cli import (EXIT_CLUSTER_LOST, Parser, add_data_flags, add_device_flags, dask_options, exit_code,
+                  positive_float, positive_int, run, seed_int, val_fraction)
 from .data import MNIST_MEAN, MNIST_STD, data_paths, default_data_dir, load_dataset
-from .errors import CheckpointError, DivergedError, UserError
+from .errors import CheckpointError, ClusterLost, DivergedError, UserError
 from .files import check_output_path, check_outputs, lock
 from .history import EarlyStopped, EpochLog, History, holdout, resolve_val_split
 from .batches import batching
@@ -27,7 +28,7 @@ from .loop import ENGINES, Interrupted, StopOnSignals, TrainState, fit, make_eng
 from .plots import plot_format
 from .progress import Progress, epoch_train_loss, fmt_loss
 from .saver import Saver
-from .rows import training_arrays
+from .rows import open_training_store, training_arrays
 from .scoring import score
 from .summary import continue_command, metrics, summary_line, write_loss_plot, write_metrics, wrote
 
@@ -233,6 +234,27 @@ def interrupted(args, argv: list, state: TrainState, save: Saver, signum: int) -
     return exit_code(signum)
 
 
+def cluster_lost(args, argv: list, cfg, backend, state: TrainState, save: Saver, exc) -> int:
+    """The Dask cluster failed mid-run: the last completed step's parameters are host data, so they
+    are saved without it (to --save, else a rescue file); say how to go on. Exit 5."""
+    import tempfile
+
+    import numpy as np
+
+    path = args.save or os.path.join(tempfile.gettempdir(), f"mlp-rescue-{os.getpid()}.npz")
+    if not all(np.isfinite(backend.to_host(v)).all() for v in state.params.values()):
+        raise DivergedError(f"the parameters became non-finite by step {state.step}; try a smaller --lr")
+    save(path, state, check=False)     # just checked, on the host
+    if state.epoch >= cfg["epochs"]:
+        then = f"the trained model was saved to {path}; score it with: python -m mlp.evaluate --checkpoint {path}"
+    else:
+        then = (f"the last completed step was saved to {path}; once the cluster is back, continue with: "
+                + continue_command("python -m mlp.train", argv + ([] if args.save else ["--save", path]), path))
+    print(f"mlp.train: cluster lost at epoch {state.epoch + (1 if state.step_in_epoch else 0)}, step "
+          f"{state.step}: {exc}; {then}", file=sys.stderr)
+    return EXIT_CLUSTER_LOST
+
+
 def diverged(exc, cfg, save: Saver) -> DivergedError:
     kept = (f"the last good checkpoint is {save.last['path']} (epoch {save.last['epoch']})" if save.last["path"]
             else "no checkpoint was written (use --save with --checkpoint-every to keep good states)")
@@ -246,9 +268,11 @@ def main(argv=None) -> int:
     check_flags(args)
     ckpt = checkpoint.load(args.resume) if args.resume else None
     cfg = resolve_config(args, ckpt)
-    backend = backends.resolve(args.device, args.backend, dask_options(args))
+    options = dask_options(args)
+    store = open_training_store(args.store, cfg["classes"]) if args.store else None  # checked before a cluster starts
+    backend = backends.resolve(args.device, args.backend, options)
     data, rows, val = load_rows(args, cfg, ckpt)
-    X, y, data_fingerprint = training_arrays(backend, data, rows, cfg["dtype"], store=args.store)  # to the device, once
+    X, y, data_fingerprint = training_arrays(backend, data, rows, cfg["dtype"], store=store)  # to the device, once
     (n, n_features), n_val = X.shape, 0 if val is None else len(val[1])
     check_same_data(args, cfg, ckpt, n, data_fingerprint)
     data_cfg = {"n_features": n_features, "image_shape": list(data.image_shape), "mean": MNIST_MEAN,
@@ -280,6 +304,9 @@ def main(argv=None) -> int:
     except Interrupted:
         progress.close()
         return interrupted(args, argv, state, save, stop.signum)
+    except ClusterLost as exc:
+        progress.close()
+        return cluster_lost(args, argv, cfg, backend, state, save, exc)
     except DivergedError as exc:
         progress.close()
         raise diverged(exc, cfg, save) from None
@@ -287,10 +314,13 @@ def main(argv=None) -> int:
         progress.close()
         history.close()
         getattr(engine, "close", lambda: None)()   # CUDA graphs' memory, before the test set is scored
-    if not params_finite(backend, state.params):
-        raise DivergedError(f"the parameters became non-finite in the last step ({state.step}); "
-                            f"try a smaller --lr than {cfg['lr']}")
-    finish(args, cfg, backend, state, history, data, n, n_val, steps_per_epoch, stopped, save)
+    try:
+        if not params_finite(backend, state.params):
+            raise DivergedError(f"the parameters became non-finite in the last step ({state.step}); "
+                                f"try a smaller --lr than {cfg['lr']}")
+        finish(args, cfg, backend, state, history, data, n, n_val, steps_per_epoch, stopped, save)
+    except ClusterLost as exc:   # while scoring the test set: the model is kept all the same
+        return cluster_lost(args, argv, cfg, backend, state, save, exc)
     return 0
 
 
