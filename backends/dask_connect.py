@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import warnings
 
 from mlp.errors import BackendError
@@ -206,37 +207,48 @@ def connect(kind: str, options):
             discard(client)
             raise
         return client, None, workers
-    previous = None
     environ = dict(os.environ)
-    try:
-        # worker processes start with Ctrl-C ignored: the first Ctrl-C is the trainer's to handle
-        # (stop after the step, save, close the cluster), not a signal that kills the workers
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread
-        previous = None
+    # worker processes start with Ctrl-C ignored (that survives exec): the first Ctrl-C is the trainer's to
+    # handle (stop after the step, save, close the cluster), not a signal that kills the workers. So a Ctrl-C
+    # during the start-up is lost (holding it by blocking fails: the kernel hands it to another thread, such
+    # as BLAS's, which ignores it); SIGTERM stops the start-up
+    previous = _ignore_sigint()
     common = dict(dashboard_address=":0", silence_logs=20 if options.verbose else 60,   # 60: above CRITICAL
                   scheduler_kwargs={"dashboard": False},
                   **({"memory_limit": options.worker_memory} if options.worker_memory else {}))
+    client = None
     try:
         with closing_if_interrupted():
-            if kind == "cuda":
-                from dask_cuda import LocalCUDACluster
+            try:
+                if kind == "cuda":
+                    from dask_cuda import LocalCUDACluster
 
-                cluster = LocalCUDACluster(
-                    n_workers=1 if options.gpu is not None else options.workers,
-                    **({"CUDA_VISIBLE_DEVICES": str(options.gpu)} if options.gpu is not None else {}), **common)
-            else:
-                import distributed
+                    cluster = LocalCUDACluster(
+                        n_workers=1 if options.gpu is not None else options.workers,
+                        **({"CUDA_VISIBLE_DEVICES": str(options.gpu)} if options.gpu is not None else {}), **common)
+                else:
+                    import distributed
 
-                cluster = distributed.LocalCluster(n_workers=options.workers, threads_per_worker=1, processes=True,
-                                                   **common)
-            client = open_client(cluster, options.timeout)
+                    cluster = distributed.LocalCluster(n_workers=options.workers, threads_per_worker=1,
+                                                       processes=True, **common)
+                client = open_client(cluster, options.timeout)
+            except BaseException:
+                if client is not None:
+                    discard(client)
+                raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         restore_environ(environ)
     cluster._mlp_environ = environ   # restored again at close(): a restarted worker writes it again
     return client, cluster, set()
+
+
+def _ignore_sigint():
+    """SIGINT ignored from now on; the previous handler, or None (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def restore_environ(saved: dict) -> None:
