@@ -37,7 +37,7 @@ from .host import cpu_name
 
 DEFAULT_CHUNK_ROWS = 8192      # 6.4 MB of uint8 pixels per chunk; 51 MB once normalised to float64
 CONNECT_TIMEOUT_S = 10.0
-MAX_TIMEOUT_S = 3600.0         # --scheduler-timeout's bound (threading waits overflow past ~9.2e9 s)
+MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1.0, 3600.0   # --scheduler-timeout's bounds (threading waits overflow past ~9.2e9 s)
 MIN_WORKER_MEMORY = 150_000_000  # a worker process is ~62 MiB and pauses at 80% of its limit: room for a chunk
 PERSIST_FRACTION = 0.5         # persist the rows when they take at most this much of the cluster's memory
 HOST = "_mlp_host"             # the attribute of an array made from host data: that data (read without the cluster)
@@ -62,8 +62,8 @@ def check_options(o: Options, kind: str) -> Options:
     """The options made safe to use, or a one-line BackendError naming the flag: the scheduler's address
     parsed (tcp:// only), the worker memory in bytes and within the machine's, the workers within its
     cores and memory, the timeout finite and bounded."""
-    if not 0 < o.timeout <= MAX_TIMEOUT_S:
-        raise BackendError(f"--scheduler-timeout {o.timeout:g}: give a number of seconds above 0 and at most "
+    if not MIN_TIMEOUT_S <= o.timeout <= MAX_TIMEOUT_S:
+        raise BackendError(f"--scheduler-timeout {o.timeout:g}: give a number of seconds from {MIN_TIMEOUT_S:g} to "
                            f"{MAX_TIMEOUT_S:g}")
     address = o.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
@@ -82,6 +82,8 @@ def check_options(o: Options, kind: str) -> Options:
         from dask.utils import parse_bytes
 
         try:
+            if not memory.strip():
+                raise ValueError("empty")
             memory = parse_bytes(memory)
         except OverflowError:
             memory = 1 << 80          # refused below: more than the machine's
@@ -99,8 +101,8 @@ def check_options(o: Options, kind: str) -> Options:
     fit = max(1, min(cores, MEMORY_LIMIT // per_worker))
     if o.workers is not None and o.workers > fit:
         raise BackendError(f"--workers {o.workers} is more than this machine runs: {cores} cores and "
-                           f"{MEMORY_LIMIT / 1e9:.1f} GB of memory allow {fit} workers of {per_worker / 1e6:,.0f} MB; "
-                           f"give --workers {fit} or fewer")
+                           f"{MEMORY_LIMIT / 1e9:.1f} GB of memory allow {fit} worker(s) of "
+                           f"{per_worker / 1e6:,.0f} MB; give --workers {fit} or fewer")
     if memory is not None and (o.workers or fit) * memory > MEMORY_LIMIT:
         raise BackendError(f"--worker-memory {o.worker_memory} for {o.workers or fit} worker(s) is more than this "
                            f"machine's {MEMORY_LIMIT / 1e9:.1f} GB; give at most "

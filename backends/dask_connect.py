@@ -232,6 +232,12 @@ def connect(kind: str, options):
                     cluster = distributed.LocalCluster(n_workers=options.workers, threads_per_worker=1,
                                                        processes=True, **common)
                 client = open_client(cluster, options.timeout)
+            except Exception as exc:            # distributed's start-up errors: Nanny failed to start, timeouts
+                if client is not None:
+                    discard(client)
+                raise ClusterError(f"the local Dask cluster did not start ({exc.__class__.__name__}: "
+                                   f"{' '.join(str(exc).split())[:200]}); see --verbose, or raise --scheduler-timeout "
+                                   f"({options.timeout:g} s)") from None
             except BaseException:
                 if client is not None:
                     discard(client)

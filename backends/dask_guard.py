@@ -71,8 +71,10 @@ def identity(client, timeout: float) -> dict:
     """The scheduler's identity with every worker's info (what scheduler_info() gives, bounded)."""
     try:
         return client.sync(client.scheduler.identity, n_workers=-1, callback_timeout=timeout)
-    except (TimeoutError, OSError, *cluster_errors()) as exc:
-        raise ClusterLost(f"the scheduler did not answer within {timeout:g} s ({exc.__class__.__name__})") from None
+    except TimeoutError:
+        raise ClusterLost(f"the scheduler did not answer within {timeout:g} s") from None
+    except (OSError, *cluster_errors()):
+        raise ClusterLost(LOST) from None
 
 
 def running_workers(client, timeout: float) -> int | None:
@@ -226,7 +228,8 @@ def check_environment(client, timeout: float, *, scheduler: bool = True, workers
                 if env["versions"].get(d) != v]
         if diff:
             pins = " ".join(f"'{d}=={v}'" for d, v in here["versions"].items() if v and env["versions"].get(d) != v)
-            raise ClusterError(f"{name} has {', '.join(diff)}; run there: pip install {pins}")
+            raise ClusterError(f"{name} has {', '.join(diff)}; run there: pip install {pins} (the same wheels or clone "
+                               "as here)")
         if env["source"] != here["source"]:
             raise ClusterError(f"{name} imports a different mlp source than this process (same version {version}: "
                                "another checkout or edits); install this same code there (pip install from this "

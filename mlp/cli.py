@@ -118,7 +118,7 @@ def add_dask_flags(p: argparse.ArgumentParser, *, store: bool = False) -> None:
                         "(default: $DASK_SCHEDULER_ADDRESS if set); every worker must read the data folder")
     g.add_argument("--scheduler-timeout", type=positive_float, metavar="S",
                    help="the longest any wait on the cluster lasts: connecting, the first worker, a step without "
-                        "a running worker or an answer from the scheduler (default: 10, at most 3600)")
+                        "a running worker or an answer from the scheduler (default: 10; from 1 to 3600)")
     g.add_argument("--chunk-rows", type=positive_int, metavar="R",
                    help="rows per chunk (default: 8192, fewer when that leaves a worker without a chunk)")
     g.add_argument("--worker-memory", metavar="SIZE",

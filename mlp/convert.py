@@ -27,7 +27,15 @@ def digit(text: str) -> int:
 def check_out(path) -> None:
     """--out must be a new folder in a folder we may write in (issue 16's outputs.check_output_dir
     takes this over: one output policy for every command)."""
-    if os.path.lexists(path):
+    if not str(path).strip():
+        raise UserError("--out: the path is empty; give the name of a new folder")
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:               # a name too long, a loop of links, a folder we may not search
+        raise UserError(f"--out {str(path)[:200]}: cannot be used ({exc.strerror}); choose another path") from None
+    else:
         raise UserError(f"--out {path}: already exists; remove it or choose another path")
     check_output_path(path, "--out")    # its folder exists and is writable, the name fits
 

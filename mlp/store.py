@@ -31,6 +31,7 @@ import numpy as np
 
 from .data import mnist_files, read_idx, select_pair
 from .errors import DataError, UserError
+from .files import check_input_file
 from .npz import read_npy_header
 
 FORMAT = "mlp-rows/1"
@@ -47,7 +48,7 @@ class NpyRows:
     """Rows of a .npy file, read from disk on indexing: `shape`, `dtype`, `ndim`, `[rows, cols]`."""
 
     def __init__(self, path):
-        self.path = str(path)
+        self.path = str(check_input_file(path, "the store's file"))    # not a FIFO, which would block a read
         try:
             with open(self.path, "rb") as f:
                 shape, fortran, dtype = read_npy_header(f)
@@ -148,14 +149,14 @@ def read_meta(folder: Path) -> dict:
     field by field; a DataError names the field."""
     path = folder / "meta.json"
     try:
-        with open(path, "rb") as f:
+        with open(check_input_file(path, "the store's file"), "rb") as f:
             text = f.read(MAX_META_BYTES + 1)
         if len(text) > MAX_META_BYTES:
             raise ValueError(f"more than {MAX_META_BYTES:,} bytes")
         meta = json.loads(text)
     except RecursionError:
         meta = "nested too deeply"
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, UserError) as exc:
         raise DataError(f"{folder} is not a converted data store ({exc.__class__.__name__}: {exc}); "
                         "make one with python -m mlp.convert --out DIR") from None
 
@@ -229,7 +230,11 @@ def write_store(folder, blocks, n: int, n_features: int, meta: dict) -> None:
         raise UserError(f"the store of {n:,} rows needs {need / 1e9:,.2f} GB, {parent} has {free / 1e9:,.2f} GB free; "
                         "free some space, choose another --out or convert fewer --rows")
     tmp = parent / f".{folder.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
-    os.mkdir(tmp, 0o777)             # the umask applies (mkdtemp's folders are 0700 whatever it is)
+    try:
+        os.mkdir(tmp, 0o777)         # the umask applies (mkdtemp's folders are 0700 whatever it is)
+    except OSError as exc:
+        raise UserError(f"cannot create the temporary folder {tmp.name[:60]}... beside {folder} ({exc.strerror}); "
+                        "choose a shorter name or another folder for --out") from None
     try:
         X = np.lib.format.open_memmap(tmp / "X.npy", mode="w+", dtype=np.uint8, shape=(n, n_features))
         y = np.lib.format.open_memmap(tmp / "y.npy", mode="w+", dtype=np.uint8, shape=(n,))

@@ -248,7 +248,7 @@ def cluster_lost(args, argv: list, cfg, backend, state: TrainState, save: Saver,
     if state.epoch >= cfg["epochs"]:
         then = f"the trained model was saved to {path}; score it with: python -m mlp.evaluate --checkpoint {path}"
     else:
-        then = (f"the last completed step was saved to {path}; once the cluster is back, continue with: "
+        then = (f"the run as of step {state.step} was saved to {path}; once the cluster is back, continue with: "
                 + continue_command("python -m mlp.train", argv + ([] if args.save else ["--save", path]), path))
     print(f"mlp.train: cluster lost at epoch {state.epoch + (1 if state.step_in_epoch else 0)}, step "
           f"{state.step}: {exc}; {then}", file=sys.stderr)
