@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 import warnings
-
 
 from mlp import backends
 
@@ -234,24 +234,17 @@ def interrupted(args, argv: list, state: TrainState, save: Saver, signum: int) -
     return exit_code(signum)
 
 
-def cluster_lost(args, argv: list, cfg, backend, state: TrainState, save: Saver, exc) -> int:
-    """The Dask cluster failed mid-run: the last completed step's parameters are host data, so they
-    are saved without it (to --save, else a rescue file); say how to go on. Exit 5."""
-    import tempfile
-
-    import numpy as np
-
+def cluster_lost(args, argv: list, cfg, state: TrainState, save: Saver, exc) -> int:
+    """The Dask cluster failed: save the last completed step (host data) to --save or a rescue file; exit 5."""
     path = args.save or os.path.join(tempfile.gettempdir(), f"mlp-rescue-{os.getpid()}.npz")
-    if not all(np.isfinite(backend.to_host(v)).all() for v in state.params.values()):
-        raise DivergedError(f"the parameters became non-finite by step {state.step}; try a smaller --lr")
-    save(path, state, check=False)     # just checked, on the host
-    if state.epoch >= cfg["epochs"]:
-        then = f"the trained model was saved to {path}; score it with: python -m mlp.evaluate --checkpoint {path}"
-    else:
-        then = (f"the run as of step {state.step} was saved to {path}; once the cluster is back, continue with: "
-                + continue_command("python -m mlp.train", argv + ([] if args.save else ["--save", path]), path))
-    print(f"mlp.train: cluster lost at epoch {state.epoch + (1 if state.step_in_epoch else 0)}, step "
-          f"{state.step}: {exc}; {then}", file=sys.stderr)
+    try:
+        save(path, state)                 # checked finite first: on CPU workers without the cluster
+    except ClusterLost:                   # on GPU workers the check needs the cluster: saved unchecked
+        save(path, state, check=False)
+    more = "" if state.epoch >= cfg["epochs"] else "; once the cluster is back, continue with: " + continue_command(
+        "python -m mlp.train", argv + ([] if args.save else ["--save", path]), path)
+    print(f"mlp.train: cluster lost at epoch {state.epoch + bool(state.step_in_epoch)}, step {state.step}: {exc}; "
+          f"the run as of step {state.step} was saved to {path}{more}", file=sys.stderr)
     return EXIT_CLUSTER_LOST
 
 
@@ -268,9 +261,8 @@ def main(argv=None) -> int:
     check_flags(args)
     ckpt = checkpoint.load(args.resume) if args.resume else None
     cfg = resolve_config(args, ckpt)
-    options = dask_options(args)
-    store = open_training_store(args.store, cfg["classes"]) if args.store else None  # checked before a cluster starts
-    backend = backends.resolve(args.device, args.backend, options)
+    store = open_training_store(args.store, cfg["classes"]) if args.store and dask_options(args) else None  # checked
+    backend = backends.resolve(args.device, args.backend, dask_options(args))
     data, rows, val = load_rows(args, cfg, ckpt)
     X, y, data_fingerprint = training_arrays(backend, data, rows, cfg["dtype"], store=store)  # to the device, once
     (n, n_features), n_val = X.shape, 0 if val is None else len(val[1])
@@ -306,7 +298,7 @@ def main(argv=None) -> int:
         return interrupted(args, argv, state, save, stop.signum)
     except ClusterLost as exc:
         progress.close()
-        return cluster_lost(args, argv, cfg, backend, state, save, exc)
+        return cluster_lost(args, argv, cfg, state, save, exc)
     except DivergedError as exc:
         progress.close()
         raise diverged(exc, cfg, save) from None
@@ -314,13 +306,13 @@ def main(argv=None) -> int:
         progress.close()
         history.close()
         getattr(engine, "close", lambda: None)()   # CUDA graphs' memory, before the test set is scored
-    try:
+    try:   # the test set is scored on the cluster too: losing it then loses nothing trained
         if not params_finite(backend, state.params):
             raise DivergedError(f"the parameters became non-finite in the last step ({state.step}); "
                                 f"try a smaller --lr than {cfg['lr']}")
         finish(args, cfg, backend, state, history, data, n, n_val, steps_per_epoch, stopped, save)
-    except ClusterLost as exc:   # while scoring the test set: the model is kept all the same
-        return cluster_lost(args, argv, cfg, backend, state, save, exc)
+    except ClusterLost as exc:
+        return cluster_lost(args, argv, cfg, state, save, exc)
     return 0
 
 
