@@ -13,6 +13,10 @@ cannot read again. Rows that fit in half the cluster's memory are persisted on t
 once; larger ones stream from disk at each step. A step (`dask_engine.DaskEngine`) runs
 `model.loss_and_grads` on every chunk, sums the results across chunks on the cluster and
 updates the small parameters on the host with `model.update`.
+
+Every wait on the cluster is bounded by --scheduler-timeout: joining and starting are
+`dask_connect`'s (a probe of the address, the environment of every machine), waiting
+mid-run is `dask_guard`'s (a lost cluster is `mlp.errors.ClusterLost`, exit 5 after saving).
 """
 
 from __future__ import annotations

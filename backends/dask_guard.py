@@ -116,6 +116,7 @@ def wait_result(client, future, *, timeout: float, stop=lambda: False, hint: str
     StepStopped (the future cancelled) as soon as stop() is true."""
     errors = cluster_errors()
     no_workers_since = silent_since = None
+    fetch = max(poll, 1.0)
     done = threading.Event()
     future.add_done_callback(lambda _: done.set())
     while True:
@@ -124,9 +125,12 @@ def wait_result(client, future, *, timeout: float, stop=lambda: False, hint: str
         if done.wait(poll) or future.done():
             try:
                 # bounded: the result lives on a worker; if it has just left, distributed recomputes it,
-                # which without workers never ends
-                return future.result(timeout=max(poll, 1.0))
+                # which without workers never ends (then the future is no longer done: watched below)
+                return future.result(timeout=fetch)
             except TimeoutError:
+                if fetch >= timeout:
+                    raise ClusterLost(f"the step's result could not be fetched within {timeout:g} s") from None
+                fetch = min(2 * fetch, timeout)       # a large result on a slow network: wait longer
                 done.clear()
             except errors as exc:
                 raise ClusterLost(describe(exc) + hint) from None

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import warnings
 
 import numpy as np
@@ -193,6 +194,13 @@ def test_the_step_wait_is_bounded_and_maps_cluster_faults():
             wait_result(None, _Done(exc), timeout=1)
     with pytest.raises(ValueError):          # the model's own errors are not the cluster's
         wait_result(None, _Done(ValueError("bad")), timeout=1)
+    slow = _Done(TimeoutError())             # a result that takes 3 s to fetch: waited for, up to the timeout
+    slow.result = lambda timeout: "fetched" if timeout >= 3 else (_ for _ in ()).throw(TimeoutError())
+    healthy = types.SimpleNamespace(status="running", scheduler=types.SimpleNamespace(ncores_running=None),
+                                    sync=lambda *args, **kwargs: {"tcp://10.0.0.2:4000": 1})   # one worker runs
+    assert wait_result(healthy, slow, timeout=10) == "fetched"
+    with pytest.raises(ClusterLost, match="could not be fetched within 2 s"):
+        wait_result(healthy, slow, timeout=2)
     with environ_kept(), LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as c, \
             c.get_client() as client:
         started = time.monotonic()
