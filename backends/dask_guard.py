@@ -55,6 +55,8 @@ def describe(exc: BaseException) -> str:
         if exc.reason in ("scheduler-connection-lost", "unknown"):
             return LOST
         return f"the cluster cancelled the step ({exc.reason})"
+    if isinstance(exc, OSError):         # CommClosedError: the scheduler's or a worker's connection
+        return "a connection to the cluster closed (the scheduler or a worker stopped, or its machine went away)"
     return f"{exc.__class__.__name__}: {' '.join(str(exc).split())[:160]}"
 
 
