@@ -130,8 +130,10 @@ def wait_result(client, future, *, timeout: float, stop=lambda: False, hint: str
                 # which without workers never ends (then the future is no longer done: watched below)
                 return future.result(timeout=fetch)
             except TimeoutError:
-                if fetch >= timeout:
-                    raise ClusterLost(f"the step's result could not be fetched within {timeout:g} s") from None
+                if fetch >= timeout:    # a silent scheduler, or a result too slow to fetch
+                    silent = running_workers(client, poll) is None
+                    raise ClusterLost(f"the scheduler has not answered for {timeout:g} s" if silent else
+                                      f"the step's result could not be fetched within {timeout:g} s") from None
                 fetch = min(2 * fetch, timeout)       # a large result on a slow network: wait longer
                 done.clear()
             except errors as exc:
