@@ -13,15 +13,19 @@ cannot read again. Rows that fit in half the cluster's memory are persisted on t
 once; larger ones stream from disk at each step. A step (`dask_engine.DaskEngine`) runs
 `model.loss_and_grads` on every chunk, sums the results across chunks on the cluster and
 updates the small parameters on the host with `model.update`.
+
+Every wait on the cluster is bounded by --scheduler-timeout: joining and starting are
+`dask_connect`'s (a probe of the address, the environment of every machine), waiting
+mid-run is `dask_guard`'s (a lost cluster is `mlp.errors.ClusterLost`, exit 5 after saving).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
-import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +34,17 @@ import numpy as np
 from mlp.errors import BackendError
 
 from .base import Backend
-from .dask_engine import DaskEngine, as_numpy
+from .dask_engine import DaskEngine, as_numpy, to_device
+from .dask_connect import connect, environ_kept, restore_environ  # noqa: F401 (environ_kept: for tests)
+from .dask_guard import identity, scatter, wait_result
 from .host import cpu_name
 
 DEFAULT_CHUNK_ROWS = 8192      # 6.4 MB of uint8 pixels per chunk; 51 MB once normalised to float64
 CONNECT_TIMEOUT_S = 10.0
+MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1.0, 3600.0   # --scheduler-timeout's bounds (threading waits overflow past ~9.2e9 s)
+MIN_WORKER_MEMORY = 150_000_000  # a worker process is ~62 MiB and pauses at 80% of its limit: room for a chunk
 PERSIST_FRACTION = 0.5         # persist the rows when they take at most this much of the cluster's memory
+HOST = "_mlp_host"             # the attribute of an array made from host data: that data (read without the cluster)
 
 
 @dataclass(frozen=True)
@@ -43,8 +52,66 @@ class Options:
     workers: int | None = None         # embedded cluster: worker processes (default: one per core / per GPU)
     scheduler: str | None = None       # join this scheduler instead
     chunk_rows: int | None = None      # rows per chunk (default: DEFAULT_CHUNK_ROWS, at most N / workers)
-    worker_memory: str | None = None   # embedded cluster: memory limit per worker, e.g. '2GB'
-    timeout: float = CONNECT_TIMEOUT_S
+    worker_memory: str | int | None = None   # embedded cluster: memory limit per worker, e.g. '2GB'
+    timeout: float = CONNECT_TIMEOUT_S  # every wait on the cluster (connecting, no worker, no answer)
+    verbose: bool = False              # distributed's own logs and warnings on the terminal
+    gpu: int | None = None             # --device cuda:N: that GPU only (a local cluster); None: every GPU
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def check_options(o: Options, kind: str) -> Options:
+    """The options made safe to use, or a one-line BackendError naming the flag: the scheduler's address
+    parsed (tcp:// only), the worker memory in bytes and within the machine's, the workers within its
+    cores and memory, the timeout finite and bounded."""
+    if not MIN_TIMEOUT_S <= o.timeout <= MAX_TIMEOUT_S:
+        raise BackendError(f"--scheduler-timeout {o.timeout:g}: give a number of seconds from {MIN_TIMEOUT_S:g} to "
+                           f"{MAX_TIMEOUT_S:g}")
+    address = o.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if address:
+        from .dask_connect import scheduler_address
+
+        for flag, value in (("--workers", o.workers), ("--worker-memory", o.worker_memory)):
+            if value is not None:
+                raise BackendError(f"{flag} sizes a local cluster; with --scheduler (or $DASK_SCHEDULER_ADDRESS) "
+                                   "the cluster has the workers started on it")
+        if o.gpu is not None:
+            raise BackendError(f"--device cuda:{o.gpu} picks a GPU of a local cluster; the workers of --scheduler "
+                               "use the GPUs `dask cuda worker` gave them: give --device cuda")
+        return dataclasses.replace(o, scheduler=scheduler_address(address))
+    memory = o.worker_memory
+    if isinstance(memory, str):
+        from dask.utils import parse_bytes
+
+        try:
+            if not memory.strip():
+                raise ValueError("empty")
+            memory = parse_bytes(memory)
+        except OverflowError:
+            memory = 1 << 80          # refused below: more than the machine's
+        except (ValueError, TypeError):
+            raise BackendError(f"--worker-memory {o.worker_memory!r} is not a size; use e.g. 500MB or 2GB") from None
+    if memory is not None and memory < MIN_WORKER_MEMORY:
+        raise BackendError(f"--worker-memory {o.worker_memory} is " + ("not positive" if memory <= 0 else "less than "
+                           "a worker needs") + f"; give at least {MIN_WORKER_MEMORY // 1_000_000}MB (the worker process"
+                           " itself, then a chunk of rows)")
+    if kind != "cpu":
+        return dataclasses.replace(o, worker_memory=memory)
+    from distributed.system import MEMORY_LIMIT   # the machine's memory, less cgroup and rlimit limits
+
+    cores, per_worker = usable_cores(), memory or MIN_WORKER_MEMORY
+    fit = max(1, min(cores, MEMORY_LIMIT // per_worker))
+    if o.workers is not None and o.workers > fit:
+        raise BackendError(f"--workers {o.workers} is more than this machine runs: {cores} cores and "
+                           f"{MEMORY_LIMIT / 1e9:.1f} GB of memory allow {fit} worker(s) of "
+                           f"{per_worker / 1e6:,.0f} MB; give --workers {fit} or fewer")
+    if memory is not None and (o.workers or fit) * memory > MEMORY_LIMIT:
+        raise BackendError(f"--worker-memory {o.worker_memory} for {o.workers or fit} worker(s) is more than this "
+                           f"machine's {MEMORY_LIMIT / 1e9:.1f} GB; give at most "
+                           f"{MEMORY_LIMIT // (o.workers or fit) // 1_000_000}MB")
+    return dataclasses.replace(o, worker_memory=memory, workers=o.workers or fit)
 
 
 @dataclass(frozen=True)
@@ -62,38 +129,56 @@ class DaskBackend(Backend):
         return f"dask on {self.device} ({self.device_name})" + (f"; {self.info['rows']}" if "rows" in self.info else "")
 
     def asarray(self, host_array, dtype: str | None = None):
-        """A host array on the cluster: small ones as one chunk, rows in chunks of --chunk-rows."""
+        """A host array on the cluster: small ones as one chunk, rows in chunks of --chunk-rows; either
+        way it keeps its host data, which to_host and the engine read without asking the cluster."""
         host = np.asarray(host_array)
         if dtype is not None:
             host = host.astype(dtype, copy=False)
         return _rows_array(self, np.ascontiguousarray(host))
 
     def to_host(self, x) -> np.ndarray:
+        """A NumPy copy: of the host data behind an array made here; else computed (locally when it reads
+        nothing that lives on the workers, else on the cluster, bounded, converted to NumPy there)."""
+        if getattr(x, HOST, None) is not None:
+            return np.array(getattr(x, HOST), copy=True)
         if hasattr(x, "dask"):
-            x = self.client.compute(x, sync=True)
+            if self.device == "cpu" and not self._on_cluster(x):
+                x = x.compute(scheduler="sync")
+            else:
+                from dask import delayed
+
+                x = wait_result(self.client, self.client.compute(delayed(as_numpy, pure=True)(x)),
+                                timeout=self.options.timeout)
         return np.array(as_numpy(x), copy=True)
+
+    def _on_cluster(self, x) -> bool:
+        from distributed import futures_of
+
+        return bool(futures_of(x)) or any(str(name).startswith(("rows-", "labels-")) for name in x.dask.layers)
 
     def synchronize(self, *arrays) -> None:
         pass   # every step's results are computed before the step returns
 
     @property
     def device_name(self) -> str:
-        return _describe(self)
+        return self.info.get("description", "")     # asked once, at connect: a lost cluster cannot be asked again
 
     def on_device(self, arr):
-        """`arr`'s chunks as CuPy arrays on GPU workers (as they are on CPU workers)."""
+        """`arr`'s chunks as CuPy arrays on GPU workers (as they are on CPU workers). The meta stays NumPy,
+        so that this process needs no GPU; whatever comes back is converted to NumPy on the workers."""
         if self.device == "cpu":
             return arr
-        import cupy
-
-        return arr.map_blocks(cupy.asarray, dtype=arr.dtype, meta=cupy.empty((0,) * arr.ndim, arr.dtype))
+        return arr.map_blocks(to_device, dtype=arr.dtype, meta=np.empty((0,) * arr.ndim, arr.dtype))
 
     # -- arrays ---------------------------------------------------------------------------
     def wrap(self, host):
         """A small host array as a one-chunk dask array (on GPU workers: moved there by the workers)."""
         import dask.array as da
 
-        return self.on_device(da.from_array(np.asarray(host), chunks=np.shape(host) or ()))
+        host = np.asarray(host)
+        arr = self.on_device(da.from_array(host, chunks=host.shape or ()))
+        setattr(arr, HOST, host)
+        return arr
 
     def from_rows(self, X_rows, y_rows, dtype: str):
         """X (N, D) in `dtype` and y (N,) uint8 as dask arrays over lazy uint8 rows (see mlp.store):
@@ -107,31 +192,29 @@ class DaskBackend(Backend):
         X8 = da.from_array(X_rows, chunks=(chunk, -1), asarray=True, fancy=False, name=f"rows-{_token(X_rows)}")
         y8 = da.from_array(y_rows, chunks=(chunk,), asarray=True, fancy=False, name=f"labels-{_token(y_rows)}")
         X8, y8 = self.on_device(X8), self.on_device(y8)
-        memory = self.cluster_memory()
+        memory, of_what = self.cluster_memory()
         size = X8.nbytes + y8.nbytes
         fits = memory is None or size <= PERSIST_FRACTION * memory
-        where = "" if memory is None else f" of {memory / 1e9:.2f} GB"
         if fits:
             X8, y8 = self.client.persist([X8, y8])
             self.info["rows"] = (f"{n:,} uint8 rows ({size / 1e6:,.1f} MB) persisted on the workers "
                                  f"in chunks of {chunk:,}")
         else:
-            self.info["rows"] = (f"{n:,} uint8 rows ({size / 1e6:,.1f} MB, more than {PERSIST_FRACTION:.0%} of the "
-                                 f"cluster's memory{where}) streamed from disk at each step in chunks of {chunk:,}")
+            self.info["rows"] = (f"{n:,} uint8 rows ({size / 1e6:,.1f} MB, more than {PERSIST_FRACTION:.0%} of "
+                                 f"{of_what}, {memory / 1e9:.2f} GB) streamed from disk at each step in chunks "
+                                 f"of {chunk:,}")
+        if self.device != "cpu" and "GPU memory unknown" in of_what:
+            self.info["rows"] += f" ({of_what})"
         self.info.update(persisted=fits, chunk_rows=chunk, n=n)
-        meta = None
-        if self.device != "cpu":
-            import cupy
-
-            meta = cupy.empty((0, 0), dtype)
-        X = X8.map_blocks(functools.partial(normalise, dtype=dtype), dtype=np.dtype(dtype), meta=meta)
+        X = X8.map_blocks(functools.partial(normalise, dtype=dtype), dtype=np.dtype(dtype),
+                          meta=np.empty((0, 0), dtype))
         self.info.setdefault("uint8_rows", {})[X.name] = (X8, y8, dtype)  # what the engine's chunk tasks read
         return X, y8
 
     def default_chunk_rows(self, n: int, features: int) -> int:
         """DEFAULT_CHUNK_ROWS, but at most N / workers (every worker gets a chunk) and at most
         what keeps a chunk's float64 rows within 1/8 of a worker's memory limit."""
-        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+        workers = identity(self.client, self.options.timeout)["workers"].values()
         chunk = min(DEFAULT_CHUNK_ROWS, math.ceil(n / max(1, len(workers))))
         limits = [w.get("memory_limit") or 0 for w in workers]
         if limits and min(limits) > 0:
@@ -139,18 +222,32 @@ class DaskBackend(Backend):
         return chunk
 
     # -- the cluster ----------------------------------------------------------------------
-    def cluster_memory(self) -> int | None:
-        """The sum of the workers' memory limits in bytes (None when a worker has none)."""
-        limits = [w.get("memory_limit") for w in self.client.scheduler_info(n_workers=-1)["workers"].values()]
-        return None if not limits or not all(limits) else int(sum(limits))
+    def cluster_memory(self) -> tuple[int | None, str]:
+        """(bytes, of what) that the persisted rows would live in: the workers' memory limits on CPU
+        workers (None when a worker has none); on GPU workers their GPUs' memory (NVML, else CuPy on each
+        worker; when neither answers, the memory limits, and the text says so)."""
+        workers = identity(self.client, self.options.timeout)["workers"]
+        limits = [w.get("memory_limit") for w in workers.values()]
+        host = None if not limits or not all(limits) else int(sum(limits))
+        if self.device == "cpu":
+            return host, "the cluster's memory"
+        gpus = [(w.get("gpu") or {}).get("memory-total") for w in workers.values()]
+        if not gpus or not all(gpus):
+            found = self.client.run(lambda: __import__("cupy").cuda.runtime.memGetInfo()[1], on_error="return",
+                                    callback_timeout=self.options.timeout)
+            gpus = [v for v in found.values() if isinstance(v, int)]
+            if len(gpus) != len(workers):
+                return host, "GPU memory unknown (no NVML or CuPy answer from every worker): the workers' host memory"
+        return int(sum(gpus)), "the workers' GPU memory"
 
     def close(self) -> None:
-        for thing in (self.client, self.cluster):
-            if thing is not None:
-                try:
-                    thing.close()
-                except Exception:  # closing is best effort: a dead scheduler has nothing left to close
-                    pass
+        from .dask_connect import discard
+
+        if self.client is not None:
+            discard(self.client)       # bounded: a dead scheduler has nothing left to close
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):   # best effort
+                self.cluster.close(timeout=10)
         if getattr(self.cluster, "_mlp_environ", None) is not None:
             restore_environ(self.cluster._mlp_environ)
         _OPEN[:] = [b for b in _OPEN if b is not self]
@@ -176,7 +273,6 @@ def release_all() -> None:
 
 
 def dask_backend(kind: str, index: int | None, options: Options | None = None) -> DaskBackend:
-    options = options or Options()
     try:
         import dask  # noqa: F401
         import distributed
@@ -184,21 +280,28 @@ def dask_backend(kind: str, index: int | None, options: Options | None = None) -
     except ImportError as exc:
         raise BackendError(f"--backend dask needs dask and distributed ({exc}); "
                            "pip install 'mlp-by-hand[dask]'") from None
+    options = check_options(options or Options(), kind)   # a bad flag is one line before anything starts
     if kind == "cuda" and options.scheduler is None:
         try:
             import cupy  # noqa: F401
-            import dask_cuda  # noqa: F401
+            from dask_cuda.utils import get_n_gpus
         except ImportError as exc:
             raise BackendError(f"--backend dask --device cuda needs dask-cuda and CuPy ({exc}); "
                                "pip install 'mlp-by-hand[dask-cuda,cuda12]', or use --device cpu") from None
-    client, cluster = _connect(kind, options, distributed)
+        count = get_n_gpus()
+        if options.gpu is not None and options.gpu >= count:
+            raise BackendError(f"--device cuda:{options.gpu} does not exist: this machine has {count} GPU(s), "
+                               f"cuda:0 to cuda:{count - 1}")
+    backend = DaskBackend(name="dask", device="cpu" if kind == "cpu" else "cuda" if options.gpu is None else
+                          f"cuda:{options.gpu}", xp=None, version=distributed.__version__, options=options, info={})
+    _OPEN.append(backend)
+    client, cluster, workers = connect(kind, options)
     import dask.array as da
 
-    xp = array_namespace(da.zeros(1))
-    device = "cpu" if kind == "cpu" else f"cuda:{index or 0}"
-    backend = DaskBackend(name="dask", device=device, xp=xp, version=distributed.__version__, client=client,
-                          cluster=cluster, options=options, info={})
-    _OPEN.append(backend)
+    object.__setattr__(backend, "xp", array_namespace(da.zeros(1)))
+    object.__setattr__(backend, "client", client)
+    object.__setattr__(backend, "cluster", cluster)
+    backend.info.update(checked_workers=workers, description=_describe(backend))
     return backend
 
 
@@ -212,85 +315,20 @@ def _rows_array(backend: DaskBackend, host: np.ndarray):
     # rows are scattered to the workers, not written into the graph (which the scheduler would hold)
     step = backend.options.chunk_rows or DEFAULT_CHUNK_ROWS
     pieces = [host[a:a + step] for a in range(0, host.shape[0], step)]
-    futures = backend.client.scatter(pieces)
-    arr = da.concatenate([da.from_delayed(delayed(f), p.shape, dtype=p.dtype) for f, p in zip(futures, pieces)])
-    return backend.on_device(arr)
+    futures = scatter(backend.client, pieces, backend.options.timeout)
+    arr = backend.on_device(da.concatenate([da.from_delayed(delayed(f), p.shape, dtype=p.dtype)
+                                            for f, p in zip(futures, pieces)]))
+    setattr(arr, HOST, host)
+    return arr
 
 
 def _describe(backend: DaskBackend) -> str:
-    workers = backend.client.scheduler_info(n_workers=-1)["workers"].values()
+    workers = identity(backend.client, backend.options.timeout)["workers"].values()
     threads = sum(w.get("nthreads", 0) for w in workers)
     where = "LocalCUDACluster" if backend.cluster is not None and backend.device != "cpu" else (
-        "LocalCluster" if backend.cluster is not None else f"scheduler {backend.client.scheduler.address}")
+        "LocalCluster" if backend.cluster is not None else f"scheduler {backend.options.scheduler}")
     host = cpu_name() if backend.cluster is not None and backend.device == "cpu" else f"{len(workers)} workers"
     return f"{where}: {len(workers)} worker processes, {threads} threads; {host}"
-
-
-def _connect(kind: str, options: Options, distributed):
-    address = options.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
-    if address:
-        try:
-            client = distributed.Client(address, timeout=options.timeout, set_as_default=False)
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise BackendError(
-                f"cannot reach the Dask scheduler at {address} within {options.timeout:g} s "
-                f"({exc.__class__.__name__}: {' '.join(str(exc).split())[:200]}); start it with `dask scheduler` and "
-                f"workers with `dask worker {address}`, check the address, or leave out --scheduler (and "
-                "$DASK_SCHEDULER_ADDRESS) for a local cluster") from None
-        try:
-            client.wait_for_workers(1, timeout=options.timeout)
-        except (TimeoutError, OSError):
-            client.close()
-            raise BackendError(f"the Dask scheduler at {address} has no workers after {options.timeout:g} s; "
-                               f"start some with `dask worker {address}`") from None
-        return client, None
-    previous = None
-    environ = dict(os.environ)
-    try:
-        # worker processes start with Ctrl-C ignored: the first Ctrl-C is the trainer's to handle
-        # (stop after the step, save, close the cluster), not a signal that kills the workers
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread
-        previous = None
-    try:
-        if kind == "cuda":
-            from dask_cuda import LocalCUDACluster
-
-            cluster = LocalCUDACluster(
-                n_workers=options.workers, dashboard_address=":0", silence_logs=40,
-                scheduler_kwargs={"dashboard": False},
-                **({"memory_limit": options.worker_memory} if options.worker_memory else {}))
-        else:
-            cluster = distributed.LocalCluster(
-                n_workers=options.workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                dashboard_address=":0", silence_logs=40, scheduler_kwargs={"dashboard": False},
-                **({"memory_limit": options.worker_memory} if options.worker_memory else {}))
-        client = distributed.Client(cluster, set_as_default=False)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-        restore_environ(environ)
-    cluster._mlp_environ = environ   # restored again at close(): a restarted worker writes it again
-    return client, cluster
-
-
-def restore_environ(saved: dict) -> None:
-    """Put os.environ back as it was: distributed's Nanny writes its workers' settings
-    (OMP_NUM_THREADS=1, MALLOC_TRIM_THRESHOLD_, ...) into the environment of the process
-    that hosts it, where they would change every process this one starts later."""
-    for key in set(os.environ) - set(saved):
-        del os.environ[key]
-    os.environ.update(saved)
-
-
-@contextlib.contextmanager
-def environ_kept():
-    """os.environ as it was on entry, again on exit (around a LocalCluster of one's own)."""
-    saved = dict(os.environ)
-    try:
-        yield
-    finally:
-        restore_environ(saved)
 
 
 # ----------------------------------------------------------------------------- memory

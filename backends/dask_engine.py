@@ -9,11 +9,16 @@ A step is one task per row chunk and a tree of sums:
 which is exactly the mean loss and gradient over the batch, since both are means over rows.
 Each chunk's task normalises its own uint8 rows (mlp.data.normalise), so a worker holds
 1 byte per pixel between steps and one chunk's float temporaries during a step, and the
-graph has one task per chunk rather than one per operation. The parameters (a few hundred
-kB) go out with each step's graph and come back summed, as NumPy.
+graph has one task per chunk rather than one per operation. The parameters go out from the
+host with each step's graph (on GPU workers each chunk's task moves them to its GPU: the one
+broadcast per step), and the loss and gradients come back summed, converted to NumPy on the
+worker, so the host needs no GPU. Every wait on the cluster is bounded (dask_guard.wait_result):
+a lost cluster is a ClusterLost, a stop request (Ctrl-C, SIGTERM) a StepStopped.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -21,11 +26,25 @@ from mlp.batches import batch_rows
 from mlp.errors import BackendError
 
 SPLIT_EVERY = 8      # partial sums added per task of the reduction tree
+NEWCOMERS_EVERY_S = 1.0   # how often a step on an external cluster checks workers that joined since
 
 
 def as_numpy(x) -> np.ndarray:
     """A NumPy array from a NumPy or CuPy result."""
     return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
+
+
+def to_device(block):
+    """On a GPU worker: a NumPy block as a CuPy array (the client itself needs no CuPy)."""
+    import cupy
+
+    return cupy.asarray(block)
+
+
+def host_pair(pair):
+    """On a worker: (loss, grads) as NumPy, so that what comes back needs no GPU to read."""
+    loss, grads = pair
+    return as_numpy(loss), {k: as_numpy(g) for k, g in grads.items()}
 
 
 def chunk_loss_and_grads(X, y, params, activation, weight, dtype=None, rows=None):
@@ -43,14 +62,18 @@ def chunk_loss_and_grads(X, y, params, activation, weight, dtype=None, rows=None
     if dtype is not None:
         X = normalise(X, dtype)
     params = {k: xp.asarray(v) for k, v in params.items()}        # NumPy -> CuPy on a GPU worker
-    loss, grads = model.loss_and_grads(params, X, y, activation)
-    return weight * loss, {k: weight * g for k, g in grads.items()}
+    # the labels were checked once, when the rows were opened; a diverging run's overflows are the
+    # host's to report (in one line), not warnings on the workers' terminals
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        loss, grads = model.loss_and_grads(params, X, y, activation, check_labels=False)
+        return weight * loss, {k: weight * g for k, g in grads.items()}
 
 
 def add(*parts):
     """The sum of (loss, grads) pairs."""
-    loss = sum(p[0] for p in parts)
-    return loss, {k: sum(p[1][k] for p in parts) for k in parts[0][1]}
+    with np.errstate(over="ignore", invalid="ignore"):
+        loss = sum(p[0] for p in parts)
+        return loss, {k: sum(p[1][k] for p in parts) for k in parts[0][1]}
 
 
 class DaskEngine:
@@ -78,6 +101,8 @@ class DaskEngine:
                 f"scheduler round trip (milliseconds) for {batch} rows of work; use --batch-size full (the main "
                 f"mode) or at least {chunk} (or a smaller --chunk-rows), or --backend numpy for small minibatches")
         self.perm = None
+        self.stop = None           # set by mlp.loop.fit: a stop request gives up the step under way
+        self.newcomers_checked = time.monotonic()   # the workers were checked at connect
 
     def begin_epoch(self, perm) -> None:
         self.perm = perm   # stays on the host: each chunk's task is told which of its rows are in the batch
@@ -86,8 +111,7 @@ class DaskEngine:
         from mlp import model
 
         b = self.backend
-        # the parameters are one-chunk arrays of host data (backend.wrap): read here, no cluster trip
-        host = {k: as_numpy(v.compute(scheduler="sync")) for k, v in params.items()}
+        host = {k: b.to_host(v) for k, v in params.items()}   # arrays of host data (backend.wrap): no cluster trip
         losses = []
         for i in range(first, last):
             loss, grads = self._loss_and_grads(host, i)
@@ -112,5 +136,13 @@ class DaskEngine:
                  for k, rows, count in picks]
         while len(parts) > 1:
             parts = [delayed(add, pure=True)(*parts[j:j + SPLIT_EVERY]) for j in range(0, len(parts), SPLIT_EVERY)]
-        loss, grads = self.backend.client.compute(parts[0], sync=True)
-        return as_numpy(loss), {k: as_numpy(v) for k, v in grads.items()}
+        from .dask_guard import check_newcomers, wait_result
+
+        b = self.backend
+        client, timeout = b.client, b.options.timeout
+        if b.cluster is None and time.monotonic() - self.newcomers_checked >= NEWCOMERS_EVERY_S:
+            check_newcomers(client, b.info.setdefault("checked_workers", set()), timeout)   # others' cluster
+            self.newcomers_checked = time.monotonic()
+        hint = "; raise --worker-memory or lower --chunk-rows" if b.options.worker_memory else ""
+        return wait_result(client, client.compute(delayed(host_pair, pure=True)(parts[0])), timeout=timeout,
+                           stop=lambda: self.stop is not None and self.stop.requested, hint=hint)

@@ -20,11 +20,12 @@ from .base import Impl
 
 
 def expand(names: list[str]) -> list[str]:
-    """'dask' -> 'dask:1', 'dask:2', ... up to the core count; other names as they are."""
+    """'dask' -> 'dask:1', 'dask:2', ... up to the cores this process may use (a local cluster takes no
+    more: see dask_cluster.check_options); other names as they are."""
     out = []
     for name in names:
         if name == "dask":
-            w, cores = 1, os.cpu_count() or 1
+            w, cores = 1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             while w <= cores:
                 out.append(f"dask:{w}")
                 w *= 2

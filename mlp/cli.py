@@ -9,15 +9,16 @@ import os
 import signal
 import sys
 
-from mlp.backends import BACKENDS, describe_out_of_memory, is_out_of_memory, release
+from mlp.backends import BACKENDS, describe_out_of_memory, is_out_of_memory, parse_device, release
 
 from .checkpoint_meta import MAX_SEED
-from .errors import DivergedError, Signalled, UserError
+from .errors import ClusterLost, DivergedError, Signalled, UserError
 from .files import DISK_FULL, release_locks, write_failure
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_OUT_OF_MEMORY = 4
+EXIT_CLUSTER_LOST = 5
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
@@ -127,7 +128,7 @@ def threads_arg(text: str):
     return "auto" if text.strip().lower() == "auto" else whole_number(text, 1, "must be 'auto' or at least 1")
 
 
-FLAGS = ("workers", "scheduler", "chunk_rows", "worker_memory", "scheduler_timeout", "store")
+FLAGS = ("workers", "scheduler", "chunk_rows", "worker_memory", "scheduler_timeout", "verbose", "store")
 
 
 def add_dask_flags(p: argparse.ArgumentParser, *, store: bool = False) -> None:
@@ -138,15 +139,18 @@ def add_dask_flags(p: argparse.ArgumentParser, *, store: bool = False) -> None:
                    help="join the cluster of this scheduler, e.g. tcp://10.0.0.1:8786, instead of starting one "
                         "(default: $DASK_SCHEDULER_ADDRESS if set); every worker must read the data folder")
     g.add_argument("--scheduler-timeout", type=positive_float, metavar="S",
-                   help="give up on an unreachable scheduler after S seconds (default: 10)")
+                   help="the longest any wait on the cluster lasts: connecting, the first worker, a step without "
+                        "a running worker or an answer from the scheduler (default: 10; from 1 to 3600)")
     g.add_argument("--chunk-rows", type=positive_int, metavar="R",
                    help="rows per chunk (default: 8192, fewer when that leaves a worker without a chunk)")
     g.add_argument("--worker-memory", metavar="SIZE",
                    help="memory limit of each local worker, e.g. 2GB (default: the machine's memory shared out); "
                         "rows over half the cluster's memory stream from disk at each step instead of being kept")
+    g.add_argument("--verbose", action="store_true", default=None,
+                   help="show distributed's own log messages and warnings (off by default)")
     if store:
         g.add_argument("--store", metavar="DIR",
-                       help="train on the rows of this store (from python -m mlp.data convert), read lazily by "
+                       help="train on the rows of this store (from python -m mlp.convert), read lazily by "
                             "chunk; the test split still comes from --data-dir")
 
 
@@ -159,19 +163,12 @@ def dask_options(args):
             flag = "--" + given[0].replace("_", "-")
             raise UserError(f"{flag} applies to --backend dask only; add --backend dask or drop it")
         return None
-    from mlp.backends.dask_cluster import CONNECT_TIMEOUT_S, Options
+    from mlp.backends.dask_cluster import CONNECT_TIMEOUT_S, Options   # its values are checked by the backend
 
-    if args.worker_memory is not None:
-        from dask.utils import parse_bytes
-
-        try:
-            parse_bytes(args.worker_memory)
-        except (ValueError, TypeError, OverflowError):
-            raise UserError(f"--worker-memory {args.worker_memory!r} is not a size; use e.g. 500MB or 2GB") from None
-    if args.workers is not None and (args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
-        raise UserError("--workers sizes a local cluster; with --scheduler the cluster has the workers started on it")
+    kind, index = parse_device(args.device)
     return Options(workers=args.workers, scheduler=args.scheduler, chunk_rows=args.chunk_rows,
-                   worker_memory=args.worker_memory, timeout=args.scheduler_timeout or CONNECT_TIMEOUT_S)
+                   worker_memory=args.worker_memory, timeout=args.scheduler_timeout or CONNECT_TIMEOUT_S,
+                   verbose=bool(args.verbose), gpu=index if kind == "cuda" and ":" in args.device else None)
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:
@@ -320,6 +317,9 @@ def run(main, argv=None) -> int:
     except DivergedError as exc:
         _say(f"{prog}: diverged: {exc}")
         return EXIT_DIVERGED
+    except ClusterLost as exc:
+        print(f"{prog}: cluster lost: {exc}", file=sys.stderr)
+        return EXIT_CLUSTER_LOST
     except Signalled as exc:
         _say(f"{prog}: stopped by {signal.Signals(exc.signum).name}")
         return exit_code(exc.signum)

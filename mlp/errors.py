@@ -4,6 +4,7 @@ none of ours. Errors that are the user's to fix: the CLIs print their one-line m
     exit 2  UserError (bad flag, missing or corrupt file, impossible device, ...)
     exit 3  DivergedError (the loss or the parameters stopped being finite)
     exit 4  out of memory (CPU or GPU), with the size asked for and what to reduce
+    exit 5  ClusterLost: the Dask cluster failed mid-run (mlp.train saves the last completed step first)
     exit 129  stopped by SIGHUP, 130 by Ctrl-C (SIGINT), 143 by SIGTERM (128 + the signal's
               number; a checkpoint is saved first when --save is given)
     exit 141  stdout was closed (`| head -1`): the command stops quietly
@@ -26,6 +27,17 @@ class CheckpointError(UserError):
 
 class BackendError(UserError):
     """A device or backend the user asked for that cannot be had (missing library, no GPU)."""
+
+
+class ClusterLost(Exception):
+    """The Dask cluster failed while the run was under way: the scheduler gone or silent, no
+    running worker for --scheduler-timeout, workers dying, the scheduler unable to read the tasks.
+    The run's state is that of the last completed step (exit 5; mlp.train saves it first)."""
+
+
+class StepStopped(Exception):
+    """An engine gave up the step under way because a stop was requested (Ctrl-C, SIGTERM); the
+    state is that of the last completed step (mlp.loop.fit turns it into Interrupted)."""
 
 
 class DivergedError(Exception):

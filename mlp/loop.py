@@ -26,7 +26,7 @@ import numpy as np
 from . import model
 from .batches import batch_rows, batching, is_full_batch
 from .checkpoint import Checkpoint
-from .errors import DivergedError, Signalled, UserError
+from .errors import ClusterLost, DivergedError, Signalled, StepStopped, UserError
 
 ENGINES = ("auto", "eager", "compiled")
 
@@ -204,9 +204,12 @@ def fit(backend, engine: Engine, state: TrainState, epochs: int, *, progress=Non
     A minibatch epoch visits the rows in a fresh permutation drawn from `state.rng` on the
     host; a full-batch epoch is one step on the rows in order. Losses come back to the host
     once per epoch (and at a stop). Raises DivergedError on a non-finite loss, Interrupted when
-    `stop` is requested; `progress.step(k)` is told of every k steps done."""
+    `stop` is requested, ClusterLost when the engine's cluster failed (the state is then that of
+    the last completed step); `progress.step(k)` is told of every k steps done."""
     n, batch = engine.n, engine.batch
     steps_per_epoch = batching(n, batch)[1]
+    if stop is not None and hasattr(engine, "stop"):
+        engine.stop = stop      # an engine that waits on others (Dask) gives up its step on a stop request
     while state.epoch < epochs:
         if state.step_in_epoch == 0:
             state.epoch_rng_state = state.rng.bit_generator.state
@@ -217,7 +220,15 @@ def fit(backend, engine: Engine, state: TrainState, epochs: int, *, progress=Non
         first = state.step_in_epoch
         while state.step_in_epoch < steps_per_epoch:
             last = min(steps_per_epoch, state.step_in_epoch + engine.segment)
-            state.params, losses = engine.run(state.params, state.step_in_epoch, last)
+            try:
+                state.params, losses = engine.run(state.params, state.step_in_epoch, last)
+            except (StepStopped, ClusterLost):    # the state is still the last completed step's
+                gather(backend, state, epoch_losses, first)
+                if state.step_in_epoch:
+                    state.partial_epoch_seconds += time.perf_counter() - started
+                if stop is not None and stop.requested:
+                    raise Interrupted from None
+                raise
             epoch_losses.append(losses)
             if progress is not None:
                 progress.step(last - state.step_in_epoch)

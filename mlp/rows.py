@@ -10,11 +10,19 @@ from .errors import UserError
 from .store import idx_rows, open_store, store_fingerprint
 
 
+def open_training_store(path, classes) -> tuple:
+    """--store's rows, every part checked (mlp.store.open_store), before any cluster starts:
+    (X rows, y rows, meta, the folder)."""
+    folder = Path(path).resolve()
+    return (*open_store(folder, classes), folder)
+
+
 def training_arrays(backend, data, rows, dtype: str, *, store=None):
     """(X (N, D), y (N,), the rows' fingerprint) of the run on the backend. Elsewhere than Dask:
     the host `rows` (the training rows less any validation split), moved to the device once.
     Dask: lazy uint8 rows that the workers read themselves (the pair's rows of the IDX files, or
-    `store`'s), normalised in the graph. A store's fingerprint covers its metadata and labels."""
+    `store`'s: a path, or what open_training_store gave), normalised in the graph. A store's
+    fingerprint covers its metadata and labels."""
     from_rows = getattr(backend, "from_rows", None)
     if from_rows is None:
         X, y = rows
@@ -23,10 +31,9 @@ def training_arrays(backend, data, rows, dtype: str, *, store=None):
         raise UserError("--val-split is not available with --backend dask yet (the workers read every training "
                         "row); drop --val-split, or validate with python -m mlp.evaluate --split train")
     if store:
-        folder = Path(store).resolve()
-        X_rows, y_rows, meta = open_store(folder, data.classes)
+        X_rows, y_rows, meta, folder = store if isinstance(store, tuple) else open_training_store(store, data.classes)
         if tuple(meta["image_shape"]) != tuple(data.image_shape):
-            raise UserError(f"the store {store} holds {tuple(meta['image_shape'])} images, the test data "
+            raise UserError(f"the store {folder} holds {tuple(meta['image_shape'])} images, the test data "
                             f"{tuple(data.image_shape)}; convert the data set you evaluate on")
         return (*from_rows(X_rows, y_rows, dtype), store_fingerprint(folder))
     paths = mnist_files(Path(data.data_dir).resolve(), download=False, quiet=True)

@@ -18,22 +18,27 @@ Everything here is NumPy only; building dask arrays on top is `backends.dask_clu
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .data import mnist_files, read_idx, select_pair
 from .errors import DataError, UserError
+from .files import check_input_file
 from .npz import read_npy_header
 
 FORMAT = "mlp-rows/1"
 BLOCK_ROWS = 65_536          # rows written at a time: bounded memory however large the store
+LABEL_BLOCK = 1 << 24        # labels checked at a time (16 MB)
+MAX_META_BYTES = 1 << 16
+TMP_SUFFIX = ".convert-tmp"
 
 
 # ----------------------------------------------------------------------------- lazy rows
@@ -43,7 +48,7 @@ class NpyRows:
     """Rows of a .npy file, read from disk on indexing: `shape`, `dtype`, `ndim`, `[rows, cols]`."""
 
     def __init__(self, path):
-        self.path = str(path)
+        self.path = str(check_input_file(path, "the store's file"))    # not a FIFO, which would block a read
         try:
             with open(self.path, "rb") as f:
                 shape, fortran, dtype = read_npy_header(f)
@@ -116,25 +121,84 @@ def idx_rows(images_path, labels_path, classes) -> tuple[IdxRows, IdxRows]:
 
 
 def open_store(folder, classes=None) -> tuple[NpyRows, NpyRows, dict]:
-    """(X, y, meta) of a store folder; `classes`, when given, must be the store's."""
+    """(X, y, meta) of a store folder, every part checked before use: meta.json field by field, X and
+    y against it, and the labels (each 0 or 1, both present). `classes`, when given, must be the store's."""
     folder = Path(folder)
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{folder} is not a converted data store ({exc.__class__.__name__}: {exc}); "
-                        "make one with python -m mlp.convert --out DIR") from None
-    if meta.get("format") != FORMAT:
-        raise DataError(f"{folder}/meta.json has format {meta.get('format')!r}, this version reads {FORMAT!r}; "
-                        "convert again")
+    meta = read_meta(folder)
     X, y = NpyRows(folder / "X.npy"), NpyRows(folder / "y.npy")
-    if X.ndim != 2 or y.shape != (X.shape[0],) or X.dtype != np.uint8 or X.shape[0] != meta.get("n"):
-        raise DataError(f"{folder}: X {X.shape} {X.dtype} and y {y.shape} do not match each other or "
-                        f"meta.json (n={meta.get('n')}); convert the data again")
+    if X.dtype != np.uint8 or X.shape != (meta["n"], meta["n_features"]):
+        raise DataError(f"{folder}/X.npy holds {X.dtype} {X.shape}, meta.json promises uint8 "
+                        f"({meta['n']}, {meta['n_features']}); convert the data again")
+    if y.dtype != np.uint8 or y.shape != (meta["n"],):
+        raise DataError(f"{folder}/y.npy holds {y.dtype} {y.shape}, meta.json promises uint8 ({meta['n']},) labels; "
+                        "convert the data again")
+    check_labels(y, folder, meta["classes"])
     if classes is not None and tuple(meta["classes"]) != tuple(classes):
         a, b = meta["classes"]
         raise UserError(f"the store {folder} holds classes {a} vs {b}, the run asks for {classes[0]} vs {classes[1]}; "
                         f"use --classes {a} {b}, or convert the pair you want")
     return X, y, meta
+
+
+def _whole(value, lo: int, hi: int = 1 << 62) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def read_meta(folder: Path) -> dict:
+    """meta.json, read with bounds (size; nesting through json's own recursion limit) and checked
+    field by field; a DataError names the field."""
+    path = folder / "meta.json"
+    try:
+        with open(check_input_file(path, "the store's file"), "rb") as f:
+            text = f.read(MAX_META_BYTES + 1)
+        if len(text) > MAX_META_BYTES:
+            raise ValueError(f"more than {MAX_META_BYTES:,} bytes")
+        meta = json.loads(text)
+    except RecursionError:
+        meta = "nested too deeply"
+    except (OSError, ValueError, UserError) as exc:
+        raise DataError(f"{folder} is not a converted data store ({exc.__class__.__name__}: {exc}); "
+                        "make one with python -m mlp.convert --out DIR") from None
+
+    def bad(field: str, need: str) -> DataError:
+        shown = repr(meta.get(field) if isinstance(meta, dict) else meta)
+        return DataError(f"{path}: field {field!r} is {shown[:60]}, but must be {need}; the file is corrupt or was "
+                         "edited: convert the data again with python -m mlp.convert")
+
+    if not isinstance(meta, dict):
+        raise bad("meta", "a JSON object")
+    if meta.get("format") != FORMAT:
+        raise bad("format", f"{FORMAT!r} (the format this version reads)")
+    for field in ("n", "n_features"):
+        if not _whole(meta.get(field), 1):
+            raise bad(field, "a whole number of at least 1")
+    classes = meta.get("classes")
+    if not (isinstance(classes, list) and len(classes) == 2 and all(_whole(c, 0, (1 << 31) - 1) for c in classes)
+            and classes[0] != classes[1]):
+        raise bad("classes", "two different labels (whole numbers from 0)")
+    shape = meta.get("image_shape")
+    if not (isinstance(shape, list) and 1 <= len(shape) <= 2 and all(_whole(s, 1, 1 << 31) for s in shape)
+            and int(np.prod(shape)) == meta["n_features"]):
+        raise bad("image_shape", f"one or two sizes whose product is n_features ({meta['n_features']})")
+    for field in ("source", "made_by"):
+        if field in meta and not isinstance(meta[field], str):
+            raise bad(field, "a text")
+    return meta
+
+
+def check_labels(y: NpyRows, folder, classes) -> None:
+    """Every label 0 or 1 and both present (read in blocks: bounded memory however large the store)."""
+    counts = np.zeros(256, dtype=np.int64)
+    for start in range(0, y.shape[0], LABEL_BLOCK):
+        counts += np.bincount(y[start:start + LABEL_BLOCK], minlength=256)
+    other = np.flatnonzero(counts[2:])
+    if other.size:
+        raise DataError(f"{folder}/y.npy holds the label {other[0] + 2} ({counts[other[0] + 2]:,} rows); a store's "
+                        f"labels are 0 (class {classes[0]}) and 1 (class {classes[1]}) only: convert the data again")
+    for label in (0, 1):
+        if counts[label] == 0:
+            raise DataError(f"{folder}/y.npy holds no row of class {classes[label]} (label {label}); a store needs "
+                            "both classes: convert the data again")
 
 
 def store_fingerprint(folder) -> str:
@@ -150,14 +214,27 @@ def store_fingerprint(folder) -> str:
 
 def write_store(folder, blocks, n: int, n_features: int, meta: dict) -> None:
     """Write (X, y) blocks (uint8) into a new store folder, all or nothing: the files go to a
-    temporary folder beside it that is renamed into place at the end."""
+    temporary folder beside it (`.NAME.<pid>-<random>.convert-tmp`, removed by the next convert
+    in that folder if this process dies) that is renamed into place at the end. Folder and files
+    honour the umask."""
     folder = Path(folder)
-    if folder.exists():
+    if os.path.lexists(folder):
         raise UserError(f"{folder} already exists; remove it or choose another --out")
     parent = folder.parent if str(folder.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"the folder {parent} does not exist; create it first or choose another --out")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
+    remove_dead_temporaries(parent)
+    need = n * (n_features + 1) + (1 << 20)
+    free = shutil.disk_usage(parent).free
+    if need > free:
+        raise UserError(f"the store of {n:,} rows needs {need / 1e9:,.2f} GB, {parent} has {free / 1e9:,.2f} GB free; "
+                        "free some space, choose another --out or convert fewer --rows")
+    tmp = parent / f".{folder.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
+    try:
+        os.mkdir(tmp, 0o777)         # the umask applies (mkdtemp's folders are 0700 whatever it is)
+    except OSError as exc:
+        raise UserError(f"cannot create the temporary folder {tmp.name[:60]}... beside {folder} ({exc.strerror}); "
+                        "choose a shorter name or another folder for --out") from None
     try:
         X = np.lib.format.open_memmap(tmp / "X.npy", mode="w+", dtype=np.uint8, shape=(n, n_features))
         y = np.lib.format.open_memmap(tmp / "y.npy", mode="w+", dtype=np.uint8, shape=(n,))
@@ -174,6 +251,29 @@ def write_store(folder, blocks, n: int, n_features: int, meta: dict) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_dead_temporaries(parent: Path) -> list[Path]:
+    """Remove the temporary folders in `parent` of converts whose process no longer runs (a convert
+    killed with SIGKILL, or a power cut); those of live processes are left alone."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for tmp in parent.glob(f".*{TMP_SUFFIX}"):
+            pid = tmp.name[:-len(TMP_SUFFIX)].rpartition(".")[2].partition("-")[0]
+            if pid.isdigit() and not _alive(int(pid)) and tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def shifted(images: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
@@ -207,6 +307,9 @@ def convert(data_dir, out, classes=(3, 7), *, rows: int | None = None, max_shift
     images, y, _ = select_pair(images, labels, tuple(classes), str(paths["train-labels"]))
     y = y.astype(np.uint8)
     n_features = int(np.prod(images.shape[1:]))
+    if rows is not None and max_shift >= min(images.shape[1:]):
+        raise UserError(f"--max-shift {max_shift} would move a digit off its {'x'.join(map(str, images.shape[1:]))} "
+                        f"image; give at most {min(images.shape[1:]) - 1} (the default is 2)")
     meta = {"classes": [int(c) for c in classes], "image_shape": list(images.shape[1:]),
             "source": str(Path(paths["train-images"]).parent)}
     if rows is None:

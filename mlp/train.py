@@ -7,20 +7,21 @@ divergence check and the metrics), so a full-batch epoch makes one small host ro
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import tempfile
 import warnings
-
 
 from mlp import backends
 
 from . import checkpoint, model
 from .checkpoint import RUN_KEYS, Checkpoint
 from .checkpoint_meta import MAX_COUNT, MAX_DIM, MAX_LABEL
-from .cli import (Parser, add_data_flags, add_device_flags, bounded_int, dask_options, exit_code,
+from .cli import (EXIT_CLUSTER_LOST, Parser, add_data_flags, add_device_flags, bounded_int, dask_options, exit_code,
                   positive_float, positive_int, run, seed_int, val_fraction)
 from .data import MNIST_MEAN, MNIST_STD, data_paths, default_data_dir, load_dataset
-from .errors import CheckpointError, DivergedError, UserError
+from .errors import CheckpointError, ClusterLost, DivergedError, UserError
 from .files import write_failure
 from .history import EarlyStopped, History, holdout, resolve_val_split
 from .batches import batching
@@ -29,7 +30,7 @@ from .outputs import check_outputs
 from .plots import plot_format
 from .progress import Progress, epoch_train_loss, fmt_loss
 from .saver import Saver
-from .rows import training_arrays
+from .rows import open_training_store, training_arrays
 from .runlog import EpochLog
 from .scoring import score
 from .summary import continue_command, metrics, summary_line, write_loss_plot, write_metrics, wrote
@@ -234,6 +235,20 @@ def interrupted(args, argv: list, state: TrainState, save: Saver, signum: int) -
     return exit_code(signum)
 
 
+def cluster_lost(args, argv: list, cfg, state: TrainState, save: Saver, exc) -> int:
+    """The Dask cluster failed: save the last completed step (host data) to --save or a rescue file; exit 5."""
+    path = args.save or os.path.join(tempfile.gettempdir(), f"mlp-rescue-{os.getpid()}.npz")
+    try:
+        save(path, state)                 # checked finite first: on CPU workers without the cluster
+    except ClusterLost:                   # on GPU workers the check needs the cluster: saved unchecked
+        save(path, state, check=False)
+    more = "" if state.epoch >= cfg["epochs"] else "; once the cluster is back, continue with: " + continue_command(
+        "python -m mlp.train", argv + ([] if args.save else ["--save", path]), path)
+    print(f"mlp.train: cluster lost at epoch {state.epoch + bool(state.step_in_epoch)}, step {state.step}: {exc}; "
+          f"the run as of step {state.step} was saved to {path}{more}", file=sys.stderr)
+    return EXIT_CLUSTER_LOST
+
+
 def diverged(exc, cfg, save: Saver) -> DivergedError:
     kept = (f"the last good checkpoint is {save.last['path']} (epoch {save.last['epoch']})" if save.last["path"]
             else "no checkpoint was written (use --save with --checkpoint-every to keep good states)")
@@ -248,11 +263,12 @@ def main(argv=None) -> int:
     ckpt = checkpoint.load(args.resume) if args.resume else None
     cfg = resolve_config(args, ckpt)
     log = EpochLog(args.log, keep_until=ckpt.epoch if ckpt else 0) if args.log else None  # a resumed log: checked now
+    store = open_training_store(args.store, cfg["classes"]) if args.store and dask_options(args) else None  # checked
     backend = backends.resolve(args.device, args.backend, dask_options(args))
     data, rows, val = load_rows(args, cfg, ckpt)
     batch = batching(len(rows[0]), cfg["batch_size"])[0]   # CPU thread pools: sized from the run, never the load
     cfg["threads"] = backends.choose_threads(backend, batch, rows[0].shape[1], cfg["hidden"], args.threads)
-    X, y, data_fingerprint = training_arrays(backend, data, rows, cfg["dtype"], store=args.store)  # to the device, once
+    X, y, data_fingerprint = training_arrays(backend, data, rows, cfg["dtype"], store=store)  # to the device, once
     (n, n_features), n_val = X.shape, 0 if val is None else len(val[1])
     check_same_data(args, cfg, ckpt, n, data_fingerprint)
     data_cfg = {"n_features": n_features, "image_shape": list(data.image_shape), "mean": MNIST_MEAN,
@@ -284,6 +300,9 @@ def main(argv=None) -> int:
     except Interrupted:
         progress.close()
         return interrupted(args, argv, state, save, stop.signum)
+    except ClusterLost as exc:
+        progress.close()
+        return cluster_lost(args, argv, cfg, state, save, exc)
     except DivergedError as exc:
         progress.close()
         raise diverged(exc, cfg, save) from None
@@ -291,10 +310,13 @@ def main(argv=None) -> int:
         progress.close()
         history.close()
         getattr(engine, "close", lambda: None)()   # CUDA graphs' memory, before the test set is scored
-    if not params_finite(backend, state.params):
-        raise DivergedError(f"the parameters became non-finite in the last step ({state.step}); "
-                            f"try a smaller --lr than {cfg['lr']}")
-    finish(args, cfg, backend, state, history, data, n, n_val, steps_per_epoch, stopped, save)
+    try:   # the test set is scored on the cluster too: losing it then loses nothing trained
+        if not params_finite(backend, state.params):
+            raise DivergedError(f"the parameters became non-finite in the last step ({state.step}); "
+                                f"try a smaller --lr than {cfg['lr']}")
+        finish(args, cfg, backend, state, history, data, n, n_val, steps_per_epoch, stopped, save)
+    except ClusterLost as exc:
+        return cluster_lost(args, argv, cfg, state, save, exc)
     return 0
 
 

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import pytest
 
 pytest.importorskip("distributed", reason="the [dask] extra is part of [test]: pip install -e '.[test]'")
 
-from distributed import Client, LocalCluster  # noqa: E402
+from distributed import LocalCluster  # noqa: E402
 
 from mlp import backends, model  # noqa: E402
 from mlp.backends.dask_cluster import Options, environ_kept, worker_memory  # noqa: E402
@@ -33,6 +32,7 @@ from mlp.loop import TrainState, fit, make_engine  # noqa: E402
 from mlp.store import convert, open_store, write_store  # noqa: E402
 
 from .conftest import call_cli, needs_gpu, run_cli  # noqa: E402
+from .dask_procs import free_port, procs, wait_workers  # noqa: E402
 
 N, H, CHUNK = 3_000, 8, 1_000
 QUIET_CLUSTER = dict(threads_per_worker=1, processes=True, dashboard_address=":0",
@@ -163,38 +163,14 @@ def test_a_worker_killed_mid_run_changes_nothing(cluster, small_store):
 # ----------------------------------------------------------------------------- --scheduler
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def dask_commands(tmp_path):
-    """`dask scheduler` and one `dask worker` as separate processes on 127.0.0.1."""
-    bindir = Path(sys.executable).parent
-    dask_cmd = str(bindir / "dask") if (bindir / "dask").exists() else "dask"
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    procs = []
-    try:
-        procs.append(subprocess.Popen([dask_cmd, "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                                       "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        procs.append(subprocess.Popen([dask_cmd, "worker", address, "--host", "127.0.0.1", "--nworkers", "1",
-                                       "--nthreads", "1", "--no-dashboard", "--local-directory", str(tmp_path)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        with Client(address, timeout=30) as c:
-            c.wait_for_workers(1, timeout=30)
+    """`dask scheduler` and one `dask worker` (with its nanny) as separate processes on 127.0.0.1."""
+    with procs(tmp_path) as started:
+        address, _ = started.scheduler()
+        started.worker(address, nanny=True)
+        wait_workers(address, 1)
         yield address
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
 
 
 def test_train_and_evaluate_join_a_cluster_of_dask_commands(tmp_path, data_dir, small_store, monkeypatch):
@@ -272,7 +248,7 @@ def test_rows_larger_than_the_cluster_memory_stream_from_disk(tmp_path, data_dir
 def test_an_unreachable_scheduler_is_one_line_and_exit_2_within_the_timeout(data_dir):
     from mlp import train as train_cmd
 
-    address = f"tcp://127.0.0.1:{_free_port()}"    # nothing listens there
+    address = f"tcp://127.0.0.1:{free_port()}"    # nothing listens there
     started = time.monotonic()
     code, out, err = call_cli(train_cmd.main, "--backend", "dask", "--scheduler", address, "--scheduler-timeout", 1,
                               "--data-dir", data_dir, "--epochs", 1)
@@ -334,6 +310,15 @@ def test_flag_errors_are_one_line(data_dir, small_store, tmp_path):
         (["--workers", 2], "--workers applies to --backend dask only"),
         (["--backend", "dask", "--worker-memory", "lots"], "--worker-memory 'lots' is not a size"),
         (["--backend", "dask", "--workers", 2, "--scheduler", "tcp://127.0.0.1:1"], "--workers sizes a local cluster"),
+        (["--verbose"], "--verbose applies to --backend dask only"),
+        (["--backend", "dask", "--worker-memory", "1MB"], "--worker-memory 1MB is less than a worker needs; give at "
+                                                          "least 150MB"),
+        (["--backend", "dask", "--worker-memory=-1GB"], "--worker-memory -1GB is not positive"),
+        (["--backend", "dask", "--worker-memory", "100TB"], "is more than this machine's"),
+        (["--backend", "dask", "--workers", 1000], "--workers 1000 is more than this machine runs"),
+        (["--backend", "dask", "--scheduler-timeout", "1e300"], "from 1 to 3600"),
+        (["--backend", "dask", "--scheduler", "inproc://x"], "the inproc:// protocol is not supported"),
+        (["--backend", "dask", "--device", "cuda:1", "--scheduler", "tcp://127.0.0.1:1"], "picks a GPU of a local"),
     ]
     for args, message in cases:
         code, _, err = call_cli(train_cmd.main, "--data-dir", data_dir, *args)
