@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SKIP = ((r"--device cuda|gpu_check\.sh|gpu_wheels\.sh", "needs a CUDA GPU"),
         (r"tcp://10\.|dask scheduler\b|dask worker\b|/shared/mnist", "needs other machines"),
-        (r"<[a-z][^>]*>", "has a placeholder to fill in"),
+        (r"<[a-z][^>]*>|\bREPO\b|\bCOMMIT\b", "has a placeholder to fill in"),
         (r"(^|&& )pytest\b", "the test suite: CI runs it"),
         (r"download\.pytorch\.org", "needs an index this machine cannot reach"))
 TIMING = re.compile(r"\d+(\.\d+)?( ?s\b| s/epoch|s/epoch)")
