@@ -44,11 +44,12 @@ def resolve(device: str, library: str):
 class Impl:
     """setup() once; epoch() runs one epoch (epochs_per_call of them for sklearn); sync()
     waits for the device; first_loss() is the loss of the first step of the latest call, at
-    the parameters it started from; last_loss() that of its last step (both force a sync)."""
+    the parameters it started from; last_loss() that of its last step (both force a sync).
+    By default the latest call is one full-batch step whose loss is `self.loss`."""
 
-    compiles = False
     epochs_per_call = 1
     ours = False      # ours gets the thread policy; a peer its library's default
+    backend = None    # the Backend it runs on (sklearn: none, NumPy's BLAS on the CPU)
 
     def __init__(self, device: str, dtype: str, lr: float, batch=None, seed: int = 0):
         self.device, self.dtype, self.lr = device, dtype, lr
@@ -60,7 +61,7 @@ class Impl:
     def set_threads(self, requested, batch: int, d: int, h: int) -> int | None:
         """The CPU threads of this run: ours the thread policy's (or the count asked for), a peer
         its library's default unless a count is asked for; None on a GPU, on Dask, or unknown."""
-        backend = getattr(self, "backend", None) or resolve(self.device, "numpy")   # sklearn: NumPy's BLAS
+        backend = self.backend or resolve(self.device, "numpy")
         if backend.device != "cpu" or backend.name == "dask":
             return None
         if requested == "auto" and not self.ours:
@@ -74,13 +75,13 @@ class Impl:
         pass
 
     def first_loss(self) -> float:
-        raise NotImplementedError
+        return float(self.loss)
 
     def last_loss(self) -> float:
-        raise NotImplementedError
+        return self.first_loss()
 
     def device_name(self) -> str:
-        return backends.cpu_name()
+        return backends.cpu_name() if self.backend is None else self.backend.device_name
 
     def permutation(self, n: int):
         """This epoch's rows, drawn on the host as mlp.loop does; None in full batch."""

@@ -76,16 +76,11 @@ class Ours(Impl):
     def last_loss(self):
         return float(self._losses()[-1])
 
-    def device_name(self):
-        return self.backend.device_name
-
     def close(self):
         getattr(getattr(self, "engine", None), "close", lambda: None)()   # CUDA graphs and their pools
 
 
 class JaxJit(Impl):
-    compiles = True
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = resolve(self.device, "jax")   # x64 on, matmuls at "highest" (no TF32)
@@ -95,7 +90,6 @@ class JaxJit(Impl):
         import jax.numpy as jnp
 
         b = self.backend
-        self.jax = jax
         put = lambda a: b.asarray(a, self.dtype)  # noqa: E731
         self.X, self.y = put(X), put(y.reshape(-1, 1))
         self.p = tuple(put(params[k]) for k in ("w1", "b1", "w2", "b2"))
@@ -123,14 +117,6 @@ class JaxJit(Impl):
 
     def sync(self):
         self.backend.synchronize(self.p, self.loss)
-
-    def first_loss(self):
-        return float(self.loss)
-
-    last_loss = first_loss
-
-    def device_name(self):
-        return self.backend.device_name
 
 
 class Sklearn(Impl):
