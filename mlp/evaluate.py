@@ -15,7 +15,7 @@ from .errors import UserError
 from .outputs import check_outputs
 from .plots import plot_format
 from .progress import fmt_loss
-from .scoring import score
+from .scoring import CHUNK_ROWS, score
 
 
 def format_confusion(m: np.ndarray, classes) -> str:
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     if split.X.shape[1] != cfg["n_features"]:
         raise UserError(f"the checkpoint expects {cfg['n_features']} pixels per image, the data has "
                         f"{split.X.shape[1]}; evaluate on the data set it was trained on")
-    backends.choose_threads(backend, min(len(split.y), 65_536), cfg["n_features"], cfg["hidden"], args.threads)
+    backends.choose_threads(backend, min(len(split.y), CHUNK_ROWS), cfg["n_features"], cfg["hidden"], args.threads)
     params = {k: backend.asarray(v, cfg["dtype"]) for k, v in ckpt.params.items()}
     result = score(backend, params, split.X, split.y, cfg["activation"])
     a, b = cfg["classes"]
@@ -80,8 +80,7 @@ main.oom_advice = ("evaluate with --device cpu (host memory is usually larger th
                    "with more memory")
 
 
-def cli() -> None:
-    """Console-script entry point (mlp-evaluate)."""
+def cli() -> None:   # the mlp-evaluate console script
     sys.exit(run(main))
 
 

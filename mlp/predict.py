@@ -1,12 +1,5 @@
-"""`python -m mlp.predict --checkpoint PATH IMAGE...`: P(class B) for each image.
-
-An IMAGE may also be a directory (its image and .npy files, sorted by name) or a stacked
-.npy of shape (n, 28, 28), all predicted in one call; `--csv PATH` writes the results.
-
-Images are PNG/JPEG (8-bit grayscale) or .npy arrays of the checkpoint's image size
-(28x28 for MNIST), white digit on black like MNIST. Other sizes and colour modes are
-refused unless --resize is given, which converts them to grayscale and resizes them,
-with a note for each image it changed.
+"""`python -m mlp.predict --checkpoint PATH IMAGE...`: P(class B) for each image, from image
+files, .npy arrays, directories of them, or stacked .npy arrays (mlp.images: what is refused).
 """
 
 from __future__ import annotations
@@ -155,8 +148,7 @@ main.prog = "mlp.predict"
 main.oom_advice = "predict fewer images at once, or use --device cpu"
 
 
-def cli() -> None:
-    """Console-script entry point (mlp-predict)."""
+def cli() -> None:   # the mlp-predict console script
     sys.exit(run(main))
 
 
