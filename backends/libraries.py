@@ -4,6 +4,7 @@ to wait for it, how to name it, and its compiled engine where it has one. Import
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 
@@ -32,8 +33,9 @@ def _compat_namespace(library_module):
     return array_namespace(probe)
 
 
-def _same_on_host(x) -> np.ndarray:
-    return np.asarray(x)
+def _no_such_device(index: int, names) -> BackendError:
+    """`names`: the devices that exist, e.g. ['cuda:0 (NVIDIA H100)']."""
+    return BackendError(f"device cuda:{index} does not exist; devices: {', '.join(names)}")
 
 
 def _numpy(index: int | None) -> Backend:
@@ -45,7 +47,7 @@ def _numpy(index: int | None) -> Backend:
         xp=xp,
         version=np.__version__,
         _asarray=lambda host, dtype: np.array(host, copy=True),
-        _to_host=_same_on_host,
+        _to_host=np.asarray,
         _synchronize=lambda *arrays: None,
         _device_name=cpu_name,
     )
@@ -74,10 +76,10 @@ def _torch(index: int | None) -> Backend:
     import array_api_compat.torch as xp
 
     if index is None:
-        dev = torch.device("cpu")
-        name = "cpu"
+        from .torch_compile import TorchCompileEngine as compiled
+
+        dev, name, device_name = torch.device("cpu"), "cpu", cpu_name
         sync = lambda *arrays: None  # noqa: E731  (eager CPU torch runs each op to completion)
-        device_name = cpu_name
     else:
         if not torch.cuda.is_available():
             raise BackendError(
@@ -87,10 +89,11 @@ def _torch(index: int | None) -> Backend:
             )
         count = torch.cuda.device_count()
         if index >= count:
-            names = ", ".join(f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(count))
-            raise BackendError(f"device cuda:{index} does not exist; devices: {names}")
-        dev = torch.device("cuda", index)
-        name = f"cuda:{index}"
+            raise _no_such_device(index, (f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(count)))
+        from .torch_graph import TorchGraphEngine
+
+        dev, name = torch.device("cuda", index), f"cuda:{index}"
+        compiled = functools.partial(TorchGraphEngine, dev)
         sync = lambda *arrays: torch.cuda.synchronize(dev)  # noqa: E731
         device_name = lambda: torch.cuda.get_device_name(index)  # noqa: E731
 
@@ -103,21 +106,9 @@ def _torch(index: int | None) -> Backend:
         _to_host=lambda x: x.detach().cpu().numpy().copy(),
         _synchronize=sync,
         _device_name=device_name,
-        compiled_engine=_torch_compile_factory() if index is None else _torch_graph_factory(dev),
+        compiled_engine=compiled,
         auto_compiles=index is not None,   # on the CPU: --engine compiled only (torch.compile takes 10-90 s)
     )
-
-
-def _torch_compile_factory():
-    from .torch_compile import factory
-
-    return factory()
-
-
-def _torch_graph_factory(dev):
-    from .torch_graph import factory
-
-    return factory(dev)
 
 
 def _cupy(index: int | None) -> Backend:
@@ -145,8 +136,7 @@ def _cupy(index: int | None) -> Backend:
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     if index >= count:
-        names = ", ".join(f"cuda:{i} ({gpu_name(i)})" for i in range(count))
-        raise BackendError(f"device cuda:{index} does not exist; devices: {names}")
+        raise _no_such_device(index, (f"cuda:{i} ({gpu_name(i)})" for i in range(count)))
     cupy.cuda.Device(index).use()
     xp = _compat_namespace(cupy)
 
@@ -195,6 +185,8 @@ def _jax(index: int | None) -> Backend:
     jax.config.update("jax_default_matmul_precision", "highest")
     import jax.numpy as jnp
 
+    from .jax_engine import JaxScanEngine
+
     if index is None:
         dev = jax.devices("cpu")[0]
         name, device_name = "cpu", cpu_name
@@ -209,8 +201,7 @@ def _jax(index: int | None) -> Backend:
                 "pip install 'jax[cuda12]' on a machine with an NVIDIA GPU, or use --device cpu"
             )
         if index >= len(gpus):
-            names = ", ".join(f"cuda:{i} ({d.device_kind})" for i, d in enumerate(gpus))
-            raise BackendError(f"device cuda:{index} does not exist; devices: {names}")
+            raise _no_such_device(index, (f"cuda:{i} ({d.device_kind})" for i, d in enumerate(gpus)))
         dev = gpus[index]
         name, device_name = f"cuda:{index}", (lambda: dev.device_kind)
 
@@ -231,14 +222,8 @@ def _jax(index: int | None) -> Backend:
         _to_host=lambda x: np.array(x, copy=True),
         _synchronize=sync,
         _device_name=device_name,
-        compiled_engine=_jax_scan_factory(dev),
+        compiled_engine=functools.partial(JaxScanEngine, dev),
     )
-
-
-def _jax_scan_factory(dev):
-    from .jax_engine import factory
-
-    return factory(dev)
 
 
 FACTORIES = {

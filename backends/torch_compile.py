@@ -73,8 +73,3 @@ class TorchCompileEngine:
                 losses.append(loss.reshape(-1))
                 i += 1
         return params, torch.cat(losses)
-
-
-def factory():
-    """`Backend.compiled_engine` for torch on the CPU: (step, X, y, batch) -> engine."""
-    return TorchCompileEngine
