@@ -206,7 +206,7 @@ def rows(kind: str, backend_names, peers, batch) -> list:
     return ours + [(p, LIBRARY[p], None) for p in peers if batch is None or p in MINIBATCH_PEERS]
 
 
-def measure_all(args, sweep, real_n: int, d: int, best_gemm: dict) -> list:
+def measure_all(args, sweep, real_n: int, d: int, rates: dict) -> list:
     records = []
     for device in sweep["devices"]:
         kind = report.device_kind(device)
@@ -217,8 +217,8 @@ def measure_all(args, sweep, real_n: int, d: int, best_gemm: dict) -> list:
         configs += [(dtype, sweep["hidden"][0] if args.quick else 128, sizes[0] if args.quick else real_n, b)
                     for dtype in sweep["dtypes"] for b in sweep["batches"]]
         for dtype, h, n, batch in configs:
-            rate = best_gemm.get((kind, dtype))
-            estimate = 2 * epoch_flops(n, d, h) / rate if rate else 0.0
+            gemm = rates[(kind, dtype)][0]
+            estimate = 2 * epoch_flops(n, d, h) / gemm if gemm else 0.0
             for (impl, backend, engine), threads, k in itertools.product(
                     rows(kind, args.backends or DEFAULT_BACKENDS[kind], sweep["peers"], batch), args.threads,
                     sweep["busy"]):
@@ -256,12 +256,7 @@ def main(argv=None) -> int:
 
     real = load_dataset(args.data_dir, (3, 7), download=not args.no_download, quiet=False).train.X
     probes = run_probes(sweep["devices"], sweep["dtypes"])
-    best_gemm = {}
-    for p in probes:
-        if p.get("status", "ok") == "ok":
-            key = (report.device_kind(p["device"]), p["dtype"])
-            best_gemm[key] = max(best_gemm.get(key, 0.0), p["gemm_flops_per_s"])
-    records = measure_all(args, sweep, real.shape[0], real.shape[1], best_gemm)
+    records = measure_all(args, sweep, real.shape[0], real.shape[1], report.rates(probes))
     result = {"meta": metadata(argv, records, real.shape), "probes": probes,
               "records": report.enrich([r for r in records if not r.get("busy")], probes,
                                        reference.first_losses(args.data_dir, records)),

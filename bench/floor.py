@@ -23,7 +23,7 @@ import numpy as np
 
 def epoch_flops(n: int, d: int, h: int, steps: int = 1) -> int:
     """FLOPs of an epoch over n rows in `steps` steps (1: full batch): the update runs per step."""
-    gemm = 4 * n * d * h + 4 * n * h
+    gemm = epoch_gemm_flops(n, d, h)
     elementwise = 7 * n * h + 20 * n
     update = 2 * (d * h + 2 * h + 1)
     return gemm + elementwise + steps * update

@@ -1,10 +1,9 @@
-"""What every row is held to: its first step's loss against float64 NumPy, and the verdict.
+"""What every row is held to: its first step's loss against float64 NumPy's.
 
 Every row's first step starts from the same parameters (he init, seed 0) on the same rows (in
-minibatch, the first B of the seeded permutation), so its loss depends on (N, H, B) alone:
-`first_losses` computes it once per configuration, in float64 NumPy, in chunks of rows; `check`
-holds each row to it; `problems` is what fails the bench (an error, a disagreeing or unchecked
-loss); `skipped` names the rows not run for a reason that is not an error (library missing).
+minibatch, the first B of the seeded permutation), so its loss depends on (N, H, B) alone and is
+computed once per configuration, in float64 NumPy, in chunks of rows. A row that disagrees, or
+that could not be checked, fails the bench; a row skipped for a reason that is not an error does not.
 """
 
 from __future__ import annotations

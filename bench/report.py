@@ -25,17 +25,23 @@ def is_reference(r: dict) -> bool:
             and (r.get("engine") or "eager") == "eager" and r.get("threads_requested") in (None, "auto"))
 
 
+def rates(probes: list) -> dict:
+    """{(device kind, dtype): (the best GEMM FLOP/s, the best copy bytes/s)} of the probes; (0, 0) unprobed."""
+    best = defaultdict(lambda: (0.0, 0.0))
+    for p in probes:
+        if p.get("status", "ok") == "ok":
+            key = (device_kind(p["device"]), p["dtype"])
+            gemm, bw = best[key]
+            best[key] = (max(gemm, p["gemm_flops_per_s"]), max(bw, p["copy_bytes_per_s"]))
+    return best
+
+
 def enrich(records: list, probes: list, references: dict) -> list:
     """Add flops, achieved GFLOP/s, the floor and each run's fraction of it, the ratio to
     ours on the same device and configuration, and the check of the first step's loss against
     float64 NumPy (`references`: reference.first_losses)."""
     check(records, references)
-    rates = defaultdict(lambda: (0.0, 0.0))
-    for p in probes:
-        if p.get("status", "ok") == "ok":
-            key = (device_kind(p["device"]), p["dtype"])
-            gemm, bw = rates[key]
-            rates[key] = (max(gemm, p["gemm_flops_per_s"]), max(bw, p["copy_bytes_per_s"]))
+    best = rates(probes)
     refs = {(r["device"], r["dtype"], r["n"], r["hidden"], r.get("batch")): r for r in records
             if r.get("status") == "ok" and is_reference(r)}
     for r in records:
@@ -46,7 +52,7 @@ def enrich(records: list, probes: list, references: dict) -> list:
         r["flops"] = epoch_flops(n, d, h, steps)
         r["min_bytes"] = epoch_min_bytes(n, d, h, itemsize)
         r["gflops"] = r["flops"] / (r["median_ms"] * 1e6)
-        gemm, bw = rates[(device_kind(r["device"]), r["dtype"])]
+        gemm, bw = best[(device_kind(r["device"]), r["dtype"])]
         if gemm:
             r["floor_ms"] = floor_seconds(n, d, h, itemsize, gemm, bw, steps) * 1e3
             r["fraction_of_floor"] = r["floor_ms"] / r["median_ms"]
