@@ -11,6 +11,8 @@ import numpy as np
 
 from mlp.errors import BackendError
 
+from .host import cpu_name
+
 BACKENDS = ("auto", "numpy", "cupy", "torch", "jax", "array_api_strict", "dask")
 
 INSTALL_HINT = {
@@ -32,8 +34,8 @@ class Backend:
     version: str
     _asarray: Callable[[np.ndarray, Any], Any] | None = field(default=None, repr=False)
     _to_host: Callable[[Any], np.ndarray] | None = field(default=None, repr=False)
-    _synchronize: Callable[..., None] | None = field(default=None, repr=False)
-    _device_name: Callable[[], str] | None = field(default=None, repr=False)
+    _synchronize: Callable[..., None] = field(default=lambda *arrays: None, repr=False)   # the CPU: nothing to wait for
+    _device_name: Callable[[], str] = field(default=cpu_name, repr=False)
     # the compiled engine where this backend has one: (step, X, y, batch) -> engine (see mlp.loop)
     compiled_engine: Callable | None = field(default=None, repr=False)
     picked: str | None = None      # why --backend auto picked this one (None: asked for by name)

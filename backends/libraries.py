@@ -41,16 +41,8 @@ def _no_such_device(index: int, names) -> BackendError:
 def _numpy(index: int | None) -> Backend:
     import array_api_compat.numpy as xp
 
-    return Backend(
-        name="numpy",
-        device="cpu",
-        xp=xp,
-        version=np.__version__,
-        _asarray=lambda host, dtype: np.array(host, copy=True),
-        _to_host=np.asarray,
-        _synchronize=lambda *arrays: None,
-        _device_name=cpu_name,
-    )
+    return Backend(name="numpy", device="cpu", xp=xp, version=np.__version__,
+                   _asarray=lambda host, dtype: np.array(host, copy=True), _to_host=np.asarray)
 
 
 def _array_api_strict(index: int | None) -> Backend:
@@ -59,16 +51,9 @@ def _array_api_strict(index: int | None) -> Backend:
     def to_host(x):
         return np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
 
-    return Backend(
-        name="array_api_strict",
-        device="cpu",
-        xp=xp,
-        version=getattr(xp, "__version__", "?"),
-        _asarray=lambda host, dtype: xp.asarray(host, copy=True),
-        _to_host=lambda x: np.array(to_host(x), copy=True),
-        _synchronize=lambda *arrays: None,
-        _device_name=cpu_name,
-    )
+    return Backend(name="array_api_strict", device="cpu", xp=xp, version=getattr(xp, "__version__", "?"),
+                   _asarray=lambda host, dtype: xp.asarray(host, copy=True),
+                   _to_host=lambda x: np.array(to_host(x), copy=True))
 
 
 def _torch(index: int | None) -> Backend:
@@ -97,18 +82,11 @@ def _torch(index: int | None) -> Backend:
         sync = lambda *arrays: torch.cuda.synchronize(dev)  # noqa: E731
         device_name = lambda: torch.cuda.get_device_name(index)  # noqa: E731
 
-    return Backend(
-        name="torch",
-        device=name,
-        xp=xp,
-        version=torch.__version__,
-        _asarray=lambda host, dtype: torch.tensor(host, device=dev),
-        _to_host=lambda x: x.detach().cpu().numpy().copy(),
-        _synchronize=sync,
-        _device_name=device_name,
-        compiled_engine=compiled,
-        auto_compiles=index is not None,   # on the CPU: --engine compiled only (torch.compile takes 10-90 s)
-    )
+    return Backend(name="torch", device=name, xp=xp, version=torch.__version__,
+                   _asarray=lambda host, dtype: torch.tensor(host, device=dev),
+                   _to_host=lambda x: x.detach().cpu().numpy().copy(), _synchronize=sync, _device_name=device_name,
+                   compiled_engine=compiled,
+                   auto_compiles=index is not None)   # on the CPU: --engine compiled only (torch.compile takes 10-90 s)
 
 
 def _cupy(index: int | None) -> Backend:
@@ -144,16 +122,9 @@ def _cupy(index: int | None) -> Backend:
         with cupy.cuda.Device(index):
             return cupy.asarray(host)
 
-    return Backend(
-        name="cupy",
-        device=f"cuda:{index}",
-        xp=xp,
-        version=cupy.__version__,
-        _asarray=asarray,
-        _to_host=lambda x: cupy.asnumpy(x),
-        _synchronize=lambda *arrays: cupy.cuda.Device(index).synchronize(),
-        _device_name=lambda: gpu_name(index),
-    )
+    return Backend(name="cupy", device=f"cuda:{index}", xp=xp, version=cupy.__version__, _asarray=asarray,
+                   _to_host=cupy.asnumpy, _synchronize=lambda *arrays: cupy.cuda.Device(index).synchronize(),
+                   _device_name=lambda: gpu_name(index))
 
 
 def _jax_address_space() -> None:
@@ -213,23 +184,9 @@ def _jax(index: int | None) -> Backend:
                              "backend.synchronize(*outputs)")
         jax.block_until_ready(arrays)
 
-    return Backend(
-        name="jax",
-        device=name,
-        xp=jnp,
-        version=jax.__version__,
-        _asarray=lambda host, dtype: jax.device_put(host, dev),
-        _to_host=lambda x: np.array(x, copy=True),
-        _synchronize=sync,
-        _device_name=device_name,
-        compiled_engine=functools.partial(JaxScanEngine, dev),
-    )
+    return Backend(name="jax", device=name, xp=jnp, version=jax.__version__,
+                   _asarray=lambda host, dtype: jax.device_put(host, dev), _to_host=lambda x: np.array(x, copy=True),
+                   _synchronize=sync, _device_name=device_name, compiled_engine=functools.partial(JaxScanEngine, dev))
 
 
-FACTORIES = {
-    "numpy": _numpy,
-    "cupy": _cupy,
-    "torch": _torch,
-    "jax": _jax,
-    "array_api_strict": _array_api_strict,
-}
+FACTORIES = {"numpy": _numpy, "cupy": _cupy, "torch": _torch, "jax": _jax, "array_api_strict": _array_api_strict}

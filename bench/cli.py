@@ -133,8 +133,6 @@ def run_worker(spec: dict, timeout: float) -> dict:
 
 
 def cuda_available() -> bool:
-    if importlib.util.find_spec("cupy") is None:
-        return False
     try:
         backends.resolve("cuda", "cupy")
         return True
@@ -272,19 +270,15 @@ def metadata(argv, records, real_shape) -> dict:
     command = "python -m bench" + ("" if argv is None and len(sys.argv) <= 1 else " " + shlex.join(
         sys.argv[1:] if argv is None else [str(a) for a in argv]))
     return {
-        "command": command,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu": backends.cpu_name(),
         "gpus": sorted({r["device_name"] for r in records if r.get("device", "cpu") != "cpu" and r.get("device_name")}),
         "devices": sorted({r["device"] for r in records if r.get("device")}),
-        "platform": platform.platform(),
-        "versions": versions(),  # mlp.checkpoint's list
-        "git_commit": git_commit(),
+        "platform": platform.platform(), "versions": versions(), "git_commit": git_commit(),
         "malloc_keeps_freed_memory": os.environ.get("MLP_MALLOC_DEFAULTS") != "1",
-        "real_rows": real_shape[0],
+        "real_rows": real_shape[0], "features": real_shape[1],
         "usable_cores": usable_cores(),      # affinity and cgroup quota: what the thread policy sizes pools by
         "load_avg_end": [round(v, 2) for v in os.getloadavg()],   # 1, 5, 15 min, as the sweep ended
-        "features": real_shape[1],
         "wall_seconds": None,
         "unit": "one training epoch over N rows (forward + hand-written backward + update), data on the device; "
                 "full batch = one step, minibatch = ceil(N/B) steps on a seeded permutation",

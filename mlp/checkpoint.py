@@ -25,7 +25,6 @@ from .model import PARAM_NAMES, param_shapes
 from .npz import Npz, NpzError
 from .versions import versions
 
-
 #: settings that define the run; resuming with a different value is an error
 RUN_KEYS = ("hidden", "activation", "init", "lr", "batch_size", "seed", "dtype", "classes")
 
@@ -46,17 +45,9 @@ class Checkpoint:
 
 def save(path, ckpt: Checkpoint) -> None:
     """Write `ckpt` to `path` atomically (temp file, fsync, rename)."""
-    meta = {
-        **ckpt.meta,
-        "format": FORMAT,
-        "config": ckpt.config,
-        "epoch": ckpt.epoch,
-        "step": ckpt.step,
-        "step_in_epoch": ckpt.step_in_epoch,
-        "rng_state": ckpt.rng_state,
-        "partial_epoch_seconds": ckpt.partial_epoch_seconds,
-        "versions": versions(),
-    }
+    meta = {**ckpt.meta, "format": FORMAT, "config": ckpt.config, "epoch": ckpt.epoch, "step": ckpt.step,
+            "step_in_epoch": ckpt.step_in_epoch, "rng_state": ckpt.rng_state,
+            "partial_epoch_seconds": ckpt.partial_epoch_seconds, "versions": versions()}
     arrays = {k: np.asarray(ckpt.params[k]) for k in PARAM_NAMES}
     arrays["losses"] = np.asarray(ckpt.losses, dtype=np.float64)
     arrays["epoch_seconds"] = np.asarray(ckpt.epoch_seconds, dtype=np.float64)

@@ -59,18 +59,12 @@ class TrainState:
     def to_checkpoint(self, backend, config: dict, meta: dict) -> Checkpoint:
         """This state as a Checkpoint (parameters copied to the host); `config` is the run's
         settings and data, `meta` what else the file records (device, engine, validation)."""
-        return Checkpoint(
-            params={k: backend.to_host(v) for k, v in self.params.items()},
-            config=config,
-            epoch=self.epoch,
-            step=self.step,
-            step_in_epoch=self.step_in_epoch,
-            rng_state=self.epoch_rng_state if self.step_in_epoch else self.rng.bit_generator.state,
-            losses=np.asarray(self.losses, dtype=np.float64),
-            epoch_seconds=np.asarray(self.epoch_seconds, dtype=np.float64),
-            partial_epoch_seconds=self.partial_epoch_seconds,
-            meta=meta,
-        )
+        return Checkpoint(params={k: backend.to_host(v) for k, v in self.params.items()}, config=config,
+                          epoch=self.epoch, step=self.step, step_in_epoch=self.step_in_epoch,
+                          rng_state=self.epoch_rng_state if self.step_in_epoch else self.rng.bit_generator.state,
+                          losses=np.asarray(self.losses, dtype=np.float64),
+                          epoch_seconds=np.asarray(self.epoch_seconds, dtype=np.float64),
+                          partial_epoch_seconds=self.partial_epoch_seconds, meta=meta)
 
 
 class Interrupted(Exception):
