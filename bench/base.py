@@ -23,22 +23,17 @@ SKLEARN_EPOCHS_PER_FIT = 5
 
 class Unavailable(Exception):
     """This implementation is not run here (library not installed, a CPU-only peer on a GPU, full
-    batch only): a skip, with its reason. An installed library that cannot use the device is an error."""
+    batch only): a skip, with its reason. An installed library that cannot use the device (a
+    BackendError from backends.resolve) is the row's error, so that a GPU sweep cannot pass with
+    its GPU rows skipped."""
 
 
 def check_available(impl: str, backend: str | None, device: str) -> None:
     library = backend.partition(":")[0] if impl == "ours" else LIBRARY[impl]  # dask:W -> dask
-    module = {"sklearn": "sklearn"}.get(library, library)
-    if importlib.util.find_spec(module) is None:
-        raise Unavailable(f"{module} is not installed")
+    if importlib.util.find_spec(library) is None:
+        raise Unavailable(f"{library} is not installed")
     if impl == "sklearn" and device != "cpu":
         raise Unavailable("scikit-learn runs on the CPU only")
-
-
-def resolve(device: str, library: str):
-    """The backend, as mlp.train finds it; a BackendError (an installed library that sees no GPU,
-    no such device) is the row's error, so that a GPU sweep cannot pass with its GPU rows skipped."""
-    return backends.resolve(device, library)
 
 
 class Impl:
@@ -61,7 +56,7 @@ class Impl:
     def set_threads(self, requested, batch: int, d: int, h: int) -> int | None:
         """The CPU threads of this run: ours the thread policy's (or the count asked for), a peer
         its library's default unless a count is asked for; None on a GPU, on Dask, or unknown."""
-        backend = self.backend or resolve(self.device, "numpy")
+        backend = self.backend or backends.resolve(self.device, "numpy")
         if backend.device != "cpu" or backend.name == "dask":
             return None
         if requested == "auto" and not self.ours:

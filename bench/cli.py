@@ -33,6 +33,7 @@ from mlp.errors import UserError
 from mlp.files import atomic_write
 from mlp.outputs import check_outputs
 from mlp.plots import plot_format
+from mlp.summary import wrote
 
 from . import busy, reference, report
 from .dask_impl import expand, summary as dask_summary
@@ -293,15 +294,16 @@ def write_outputs(args, result) -> int:
     if args.json:
         with atomic_write(args.json, "w") as f:
             json.dump(result, f, indent=1, default=_jsonable)
-        print(f"wrote {args.json} ({len(result['records'])} records)", file=sys.stderr)
+        wrote(args.json, f"{len(result['records'])} records")
     if args.markdown:
         with atomic_write(args.markdown, "w") as f:
             f.write(table)
-        print(f"wrote {args.markdown}", file=sys.stderr)
+        wrote(args.markdown)
     if args.plot:
-        written = report.plot(result, args.plot)
-        print(f"wrote {args.plot}" if written else f"no plot written to {args.plot}: nothing was measured",
-              file=sys.stderr)
+        if report.plot(result, args.plot):
+            wrote(args.plot)
+        else:
+            print(f"no plot written to {args.plot}: nothing was measured", file=sys.stderr)
     note, problems = reference.skipped(result["records"]), reference.problems(result["records"], result["probes"])
     for line in ([note] if note else []) + problems:
         print(f"bench: {line}", file=sys.stderr)

@@ -171,14 +171,14 @@ def table(records: list, checks: list[str]) -> list[str]:
     return ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in (head, *body)]
 
 
-def phases(path) -> list[str]:
+def phases(path) -> str:
+    """'setup 3 s, bench 95 s (exit 1)' from gpu_check.sh's 'name seconds exit' lines ('' without any)."""
     try:
         lines = Path(path).read_text().split("\n") if path else []
     except OSError:
-        return []
+        return ""
     parts = [ln.split() for ln in lines if len(ln.split()) == 3]
-    return [", ".join(f"{name} {secs} s" + ("" if code == "0" else f" (exit {code})") for name, secs, code in parts)
-            ] if parts else []
+    return ", ".join(f"{name} {secs} s" + ("" if code == "0" else f" (exit {code})") for name, secs, code in parts)
 
 
 def summarize(args) -> tuple[list[str], list[str]]:
@@ -221,9 +221,8 @@ def summarize(args) -> tuple[list[str], list[str]]:
     if gpu:
         out += ["", "GPU rows:", ""]
         out += table(gpu, checks)
-    ph = phases(args.phases)
-    if ph:
-        out += ["", "Phases: " + ph[0]]
+    if ph := phases(args.phases):
+        out += ["", "Phases: " + ph]
     out += ["", "Result: " + ("FAILED: " + "; ".join(problems) if problems else
                               "every GPU row measured and checked against float64 NumPy; no GPU test skipped")]
     return out, problems

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlp.backends import threads
+from mlp.backends import resolve, threads
 from mlp.batches import batching
 
 from .base import COMPILED, LIBRARY, MINIBATCH_PEERS, PEERS, SKLEARN_EPOCHS_PER_FIT, Impl, Unavailable, \
-    check_available, resolve
+    check_available
 
 __all__ = ["COMPILED", "LIBRARY", "MINIBATCH_PEERS", "PEERS", "Impl", "Unavailable", "make"]
 

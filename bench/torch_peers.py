@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .base import Impl, resolve
+from mlp.backends import resolve
+
+from .base import Impl
 
 
 class _Torch(Impl):

@@ -16,6 +16,7 @@ from .outputs import check_outputs
 from .plots import plot_format
 from .progress import fmt_loss
 from .scoring import CHUNK_ROWS, score
+from .summary import wrote
 
 
 def format_confusion(m: np.ndarray, classes) -> str:
@@ -70,8 +71,7 @@ def main(argv=None) -> int:
         wrong = np.flatnonzero((result["probs"] >= 0.5) != (split.y == 1))
         plot_misclassified(args.plot, split.X, split.digits, result["probs"], wrong, data.image_shape,
                            (a, b), max_shown=args.max_shown)
-        print(f"wrote {args.plot} ({min(len(wrong), args.max_shown)} of {len(wrong)} misclassified digits)",
-              file=sys.stderr)
+        wrote(args.plot, f"{min(len(wrong), args.max_shown)} of {len(wrong)} misclassified digits")
     return 0
 
 

@@ -48,11 +48,10 @@ def _tmp_name(path: Path) -> Path:
     return path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
 
 
-def remove_stale_temporaries(path) -> list[Path]:
+def remove_stale_temporaries(path) -> None:
     """Remove `.NAME.<pid>-*.tmp` files beside `path` whose process no longer runs (a write
     killed with SIGKILL, or a power cut); those of live processes are left alone."""
     path = Path(path)
-    removed = []
     with contextlib.suppress(OSError):
         for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
             pid_text = tmp.name[len(path.name) + 2:-4].split("-", 1)[0]
@@ -62,8 +61,6 @@ def remove_stale_temporaries(path) -> list[Path]:
                 continue  # not one of ours (mkstemp's older names): only when it is an hour old
             with contextlib.suppress(OSError):
                 tmp.unlink()
-                removed.append(tmp)
-    return removed
 
 
 def _alive(pid: int) -> bool:

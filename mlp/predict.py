@@ -20,6 +20,7 @@ from .files import atomic_write
 from .images import load_image, looks_wrong, scale_pixels
 from .scoring import CHUNK_ROWS, probabilities
 from .outputs import check_outputs
+from .summary import wrote
 
 #: the files a directory given as IMAGE contributes (others in it are left alone)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
@@ -93,7 +94,7 @@ def write_csv(path, names, probs, classes) -> None:
         writer.writerow(["input", f"p_{b}", "predicted"])
         for name, p in zip(names, probs):
             writer.writerow([name, f"{float(p):.6g}", b if p >= 0.5 else a])
-    print(f"wrote {path} ({len(names)} rows)", file=sys.stderr)
+    wrote(path, f"{len(names)} rows")
 
 
 def build_parser() -> Parser:
