@@ -46,7 +46,7 @@ DEFAULT_SIZES = {"cpu": [REAL, "4x"], "cuda": [REAL, 100_000, 1_000_000]}
 DEFAULT_HIDDEN = [128, 1024]
 DEFAULT_BATCHES = [64, 512, 4096]  # the minibatch sweep, at N = real and H = 128 (the default job is B = 64)
 DEFAULT_BACKENDS = {"cpu": ["numpy", "torch", "jax"], "cuda": ["cupy", "torch", "jax"]}
-GEMM_LIBRARIES = {"cpu": ["numpy", "torch"], "cuda": ["cupy", "torch"]}
+GEMM_LIBRARIES = {"cpu": ["numpy", "torch"], "cuda": ["cupy", "torch"]}   # no JAX: no device-wide sync to time by
 
 
 def csv(kind):

@@ -201,8 +201,8 @@ def markdown(result: dict) -> str:
     for r in ok:
         lines.append(
             f"| {label(r)} | {r['device']} | {r['dtype']} | {r['n']:,} | {r['hidden']} | {r.get('batch') or 'full'} | "
-            f"{r['median_ms']:.2f} | "
-            f"{r['min_ms']:.2f}–{r['max_ms']:.2f} | {r['gflops']:.0f} | {_fmt(r.get('floor_ms'), '.2f')} | "
+            f"{r['median_ms']:.2f} | {r['min_ms']:.2f}–{r['max_ms']:.2f} | {r['gflops']:.0f} | "
+            f"{_fmt(r.get('floor_ms'), '.2f')} | "
             f"{_fmt(None if r.get('fraction_of_floor') is None else 100 * r['fraction_of_floor'], '.0f')} | "
             f"{_fmt(r.get('ratio_to_ours'), '.2f')} | "
             f"{_fmt(None if r.get('peak_mem_bytes') is None else r['peak_mem_bytes'] / 2**20, '.0f')} | "
