@@ -12,8 +12,6 @@ never needs CuPy, PyTorch or JAX installed.
     dask           -> NumPy (or, on cuda, CuPy) chunks on a Dask cluster: see dask_cluster.py
 """
 
-from __future__ import annotations
-
 import dataclasses
 import importlib.util
 import sys

@@ -1,8 +1,6 @@
 """What every backend is: an array library on one device (`Backend`), and the device names a user
 may give (`parse_device`)."""
 
-from __future__ import annotations
-
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable

@@ -1,8 +1,6 @@
 """The host CPU this process runs on: its name, its allocator setting, and its memory as the
 kernel counts it (resident now, and at its peak)."""
 
-from __future__ import annotations
-
 import contextlib
 import functools
 import os

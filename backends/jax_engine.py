@@ -16,8 +16,6 @@ which program runs, never the maths (the same steps, in the same order, on the s
 Each distinct segment length compiles once (a resumed epoch may add one more).
 """
 
-from __future__ import annotations
-
 import functools
 
 import jax

@@ -2,8 +2,6 @@
 to wait for it, how to name it, and its compiled engine where it has one. Imported by
 `resolve()` only, and each library only when asked for."""
 
-from __future__ import annotations
-
 import functools
 import importlib
 import os

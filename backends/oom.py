@@ -1,7 +1,5 @@
 """Out of memory, as each array library says it: recognised, and described in one line."""
 
-from __future__ import annotations
-
 import re
 
 def is_out_of_memory(exc: BaseException) -> bool:

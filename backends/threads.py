@@ -10,8 +10,6 @@ process holds, which made the default job 5-60x slower on a busy 2-core machine.
 Dask is left alone: its workers run one thread each.
 """
 
-from __future__ import annotations
-
 import math
 import os
 from pathlib import Path

@@ -13,8 +13,6 @@ changes the last bits of the results against eager. The kernels use the threads 
 compile (backends.threads), so the thread count is chosen before the engine is made.
 """
 
-from __future__ import annotations
-
 import functools
 import warnings
 

@@ -15,8 +15,6 @@ would leave the parameters as they were. tests/test_engines.py checks this on th
 stand-in for `torch.cuda`, and on a GPU for real.
 """
 
-from __future__ import annotations
-
 import contextlib
 
 import torch

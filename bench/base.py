@@ -1,8 +1,6 @@
 """What every implementation the benchmark times shares: the peers' names and libraries, the
 `Impl` interface, and `Unavailable` for what cannot run here (see bench/impls.py for each impl)."""
 
-from __future__ import annotations
-
 import importlib.util
 
 import numpy as np

@@ -5,8 +5,6 @@ missing and the configurations too slow for the time allowed are all listed in t
 results, never silently dropped.
 """
 
-from __future__ import annotations
-
 import argparse
 import datetime as dt
 import decimal

@@ -14,8 +14,6 @@ parameters in and out; the epoch can be no faster than either:
     floor = max(flops / gemm_rate, min_bytes / copy_bandwidth)
 """
 
-from __future__ import annotations
-
 import time
 
 import numpy as np

@@ -18,8 +18,6 @@ against float64 NumPy (no reference, no loss, or a mismatch), when there is no G
 the tests are missing or skipped; exit 2 on bad usage.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import sys

@@ -19,8 +19,6 @@ parameters, so the loss of its first step must agree with ours (the report check
                     full batch)
 """
 
-from __future__ import annotations
-
 import numpy as np
 
 from mlp.backends import resolve, threads

@@ -6,8 +6,6 @@ computed once per configuration, in float64 NumPy, in chunks of rows. A row that
 that could not be checked, fails the bench; a row skipped for a reason that is not an error does not.
 """
 
-from __future__ import annotations
-
 import numpy as np
 
 from mlp import model

@@ -1,7 +1,5 @@
 """From measurements to a table, a plot, slopes, the GPU/CPU speed-up and the targets."""
 
-from __future__ import annotations
-
 import math
 from collections import defaultdict
 

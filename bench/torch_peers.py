@@ -1,7 +1,5 @@
 """The PyTorch peers of the benchmark (see bench/impls.py for what each one is)."""
 
-from __future__ import annotations
-
 from mlp.backends import resolve
 
 from .base import Impl

@@ -5,8 +5,6 @@ thread pools, compiled-kernel caches, GPU memory) and makes peak memory that run
 The result is one line on stdout: RESULT_MARK followed by a JSON object.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import statistics

@@ -8,8 +8,6 @@ of the libraries that wrote it. Parameters are stored as host arrays, so a check
 saved on a GPU loads on a CPU and the other way round.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import tempfile

@@ -6,8 +6,6 @@ overrides it), checked against their SHA-256 and size, and renamed into place on
 download leaves nothing behind. Files already present are used as they are, after the IDX checks.
 """
 
-from __future__ import annotations
-
 import contextlib
 import hashlib
 import os

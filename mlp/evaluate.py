@@ -1,7 +1,5 @@
 """`python -m mlp.evaluate --checkpoint PATH`: loss, accuracy and confusion matrix on the test set."""
 
-from __future__ import annotations
-
 import sys
 
 import numpy as np

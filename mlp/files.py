@@ -4,8 +4,6 @@
 accepts is decided in `mlp.outputs`.
 """
 
-from __future__ import annotations
-
 import atexit
 import contextlib
 import errno

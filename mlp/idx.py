@@ -5,8 +5,6 @@ and the array. Reading checks all of it; a gzip file is streamed and never decom
 beyond the size its header promises plus one byte.
 """
 
-from __future__ import annotations
-
 import gzip
 import os
 import zlib

@@ -10,8 +10,6 @@ Pixels come back as floats in [0, 1], white digit on black like MNIST:
   floats (float16/32/64) must lie in [0, 1]. Anything else is refused.
 """
 
-from __future__ import annotations
-
 import warnings
 from pathlib import Path
 

@@ -4,8 +4,6 @@ raises a UserError in one line naming the flag; a symbolic link is written throu
 replaced, the link kept); each output is then locked for the rest of the run (`files.lock`).
 """
 
-from __future__ import annotations
-
 import errno
 import os
 import re

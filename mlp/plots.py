@@ -1,8 +1,6 @@
 """Figures (matplotlib, headless), each written atomically in the format its file name asks
 for (.png, .jpg, .svg, .pdf, ...: whatever matplotlib writes); another suffix is refused."""
 
-from __future__ import annotations
-
 import functools
 import io
 import os

@@ -2,8 +2,6 @@
 files, .npy arrays, directories of them, or stacked .npy arrays (mlp.images: what is refused).
 """
 
-from __future__ import annotations
-
 import csv
 import sys
 from pathlib import Path

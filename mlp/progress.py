@@ -4,8 +4,6 @@ validation loss and accuracy when there is a split) every `every` epochs (every 
 of up to 20) and for the last one, above the bar if there is one. Notes go the same way.
 """
 
-from __future__ import annotations
-
 import shutil
 import statistics
 import sys

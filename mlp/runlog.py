@@ -5,8 +5,6 @@ and refused in one line naming its first bad line rather than dropping a row. A 
 (a full disk) stops the log, not the run: `error` holds it for the command to report.
 """
 
-from __future__ import annotations
-
 import csv
 import io
 import json

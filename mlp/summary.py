@@ -1,8 +1,6 @@
 """What a training run tells its user at the end: the metrics, the summary line, a line for
 each file written, and the command that continues an interrupted run."""
 
-from __future__ import annotations
-
 import json
 import shlex
 import statistics

@@ -4,8 +4,6 @@ The data goes to the device once; the steps are mlp.loop's; the files are writte
 on Ctrl-C and every --checkpoint-every epochs.
 """
 
-from __future__ import annotations
-
 import signal
 import sys
 import warnings
