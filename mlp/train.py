@@ -116,12 +116,7 @@ def resolve_config(args, ckpt: Checkpoint | None) -> dict:
             )
         cfg[key] = saved
     cfg["init"] = cfg["init"] or model.default_init(cfg["activation"])
-    if args.epochs is not None:
-        cfg["epochs"] = args.epochs
-    elif ckpt is not None:
-        cfg["epochs"] = int(ckpt.meta.get("target_epochs", ckpt.epoch))
-    else:
-        cfg["epochs"] = DEFAULTS["epochs"]
+    cfg["epochs"] = args.epochs or (int(ckpt.meta.get("target_epochs", ckpt.epoch)) if ckpt else DEFAULTS["epochs"])
     cfg["val_split"] = resolve_val_split(args.val_split, ckpt, args.resume)
     if ckpt is not None and ckpt.epoch >= cfg["epochs"]:
         raise UserError(f"the checkpoint {args.resume} already holds {ckpt.epoch} epochs; "
