@@ -10,14 +10,7 @@ never needs CuPy, PyTorch or JAX installed.
     cuda, cuda:N   -> auto (default): the first of jax, torch that can use the GPU (each has a
                       compiled engine there, JAX's the faster), else cupy (eager); or any by name
     dask           -> NumPy (or, on cuda, CuPy) chunks on a Dask cluster: see dask_cluster.py
-
-The modules: base (Backend, device names), libraries (one factory per library), host (the
-CPU, its allocator and memory), threads (the CPU thread pools' size), oom (out-of-memory errors),
-torch_graph, torch_compile and jax_engine (the compiled engines), dask_cluster and dask_engine
-(--backend dask).
 """
-
-from __future__ import annotations
 
 import dataclasses
 import importlib.util
@@ -31,21 +24,8 @@ from .host import cpu_name, keep_freed_memory
 from .oom import describe_out_of_memory, is_out_of_memory
 from .threads import choose as choose_threads
 
-__all__ = [
-    "Backend",
-    "BackendError",
-    "BACKENDS",
-    "DTYPES",
-    "INSTALL_HINT",
-    "resolve",
-    "release",
-    "parse_device",
-    "cpu_name",
-    "is_out_of_memory",
-    "describe_out_of_memory",
-    "keep_freed_memory",
-    "choose_threads",
-]
+__all__ = ["Backend", "BackendError", "BACKENDS", "DTYPES", "INSTALL_HINT", "resolve", "release", "parse_device",
+           "cpu_name", "is_out_of_memory", "describe_out_of_memory", "keep_freed_memory", "choose_threads"]
 
 
 #: what --backend auto tries on CUDA, in order: the backends with a compiled engine there, fastest

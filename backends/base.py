@@ -1,8 +1,6 @@
 """What every backend is: an array library on one device (`Backend`), and the device names a user
 may give (`parse_device`)."""
 
-from __future__ import annotations
-
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -10,6 +8,8 @@ from typing import Any, Callable
 import numpy as np
 
 from mlp.errors import BackendError
+
+from .host import cpu_name
 
 BACKENDS = ("auto", "numpy", "cupy", "torch", "jax", "array_api_strict", "dask")
 
@@ -24,31 +24,24 @@ INSTALL_HINT = {
 
 @dataclass(frozen=True)
 class Backend:
-    """An array library on one device.
+    """An array library on one device."""
 
-    name:   'numpy' | 'cupy' | 'torch' | 'jax' | 'array_api_strict'
-    device: 'cpu' or 'cuda:N'
-    xp:     the array-API namespace of the library's arrays (what `array_namespace` returns)
-    picked: why --backend auto picked this one (None when it was asked for by name)
-    """
-
-    name: str
-    device: str
-    xp: Any
+    name: str      # 'numpy', 'cupy', 'torch', 'jax', 'array_api_strict' (or 'dask')
+    device: str    # 'cpu' or 'cuda:N'
+    xp: Any        # the array-API namespace of the library's arrays (what `array_namespace` returns)
     version: str
     _asarray: Callable[[np.ndarray, Any], Any] | None = field(default=None, repr=False)
     _to_host: Callable[[Any], np.ndarray] | None = field(default=None, repr=False)
-    _synchronize: Callable[..., None] | None = field(default=None, repr=False)
-    _device_name: Callable[[], str] | None = field(default=None, repr=False)
+    _synchronize: Callable[..., None] = field(default=lambda *arrays: None, repr=False)   # the CPU: nothing to wait for
+    _device_name: Callable[[], str] = field(default=cpu_name, repr=False)
     # the compiled engine where this backend has one: (step, X, y, batch) -> engine (see mlp.loop)
     compiled_engine: Callable | None = field(default=None, repr=False)
-    picked: str | None = None
+    picked: str | None = None      # why --backend auto picked this one (None: asked for by name)
     auto_compiles: bool = True     # False: `--engine auto` stays eager (compiling costs more than it saves)
 
     def asarray(self, host_array, dtype: str | None = None):
-        """Copy a host (NumPy) array to this device, optionally casting to 'float32'/'float64'.
-
-        The cast happens on the host, so every backend receives bit-identical values."""
+        """Copy a host (NumPy) array to this device, optionally cast to 'float32'/'float64' on the
+        host first, so that every backend receives bit-identical values."""
         host = np.asarray(host_array)
         if dtype is not None:
             host = host.astype(dtype, copy=False)

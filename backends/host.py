@@ -1,8 +1,8 @@
 """The host CPU this process runs on: its name, its allocator setting, and its memory as the
 kernel counts it (resident now, and at its peak)."""
 
-from __future__ import annotations
-
+import contextlib
+import functools
 import os
 import platform
 
@@ -10,21 +10,14 @@ import platform
 def cpu_name() -> str:
     """The CPU model string, e.g. 'Intel(R) Xeon(R) Processor', and the core count."""
     name = ""
-    try:
+    with contextlib.suppress(OSError):
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+            name = next((line.split(":", 1)[1].strip() for line in f if line.lower().startswith("model name")), "")
     name = name or platform.processor() or platform.machine() or "CPU"
     return f"{name} ({os.cpu_count()} cores)"
 
 
-_ALLOCATOR_TUNED = None
-
-
+@functools.cache
 def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:
     """Ask glibc's malloc to keep freed blocks (up to `limit_bytes`) for reuse.
 
@@ -35,20 +28,16 @@ def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:
     analogue of CuPy's memory pool.
     Process-wide; applied to every CPU backend (and to every CPU peer in the benchmark).
     Set MLP_MALLOC_DEFAULTS=1 to leave malloc alone. Returns True if applied."""
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED is None:
-        _ALLOCATOR_TUNED = False
-        if os.environ.get("MLP_MALLOC_DEFAULTS") != "1" and platform.system() == "Linux":
-            try:
-                import ctypes
+    if os.environ.get("MLP_MALLOC_DEFAULTS") == "1" or platform.system() != "Linux":
+        return False
+    try:
+        import ctypes
 
-                libc = ctypes.CDLL("libc.so.6")
-                M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-                _ALLOCATOR_TUNED = bool(libc.mallopt(M_MMAP_THRESHOLD, limit_bytes)) and bool(
-                    libc.mallopt(M_TRIM_THRESHOLD, limit_bytes))
-            except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-                _ALLOCATOR_TUNED = False
-    return _ALLOCATOR_TUNED
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, limit_bytes)) and bool(libc.mallopt(M_TRIM_THRESHOLD, limit_bytes))
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        return False
 
 
 def reset_peak_memory() -> bool:

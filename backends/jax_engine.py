@@ -10,13 +10,11 @@ then
                        a mean over the rows present, exactly as the eager loop)
     full batch         one jitted step on X, y themselves
 
-`segment` (steps per run, between two checks for Ctrl-C) is a fixed number of rows'
-worth of steps, at most STEPS_PER_SEGMENT, so that a run stays short: where the scan is split changes
+`segment` (steps per run, between two checks for Ctrl-C) is a fixed number of rows' worth of
+steps, at most STEPS_PER_SEGMENT, so that a run stays short: where the scan is split changes
 which program runs, never the maths (the same steps, in the same order, on the same rows).
 Each distinct segment length compiles once (a resumed epoch may add one more).
 """
-
-from __future__ import annotations
 
 import functools
 
@@ -49,15 +47,12 @@ def _remainder_step(step, rows: slice, params, X, y, perm):
 
 
 class JaxScanEngine:
-    """`jax.jit(lax.scan(step))` over the epoch's full minibatches, a compiled remainder step,
-    and one jitted step for full batch (see the module's docstring)."""
-
     name = "compiled"
 
     def __init__(self, device, step, X, y, batch: int, segment: int | None = None):
         self.device, self.X, self.y, self.batch = device, X, y, batch
         self.n = X.shape[0]
-        self.full_steps, self.remainder = divmod(self.n, batch)
+        self.full_steps = self.n // batch
         self.segment = segment or min(STEPS_PER_SEGMENT, max(1, ROWS_PER_SEGMENT // batch))
         self.perm = None
         jit = functools.partial(jax.jit, compiler_options=xla_options(device))   # the run's thread count
@@ -81,8 +76,3 @@ class JaxScanEngine:
             params, loss = self._rest(params, self.X, self.y, self.perm)
             losses.append(jnp.reshape(loss, (1,)))
         return params, losses[0] if len(losses) == 1 else jnp.concatenate(losses)
-
-
-def factory(device):
-    """`Backend.compiled_engine` for JAX on `device`: (step, X, y, batch) -> engine."""
-    return functools.partial(JaxScanEngine, device)

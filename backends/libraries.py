@@ -2,8 +2,7 @@
 to wait for it, how to name it, and its compiled engine where it has one. Imported by
 `resolve()` only, and each library only when asked for."""
 
-from __future__ import annotations
-
+import functools
 import importlib
 import os
 
@@ -32,23 +31,16 @@ def _compat_namespace(library_module):
     return array_namespace(probe)
 
 
-def _same_on_host(x) -> np.ndarray:
-    return np.asarray(x)
+def _no_such_device(index: int, names) -> BackendError:
+    """`names`: the devices that exist, e.g. ['cuda:0 (NVIDIA H100)']."""
+    return BackendError(f"device cuda:{index} does not exist; devices: {', '.join(names)}")
 
 
 def _numpy(index: int | None) -> Backend:
     import array_api_compat.numpy as xp
 
-    return Backend(
-        name="numpy",
-        device="cpu",
-        xp=xp,
-        version=np.__version__,
-        _asarray=lambda host, dtype: np.array(host, copy=True),
-        _to_host=_same_on_host,
-        _synchronize=lambda *arrays: None,
-        _device_name=cpu_name,
-    )
+    return Backend(name="numpy", device="cpu", xp=xp, version=np.__version__,
+                   _asarray=lambda host, dtype: np.array(host, copy=True), _to_host=np.asarray)
 
 
 def _array_api_strict(index: int | None) -> Backend:
@@ -57,16 +49,9 @@ def _array_api_strict(index: int | None) -> Backend:
     def to_host(x):
         return np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
 
-    return Backend(
-        name="array_api_strict",
-        device="cpu",
-        xp=xp,
-        version=getattr(xp, "__version__", "?"),
-        _asarray=lambda host, dtype: xp.asarray(host, copy=True),
-        _to_host=lambda x: np.array(to_host(x), copy=True),
-        _synchronize=lambda *arrays: None,
-        _device_name=cpu_name,
-    )
+    return Backend(name="array_api_strict", device="cpu", xp=xp, version=getattr(xp, "__version__", "?"),
+                   _asarray=lambda host, dtype: xp.asarray(host, copy=True),
+                   _to_host=lambda x: np.array(to_host(x), copy=True))
 
 
 def _torch(index: int | None) -> Backend:
@@ -74,10 +59,10 @@ def _torch(index: int | None) -> Backend:
     import array_api_compat.torch as xp
 
     if index is None:
-        dev = torch.device("cpu")
-        name = "cpu"
+        from .torch_compile import TorchCompileEngine as compiled
+
+        dev, name, device_name = torch.device("cpu"), "cpu", cpu_name
         sync = lambda *arrays: None  # noqa: E731  (eager CPU torch runs each op to completion)
-        device_name = cpu_name
     else:
         if not torch.cuda.is_available():
             raise BackendError(
@@ -87,37 +72,19 @@ def _torch(index: int | None) -> Backend:
             )
         count = torch.cuda.device_count()
         if index >= count:
-            names = ", ".join(f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(count))
-            raise BackendError(f"device cuda:{index} does not exist; devices: {names}")
-        dev = torch.device("cuda", index)
-        name = f"cuda:{index}"
+            raise _no_such_device(index, (f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(count)))
+        from .torch_graph import TorchGraphEngine
+
+        dev, name = torch.device("cuda", index), f"cuda:{index}"
+        compiled = functools.partial(TorchGraphEngine, dev)
         sync = lambda *arrays: torch.cuda.synchronize(dev)  # noqa: E731
         device_name = lambda: torch.cuda.get_device_name(index)  # noqa: E731
 
-    return Backend(
-        name="torch",
-        device=name,
-        xp=xp,
-        version=torch.__version__,
-        _asarray=lambda host, dtype: torch.tensor(host, device=dev),
-        _to_host=lambda x: x.detach().cpu().numpy().copy(),
-        _synchronize=sync,
-        _device_name=device_name,
-        compiled_engine=_torch_compile_factory() if index is None else _torch_graph_factory(dev),
-        auto_compiles=index is not None,   # on the CPU: --engine compiled only (torch.compile takes 10-90 s)
-    )
-
-
-def _torch_compile_factory():
-    from .torch_compile import factory
-
-    return factory()
-
-
-def _torch_graph_factory(dev):
-    from .torch_graph import factory
-
-    return factory(dev)
+    return Backend(name="torch", device=name, xp=xp, version=torch.__version__,
+                   _asarray=lambda host, dtype: torch.tensor(host, device=dev),
+                   _to_host=lambda x: x.detach().cpu().numpy().copy(), _synchronize=sync, _device_name=device_name,
+                   compiled_engine=compiled,
+                   auto_compiles=index is not None)   # on the CPU: --engine compiled only (torch.compile takes 10-90 s)
 
 
 def _cupy(index: int | None) -> Backend:
@@ -145,8 +112,7 @@ def _cupy(index: int | None) -> Backend:
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     if index >= count:
-        names = ", ".join(f"cuda:{i} ({gpu_name(i)})" for i in range(count))
-        raise BackendError(f"device cuda:{index} does not exist; devices: {names}")
+        raise _no_such_device(index, (f"cuda:{i} ({gpu_name(i)})" for i in range(count)))
     cupy.cuda.Device(index).use()
     xp = _compat_namespace(cupy)
 
@@ -154,16 +120,9 @@ def _cupy(index: int | None) -> Backend:
         with cupy.cuda.Device(index):
             return cupy.asarray(host)
 
-    return Backend(
-        name="cupy",
-        device=f"cuda:{index}",
-        xp=xp,
-        version=cupy.__version__,
-        _asarray=asarray,
-        _to_host=lambda x: cupy.asnumpy(x),
-        _synchronize=lambda *arrays: cupy.cuda.Device(index).synchronize(),
-        _device_name=lambda: gpu_name(index),
-    )
+    return Backend(name="cupy", device=f"cuda:{index}", xp=xp, version=cupy.__version__, _asarray=asarray,
+                   _to_host=cupy.asnumpy, _synchronize=lambda *arrays: cupy.cuda.Device(index).synchronize(),
+                   _device_name=lambda: gpu_name(index))
 
 
 def _jax_address_space() -> None:
@@ -195,6 +154,8 @@ def _jax(index: int | None) -> Backend:
     jax.config.update("jax_default_matmul_precision", "highest")
     import jax.numpy as jnp
 
+    from .jax_engine import JaxScanEngine
+
     if index is None:
         dev = jax.devices("cpu")[0]
         name, device_name = "cpu", cpu_name
@@ -209,8 +170,7 @@ def _jax(index: int | None) -> Backend:
                 "pip install 'jax[cuda12]' on a machine with an NVIDIA GPU, or use --device cpu"
             )
         if index >= len(gpus):
-            names = ", ".join(f"cuda:{i} ({d.device_kind})" for i, d in enumerate(gpus))
-            raise BackendError(f"device cuda:{index} does not exist; devices: {names}")
+            raise _no_such_device(index, (f"cuda:{i} ({d.device_kind})" for i, d in enumerate(gpus)))
         dev = gpus[index]
         name, device_name = f"cuda:{index}", (lambda: dev.device_kind)
 
@@ -222,29 +182,9 @@ def _jax(index: int | None) -> Backend:
                              "backend.synchronize(*outputs)")
         jax.block_until_ready(arrays)
 
-    return Backend(
-        name="jax",
-        device=name,
-        xp=jnp,
-        version=jax.__version__,
-        _asarray=lambda host, dtype: jax.device_put(host, dev),
-        _to_host=lambda x: np.array(x, copy=True),
-        _synchronize=sync,
-        _device_name=device_name,
-        compiled_engine=_jax_scan_factory(dev),
-    )
+    return Backend(name="jax", device=name, xp=jnp, version=jax.__version__,
+                   _asarray=lambda host, dtype: jax.device_put(host, dev), _to_host=lambda x: np.array(x, copy=True),
+                   _synchronize=sync, _device_name=device_name, compiled_engine=functools.partial(JaxScanEngine, dev))
 
 
-def _jax_scan_factory(dev):
-    from .jax_engine import factory
-
-    return factory(dev)
-
-
-FACTORIES = {
-    "numpy": _numpy,
-    "cupy": _cupy,
-    "torch": _torch,
-    "jax": _jax,
-    "array_api_strict": _array_api_strict,
-}
+FACTORIES = {"numpy": _numpy, "cupy": _cupy, "torch": _torch, "jax": _jax, "array_api_strict": _array_api_strict}

@@ -1,15 +1,12 @@
 """Out of memory, as each array library says it: recognised, and described in one line."""
 
-from __future__ import annotations
-
 import re
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for the out-of-memory errors of NumPy, CuPy, PyTorch and JAX."""
     if isinstance(exc, MemoryError):
         return True
-    name = type(exc).__name__
-    if name in ("OutOfMemoryError",):  # cupy.cuda.memory / torch.cuda
+    if type(exc).__name__ == "OutOfMemoryError":  # cupy.cuda.memory / torch.cuda
         return True
     text = str(exc)
     # torch on the CPU: RuntimeError "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes"

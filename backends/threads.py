@@ -1,13 +1,7 @@
 """How many threads a run's CPU thread pools use, chosen from the run and the machine, never from
-the load, so that the same flags on the same machine give the same numbers.
-
-    usable_cores()          the cores this process may run on: its CPU affinity, capped by a
-                            cgroup CPU quota (v1 cpu.cfs_quota_us, v2 cpu.max), rounded down
-    policy(B, D, H, cores)  1 thread while a step's work B*D*H is under WORK_PER_THREAD (~4 GFLOP
-                            a step); then one more thread per WORK_PER_THREAD, up to `cores`
-    choose(backend, ...)    the policy (or `--threads N`) applied to the backend's library:
-                            threadpoolctl for NumPy's BLAS, torch.set_num_threads for PyTorch,
-                            XLA's `xla_cpu_multi_thread_eigen` for JAX's compiled engine
+the load, so that the same flags on the same machine give the same numbers: 1 thread while a
+step's work B*D*H is under WORK_PER_THREAD, then one more per WORK_PER_THREAD, up to the cores
+this process may use (its CPU affinity, capped by a cgroup CPU quota).
 
 Why 1 thread for small steps: a 64-row step is ~25 MFLOP, under a millisecond per product, too
 little to share; and a second BLAS or OpenMP thread spins waiting for a core that another
@@ -15,8 +9,6 @@ process holds, which made the default job 5-60x slower on a busy 2-core machine.
 (OpenBLAS's) last bits depend on the thread count; torch's and JAX's did not in our checks.
 Dask is left alone: its workers run one thread each.
 """
-
-from __future__ import annotations
 
 import math
 import os

@@ -13,8 +13,6 @@ changes the last bits of the results against eager. The kernels use the threads 
 compile (backends.threads), so the thread count is chosen before the engine is made.
 """
 
-from __future__ import annotations
-
 import functools
 import warnings
 
@@ -73,8 +71,3 @@ class TorchCompileEngine:
                 losses.append(loss.reshape(-1))
                 i += 1
         return params, torch.cat(losses)
-
-
-def factory():
-    """`Backend.compiled_engine` for torch on the CPU: (step, X, y, batch) -> engine."""
-    return TorchCompileEngine

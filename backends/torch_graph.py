@@ -5,28 +5,17 @@ static buffer: X and y (already on the device), a permutation buffer that each e
 host permutation is copied into (once per epoch), the parameters (each step's result is
 copied into them in place), and a loss buffer with one slot per step. The step is the
 project's own `model.train_step` (it arrives as an argument; this module never imports
-the model); it captures because it makes no host tensor inside a step.
-
-    run(params, first, last)    replays the graph of steps first..last-1, capturing it the
-                                first time that range is asked for (after a short warm-up
-                                whose effect on the parameters is undone)
-    close()                     releases the graphs and their private memory pools
+the model); it captures because it makes no host tensor inside a step. Each distinct range
+of steps (a segment: Ctrl-C is honoured between two) is captured once, as its own graph.
 
 Capture and replay happen under the engine's own device (`torch.cuda.device`), on a capture
 stream made on that device: `torch.cuda.graph` otherwise captures on a stream of whichever
 device was current first, so on cuda:N (N != 0) it would record nothing and every replay
 would leave the parameters as they were. tests/test_engines.py checks this on the CPU with a
 stand-in for `torch.cuda`, and on a GPU for real.
-
-`steps_in_place(first, last)` is the step logic that is captured. A segment (the steps of one
-graph; Ctrl-C is honoured between two) is a fixed number of rows' worth of steps, at most
-STEPS_PER_SEGMENT, and every distinct range is its own graph.
 """
 
-from __future__ import annotations
-
 import contextlib
-import functools
 
 import torch
 
@@ -117,8 +106,3 @@ class TorchGraphEngine:
             for graph in graphs.values():
                 graph.reset()
             torch.cuda.empty_cache()                     # the released pools back to the driver
-
-
-def factory(device):
-    """`Backend.compiled_engine` for torch on a CUDA device: (step, X, y, batch) -> engine."""
-    return functools.partial(TorchGraphEngine, device)

@@ -1,8 +1,6 @@
 """What every implementation the benchmark times shares: the peers' names and libraries, the
 `Impl` interface, and `Unavailable` for what cannot run here (see bench/impls.py for each impl)."""
 
-from __future__ import annotations
-
 import importlib.util
 
 import numpy as np
@@ -23,32 +21,28 @@ SKLEARN_EPOCHS_PER_FIT = 5
 
 class Unavailable(Exception):
     """This implementation is not run here (library not installed, a CPU-only peer on a GPU, full
-    batch only): a skip, with its reason. An installed library that cannot use the device is an error."""
+    batch only): a skip, with its reason. An installed library that cannot use the device (a
+    BackendError from backends.resolve) is the row's error, so that a GPU sweep cannot pass with
+    its GPU rows skipped."""
 
 
 def check_available(impl: str, backend: str | None, device: str) -> None:
     library = backend.partition(":")[0] if impl == "ours" else LIBRARY[impl]  # dask:W -> dask
-    module = {"sklearn": "sklearn"}.get(library, library)
-    if importlib.util.find_spec(module) is None:
-        raise Unavailable(f"{module} is not installed")
+    if importlib.util.find_spec(library) is None:
+        raise Unavailable(f"{library} is not installed")
     if impl == "sklearn" and device != "cpu":
         raise Unavailable("scikit-learn runs on the CPU only")
-
-
-def resolve(device: str, library: str):
-    """The backend, as mlp.train finds it; a BackendError (an installed library that sees no GPU,
-    no such device) is the row's error, so that a GPU sweep cannot pass with its GPU rows skipped."""
-    return backends.resolve(device, library)
 
 
 class Impl:
     """setup() once; epoch() runs one epoch (epochs_per_call of them for sklearn); sync()
     waits for the device; first_loss() is the loss of the first step of the latest call, at
-    the parameters it started from; last_loss() that of its last step (both force a sync)."""
+    the parameters it started from; last_loss() that of its last step (both force a sync).
+    By default the latest call is one full-batch step whose loss is `self.loss`."""
 
-    compiles = False
     epochs_per_call = 1
     ours = False      # ours gets the thread policy; a peer its library's default
+    backend = None    # the Backend it runs on (sklearn: none, NumPy's BLAS on the CPU)
 
     def __init__(self, device: str, dtype: str, lr: float, batch=None, seed: int = 0):
         self.device, self.dtype, self.lr = device, dtype, lr
@@ -60,7 +54,7 @@ class Impl:
     def set_threads(self, requested, batch: int, d: int, h: int) -> int | None:
         """The CPU threads of this run: ours the thread policy's (or the count asked for), a peer
         its library's default unless a count is asked for; None on a GPU, on Dask, or unknown."""
-        backend = getattr(self, "backend", None) or resolve(self.device, "numpy")   # sklearn: NumPy's BLAS
+        backend = self.backend or backends.resolve(self.device, "numpy")
         if backend.device != "cpu" or backend.name == "dask":
             return None
         if requested == "auto" and not self.ours:
@@ -74,13 +68,13 @@ class Impl:
         pass
 
     def first_loss(self) -> float:
-        raise NotImplementedError
+        return float(self.loss)
 
     def last_loss(self) -> float:
-        raise NotImplementedError
+        return self.first_loss()
 
     def device_name(self) -> str:
-        return backends.cpu_name()
+        return backends.cpu_name() if self.backend is None else self.backend.device_name
 
     def permutation(self, n: int):
         """This epoch's rows, drawn on the host as mlp.loop does; None in full batch."""

@@ -6,8 +6,6 @@ the rest of the step (bias, activation, loss, outer product, mask, sums, update)
 step's time minus theirs.
 """
 
-from __future__ import annotations
-
 import argparse
 import statistics
 import sys

@@ -8,8 +8,6 @@ happened (an error, Ctrl-C, SIGTERM), so none outlives it, and none outlives its
 if the bench itself is killed.
 """
 
-from __future__ import annotations
-
 import contextlib
 import os
 import signal

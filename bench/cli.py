@@ -5,8 +5,6 @@ missing and the configurations too slow for the time allowed are all listed in t
 results, never silently dropped.
 """
 
-from __future__ import annotations
-
 import argparse
 import datetime as dt
 import decimal
@@ -33,6 +31,7 @@ from mlp.errors import UserError
 from mlp.files import atomic_write
 from mlp.outputs import check_outputs
 from mlp.plots import plot_format
+from mlp.summary import wrote
 
 from . import busy, reference, report
 from .dask_impl import expand, summary as dask_summary
@@ -45,7 +44,7 @@ DEFAULT_SIZES = {"cpu": [REAL, "4x"], "cuda": [REAL, 100_000, 1_000_000]}
 DEFAULT_HIDDEN = [128, 1024]
 DEFAULT_BATCHES = [64, 512, 4096]  # the minibatch sweep, at N = real and H = 128 (the default job is B = 64)
 DEFAULT_BACKENDS = {"cpu": ["numpy", "torch", "jax"], "cuda": ["cupy", "torch", "jax"]}
-GEMM_LIBRARIES = {"cpu": ["numpy", "torch"], "cuda": ["cupy", "torch"]}
+GEMM_LIBRARIES = {"cpu": ["numpy", "torch"], "cuda": ["cupy", "torch"]}   # no JAX: no device-wide sync to time by
 
 
 def csv(kind):
@@ -133,8 +132,6 @@ def run_worker(spec: dict, timeout: float) -> dict:
 
 
 def cuda_available() -> bool:
-    if importlib.util.find_spec("cupy") is None:
-        return False
     try:
         backends.resolve("cuda", "cupy")
         return True
@@ -206,7 +203,7 @@ def rows(kind: str, backend_names, peers, batch) -> list:
     return ours + [(p, LIBRARY[p], None) for p in peers if batch is None or p in MINIBATCH_PEERS]
 
 
-def measure_all(args, sweep, real_n: int, d: int, best_gemm: dict) -> list:
+def measure_all(args, sweep, real_n: int, d: int, rates: dict) -> list:
     records = []
     for device in sweep["devices"]:
         kind = report.device_kind(device)
@@ -217,8 +214,8 @@ def measure_all(args, sweep, real_n: int, d: int, best_gemm: dict) -> list:
         configs += [(dtype, sweep["hidden"][0] if args.quick else 128, sizes[0] if args.quick else real_n, b)
                     for dtype in sweep["dtypes"] for b in sweep["batches"]]
         for dtype, h, n, batch in configs:
-            rate = best_gemm.get((kind, dtype))
-            estimate = 2 * epoch_flops(n, d, h) / rate if rate else 0.0
+            gemm = rates[(kind, dtype)][0]
+            estimate = 2 * epoch_flops(n, d, h) / gemm if gemm else 0.0
             for (impl, backend, engine), threads, k in itertools.product(
                     rows(kind, args.backends or DEFAULT_BACKENDS[kind], sweep["peers"], batch), args.threads,
                     sweep["busy"]):
@@ -256,12 +253,7 @@ def main(argv=None) -> int:
 
     real = load_dataset(args.data_dir, (3, 7), download=not args.no_download, quiet=False).train.X
     probes = run_probes(sweep["devices"], sweep["dtypes"])
-    best_gemm = {}
-    for p in probes:
-        if p.get("status", "ok") == "ok":
-            key = (report.device_kind(p["device"]), p["dtype"])
-            best_gemm[key] = max(best_gemm.get(key, 0.0), p["gemm_flops_per_s"])
-    records = measure_all(args, sweep, real.shape[0], real.shape[1], best_gemm)
+    records = measure_all(args, sweep, real.shape[0], real.shape[1], report.rates(probes))
     result = {"meta": metadata(argv, records, real.shape), "probes": probes,
               "records": report.enrich([r for r in records if not r.get("busy")], probes,
                                        reference.first_losses(args.data_dir, records)),
@@ -277,19 +269,15 @@ def metadata(argv, records, real_shape) -> dict:
     command = "python -m bench" + ("" if argv is None and len(sys.argv) <= 1 else " " + shlex.join(
         sys.argv[1:] if argv is None else [str(a) for a in argv]))
     return {
-        "command": command,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu": backends.cpu_name(),
         "gpus": sorted({r["device_name"] for r in records if r.get("device", "cpu") != "cpu" and r.get("device_name")}),
         "devices": sorted({r["device"] for r in records if r.get("device")}),
-        "platform": platform.platform(),
-        "versions": versions(),  # mlp.checkpoint's list
-        "git_commit": git_commit(),
+        "platform": platform.platform(), "versions": versions(), "git_commit": git_commit(),
         "malloc_keeps_freed_memory": os.environ.get("MLP_MALLOC_DEFAULTS") != "1",
-        "real_rows": real_shape[0],
+        "real_rows": real_shape[0], "features": real_shape[1],
         "usable_cores": usable_cores(),      # affinity and cgroup quota: what the thread policy sizes pools by
         "load_avg_end": [round(v, 2) for v in os.getloadavg()],   # 1, 5, 15 min, as the sweep ended
-        "features": real_shape[1],
         "wall_seconds": None,
         "unit": "one training epoch over N rows (forward + hand-written backward + update), data on the device; "
                 "full batch = one step, minibatch = ceil(N/B) steps on a seeded permutation",
@@ -304,15 +292,16 @@ def write_outputs(args, result) -> int:
     if args.json:
         with atomic_write(args.json, "w") as f:
             json.dump(result, f, indent=1, default=_jsonable)
-        print(f"wrote {args.json} ({len(result['records'])} records)", file=sys.stderr)
+        wrote(args.json, f"{len(result['records'])} records")
     if args.markdown:
         with atomic_write(args.markdown, "w") as f:
             f.write(table)
-        print(f"wrote {args.markdown}", file=sys.stderr)
+        wrote(args.markdown)
     if args.plot:
-        written = report.plot(result, args.plot)
-        print(f"wrote {args.plot}" if written else f"no plot written to {args.plot}: nothing was measured",
-              file=sys.stderr)
+        if report.plot(result, args.plot):
+            wrote(args.plot)
+        else:
+            print(f"no plot written to {args.plot}: nothing was measured", file=sys.stderr)
     note, problems = reference.skipped(result["records"]), reference.problems(result["records"], result["probes"])
     for line in ([note] if note else []) + problems:
         print(f"bench: {line}", file=sys.stderr)

@@ -14,8 +14,6 @@ parameters in and out; the epoch can be no faster than either:
     floor = max(flops / gemm_rate, min_bytes / copy_bandwidth)
 """
 
-from __future__ import annotations
-
 import time
 
 import numpy as np
@@ -23,7 +21,7 @@ import numpy as np
 
 def epoch_flops(n: int, d: int, h: int, steps: int = 1) -> int:
     """FLOPs of an epoch over n rows in `steps` steps (1: full batch): the update runs per step."""
-    gemm = 4 * n * d * h + 4 * n * h
+    gemm = epoch_gemm_flops(n, d, h)
     elementwise = 7 * n * h + 20 * n
     update = 2 * (d * h + 2 * h + 1)
     return gemm + elementwise + steps * update
@@ -78,8 +76,6 @@ def probe(library: str, device: str, dtype: str) -> dict:
         import torch
 
         torch.backends.cuda.matmul.allow_tf32 = False
-    if library == "jax":
-        raise ValueError("no probe for jax: it has no device-wide sync to time a bare product")
     dA, dB, dsrc = b.asarray(A), b.asarray(B), b.asarray(src)
     ddst = b.xp.zeros_like(dsrc)
     copy = {"numpy": lambda: np.copyto(ddst, dsrc), "torch": lambda: ddst.copy_(dsrc)}.get(

@@ -18,15 +18,13 @@ against float64 NumPy (no reference, no loss, or a mismatch), when there is no G
 the tests are missing or skipped; exit 2 on bad usage.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .reference import TOLERANCE  # the bench's own tolerance for a first-step loss, per dtype
+from .reference import TOLERANCE, label, where  # TOLERANCE: the bench's own, for a first-step loss, per dtype
 
 B64_TARGETS = (("jax", "compiled", 6.0, "JAX compiled"),
                ("torch", "compiled", 20.0, "torch CUDA graph"),
@@ -46,18 +44,6 @@ def load_json(path) -> tuple[dict | None, str | None]:
         return None, f"{path} does not exist"
     except (OSError, ValueError) as exc:
         return None, f"{path} is unreadable: {exc}"
-
-
-def engine(r: dict) -> str:
-    return r.get("engine") or "eager"
-
-
-def label(r: dict) -> str:
-    return f"ours ({r.get('backend')}, {engine(r)})" if r.get("impl") == "ours" else str(r.get("impl"))
-
-
-def where(r: dict) -> str:
-    return f"N={r.get('n', 0):,} H={r.get('hidden')} B={r.get('batch') or 'full'}"
 
 
 def is_gpu(r: dict) -> bool:
@@ -93,34 +79,34 @@ def why_missing(records: list, match) -> str:
     return "not measured (not in this sweep)"
 
 
+def ours(backend=None, engine=None, batch=None, **more):
+    """A test for our rows of `backend` and `engine` (None: any) at `batch` (None: full batch) and `more`."""
+    def match(r: dict) -> bool:
+        return (r.get("impl") == "ours" and r.get("batch") == batch and backend in (None, r.get("backend"))
+                and engine in (None, r.get("engine") or "eager") and all(r.get(k) == v for k, v in more.items()))
+    return match
+
+
 def targets(records: list) -> list[str]:
-    ok = [r for r in records if is_gpu(r) and r.get("status") == "ok" and r.get("dtype") == TARGET_DTYPE]
     gpu = [r for r in records if is_gpu(r) and r.get("dtype") == TARGET_DTYPE]
+    ok = [r for r in gpu if r.get("status") == "ok"]
     lines = []
-    for backend, eng, limit, name in B64_TARGETS:
-        def match(r, backend=backend, eng=eng):
-            return r.get("impl") == "ours" and r.get("backend") == backend and engine(r) == eng and r.get("batch") == 64
+    for backend, engine, limit, name in B64_TARGETS:
+        match, head = ours(backend, engine, 64), f"- B=64, {name} <= {limit:g} ms"
         rows = [r for r in ok if match(r)]
-        head = f"- B=64, {name} <= {limit:g} ms"
         if not rows:
             lines.append(f"{head}: {why_missing(gpu, match)}")
         for r in rows:
             verdict = "met" if r["median_ms"] <= limit else "MISSED"
             lines.append(f"{head}: {r['median_ms']:.2f} ms on {r['device']}: {verdict}")
 
-    def full(r):
-        return r.get("batch") is None
-
-    def cupy_row(r):
-        return full(r) and r.get("impl") == "ours" and r.get("backend") == "cupy"
-
-    cupy = [r for r in ok if cupy_row(r) and engine(r) == "eager"]
-    head = f"- full batch, CuPy eager <= {CUPY_OVER_EXPERT}x torch-expert"
+    cupy_row, head = ours("cupy", "eager"), f"- full batch, CuPy eager <= {CUPY_OVER_EXPERT}x torch-expert"
+    cupy = [r for r in ok if cupy_row(r)]
     if not cupy:
         lines.append(f"{head}: {why_missing(gpu, cupy_row)}")
     for r in sorted(cupy, key=lambda r: (r["device"], r["hidden"], r["n"])):
         def same(p, r=r):
-            return (p.get("impl") == "torch-expert" and full(p) and p.get("device") == r["device"]
+            return (p.get("impl") == "torch-expert" and p.get("batch") is None and p.get("device") == r["device"]
                     and p.get("n") == r["n"] and p.get("hidden") == r["hidden"])
         expert = [p for p in ok if same(p)]
         if not expert:
@@ -131,9 +117,7 @@ def targets(records: list) -> list[str]:
         lines.append(f"{head}, N={r['n']:,} H={r['hidden']}: {r['median_ms']:.2f} ms / {expert[0]['median_ms']:.2f} ms "
                      f"= {ratio:.2f}x: " + ("met" if ratio <= CUPY_OVER_EXPERT else "MISSED"))
 
-    def big(r):
-        return full(r) and r.get("impl") == "ours" and r.get("n") == FLOOR_N and r.get("hidden") == FLOOR_H
-
+    big = ours(n=FLOOR_N, hidden=FLOOR_H)
     head = f"- N={FLOOR_N:,} H={FLOOR_H} full batch, >= {FLOOR_FRACTION:.0%} of the floor"
     rows = [r for r in ok if big(r)]
     if not rows:
@@ -173,27 +157,26 @@ def table(records: list, checks: list[str]) -> list[str]:
     head = ("row", "device", "dtype", "N", "H", "B", "median ms", "% of floor", "first loss", "vs float64 NumPy")
     body = []
     for r, check in zip(records, checks):
+        row = (label(r), r.get("device"), r.get("dtype"), f"{r.get('n', 0):,}", str(r.get("hidden")),
+               str(r.get("batch") or "full"))
         if r.get("status") == "ok":
             fraction = r.get("fraction_of_floor")
-            body.append((label(r), r.get("device"), r.get("dtype"), f"{r.get('n', 0):,}", str(r.get("hidden")),
-                         str(r.get("batch") or "full"), f"{r['median_ms']:.3f}",
-                         "not measured" if fraction is None else f"{fraction:.0%}",
+            body.append((*row, f"{r['median_ms']:.3f}", "not measured" if fraction is None else f"{fraction:.0%}",
                          "not measured" if r.get("initial_loss") is None else f"{r['initial_loss']:.6g}", check))
         else:
-            body.append((label(r), r.get("device"), r.get("dtype"), f"{r.get('n', 0):,}", str(r.get("hidden")),
-                         str(r.get("batch") or "full"), f"{r.get('status')}: {r.get('reason')}", "", "", ""))
+            body.append((*row, f"{r.get('status')}: {r.get('reason')}", "", "", ""))
     widths = [max(len(str(row[i])) for row in (head, *body)) for i in range(len(head))]
     return ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in (head, *body)]
 
 
-def phases(path) -> list[str]:
+def phases(path) -> str:
+    """'setup 3 s, bench 95 s (exit 1)' from gpu_check.sh's 'name seconds exit' lines ('' without any)."""
     try:
         lines = Path(path).read_text().split("\n") if path else []
     except OSError:
-        return []
+        return ""
     parts = [ln.split() for ln in lines if len(ln.split()) == 3]
-    return [", ".join(f"{name} {secs} s" + ("" if code == "0" else f" (exit {code})") for name, secs, code in parts)
-            ] if parts else []
+    return ", ".join(f"{name} {secs} s" + ("" if code == "0" else f" (exit {code})") for name, secs, code in parts)
 
 
 def summarize(args) -> tuple[list[str], list[str]]:
@@ -236,9 +219,8 @@ def summarize(args) -> tuple[list[str], list[str]]:
     if gpu:
         out += ["", "GPU rows:", ""]
         out += table(gpu, checks)
-    ph = phases(args.phases)
-    if ph:
-        out += ["", "Phases: " + ph[0]]
+    if ph := phases(args.phases):
+        out += ["", "Phases: " + ph]
     out += ["", "Result: " + ("FAILED: " + "; ".join(problems) if problems else
                               "every GPU row measured and checked against float64 NumPy; no GPU test skipped")]
     return out, problems

@@ -19,15 +19,13 @@ parameters, so the loss of its first step must agree with ours (the report check
                     full batch)
 """
 
-from __future__ import annotations
-
 import numpy as np
 
-from mlp.backends import threads
+from mlp.backends import resolve, threads
 from mlp.batches import batching
 
 from .base import COMPILED, LIBRARY, MINIBATCH_PEERS, PEERS, SKLEARN_EPOCHS_PER_FIT, Impl, Unavailable, \
-    check_available, resolve
+    check_available
 
 __all__ = ["COMPILED", "LIBRARY", "MINIBATCH_PEERS", "PEERS", "Impl", "Unavailable", "make"]
 
@@ -76,16 +74,11 @@ class Ours(Impl):
     def last_loss(self):
         return float(self._losses()[-1])
 
-    def device_name(self):
-        return self.backend.device_name
-
     def close(self):
         getattr(getattr(self, "engine", None), "close", lambda: None)()   # CUDA graphs and their pools
 
 
 class JaxJit(Impl):
-    compiles = True
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = resolve(self.device, "jax")   # x64 on, matmuls at "highest" (no TF32)
@@ -95,7 +88,6 @@ class JaxJit(Impl):
         import jax.numpy as jnp
 
         b = self.backend
-        self.jax = jax
         put = lambda a: b.asarray(a, self.dtype)  # noqa: E731
         self.X, self.y = put(X), put(y.reshape(-1, 1))
         self.p = tuple(put(params[k]) for k in ("w1", "b1", "w2", "b2"))
@@ -123,14 +115,6 @@ class JaxJit(Impl):
 
     def sync(self):
         self.backend.synchronize(self.p, self.loss)
-
-    def first_loss(self):
-        return float(self.loss)
-
-    last_loss = first_loss
-
-    def device_name(self):
-        return self.backend.device_name
 
 
 class Sklearn(Impl):

@@ -1,13 +1,10 @@
-"""What every row is held to: its first step's loss against float64 NumPy, and the verdict.
+"""What every row is held to: its first step's loss against float64 NumPy's.
 
 Every row's first step starts from the same parameters (he init, seed 0) on the same rows (in
-minibatch, the first B of the seeded permutation), so its loss depends on (N, H, B) alone:
-`first_losses` computes it once per configuration, in float64 NumPy, in chunks of rows; `check`
-holds each row to it; `problems` is what fails the bench (an error, a disagreeing or unchecked
-loss); `skipped` names the rows not run for a reason that is not an error (library missing).
+minibatch, the first B of the seeded permutation), so its loss depends on (N, H, B) alone and is
+computed once per configuration, in float64 NumPy, in chunks of rows. A row that disagrees, or
+that could not be checked, fails the bench; a row skipped for a reason that is not an error does not.
 """
-
-from __future__ import annotations
 
 import numpy as np
 
@@ -77,23 +74,34 @@ def check(records: list, references: dict) -> None:
         r["loss_check"] = "ok" if rel <= TOLERANCE[r["dtype"]] else "MISMATCH"
 
 
-def _what(r: dict) -> str:
-    name = (f"ours ({r.get('backend')}, {r.get('engine') or 'eager'})" if r.get("impl") == "ours"
-            else r.get("impl") or f"probe {r.get('library')}")
-    where = f"{name} on {r.get('device')} {r.get('dtype')}"
-    return where + (f" N={r['n']:,} H={r['hidden']} B={r.get('batch') or 'full'}" if r.get("n") else "")
+def label(r: dict) -> str:
+    """'ours (numpy, eager)', a peer's name or 'probe numpy', with '[N threads]' when a count was asked for."""
+    if not r.get("impl"):
+        return f"probe {r.get('library')}"
+    name = f"ours ({r.get('backend')}, {r.get('engine') or 'eager'})" if r["impl"] == "ours" else r["impl"]
+    threads = r.get("threads_requested")
+    return name if threads in (None, "auto") else f"{name} [{threads} thread{'s' * (threads > 1)}]"
+
+
+def where(r: dict) -> str:
+    return f"N={r.get('n', 0):,} H={r.get('hidden')} B={r.get('batch') or 'full'}"
+
+
+def describe(r: dict) -> str:
+    """'ours (numpy, eager) on cpu float32 N=12,396 H=128 B=64' (a probe: no N, H, B)."""
+    return f"{label(r)} on {r.get('device')} {r.get('dtype')}" + (f" {where(r)}" if r.get("n") else "")
 
 
 def problems(records: list, probes: list = ()) -> list:
     """Why the bench must fail, one line each (empty: it passes)."""
-    out = [f"{_what(r)}: error: {r.get('reason')}" for r in (*probes, *records) if r.get("status") == "error"]
+    out = [f"{describe(r)}: error: {r.get('reason')}" for r in (*probes, *records) if r.get("status") == "error"]
     for r in records:
         if r.get("status") != "ok":
             continue
         if "loss_check" not in r:
-            out.append(f"{_what(r)}: its first step's loss was not checked against float64 NumPy")
+            out.append(f"{describe(r)}: its first step's loss was not checked against float64 NumPy")
         elif r["loss_check"] != "ok":
-            out.append(f"{_what(r)}: first step's loss {r['initial_loss']!r} is {r['initial_loss_rel_diff']:.2g} "
+            out.append(f"{describe(r)}: first step's loss {r['initial_loss']!r} is {r['initial_loss_rel_diff']:.2g} "
                        f"away from float64 NumPy's {r['reference_loss']!r} (tolerance {TOLERANCE[r['dtype']]:g})")
     return out
 

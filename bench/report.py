@@ -1,7 +1,5 @@
 """From measurements to a table, a plot, slopes, the GPU/CPU speed-up and the targets."""
 
-from __future__ import annotations
-
 import math
 from collections import defaultdict
 
@@ -9,7 +7,7 @@ import numpy as np
 
 from . import busy
 from .floor import epoch_flops, epoch_min_bytes, floor_seconds
-from .reference import check
+from .reference import check, describe, label
 
 REFERENCE_BACKEND = {"cpu": "numpy", "cuda": "cupy"}   # eager: what the ratios in the tables are to
 IMPL_ORDER = {"ours": 0, "torch-manual": 1, "torch-expert": 2, "torch-autograd": 3, "torch-compile": 4,
@@ -20,20 +18,20 @@ def device_kind(device: str) -> str:
     return "cpu" if device == "cpu" else "cuda"
 
 
-def label(r: dict) -> str:
-    name = f"ours ({r['backend']}, {r.get('engine') or 'eager'})" if r["impl"] == "ours" else r["impl"]
-    threads = r.get("threads_requested")
-    return name if threads in (None, "auto") else f"{name} [{threads} thread{'s' * (threads > 1)}]"
-
-
-def batch_of(r: dict):
-    """None for a full-batch record, else the rows per step."""
-    return r.get("batch")
-
-
 def is_reference(r: dict) -> bool:
     return (r["impl"] == "ours" and r["backend"] == REFERENCE_BACKEND[device_kind(r["device"])]
             and (r.get("engine") or "eager") == "eager" and r.get("threads_requested") in (None, "auto"))
+
+
+def rates(probes: list) -> dict:
+    """{(device kind, dtype): (the best GEMM FLOP/s, the best copy bytes/s)} of the probes; (0, 0) unprobed."""
+    best = defaultdict(lambda: (0.0, 0.0))
+    for p in probes:
+        if p.get("status", "ok") == "ok":
+            key = (device_kind(p["device"]), p["dtype"])
+            gemm, bw = best[key]
+            best[key] = (max(gemm, p["gemm_flops_per_s"]), max(bw, p["copy_bytes_per_s"]))
+    return best
 
 
 def enrich(records: list, probes: list, references: dict) -> list:
@@ -41,29 +39,24 @@ def enrich(records: list, probes: list, references: dict) -> list:
     ours on the same device and configuration, and the check of the first step's loss against
     float64 NumPy (`references`: reference.first_losses)."""
     check(records, references)
-    rates = defaultdict(lambda: (0.0, 0.0))
-    for p in probes:
-        if p.get("status", "ok") == "ok":
-            key = (device_kind(p["device"]), p["dtype"])
-            gemm, bw = rates[key]
-            rates[key] = (max(gemm, p["gemm_flops_per_s"]), max(bw, p["copy_bytes_per_s"]))
-    refs = {(r["device"], r["dtype"], r["n"], r["hidden"], batch_of(r)): r for r in records
+    best = rates(probes)
+    refs = {(r["device"], r["dtype"], r["n"], r["hidden"], r.get("batch")): r for r in records
             if r.get("status") == "ok" and is_reference(r)}
     for r in records:
         if r.get("status") != "ok":
             continue
         n, d, h, itemsize = r["n"], r["d"], r["hidden"], np.dtype(r["dtype"]).itemsize
-        steps = 1 if batch_of(r) is None else -(-n // batch_of(r))
+        steps = 1 if r.get("batch") is None else -(-n // r.get("batch"))
         r["flops"] = epoch_flops(n, d, h, steps)
         r["min_bytes"] = epoch_min_bytes(n, d, h, itemsize)
         r["gflops"] = r["flops"] / (r["median_ms"] * 1e6)
-        gemm, bw = rates[(device_kind(r["device"]), r["dtype"])]
+        gemm, bw = best[(device_kind(r["device"]), r["dtype"])]
         if gemm:
             r["floor_ms"] = floor_seconds(n, d, h, itemsize, gemm, bw, steps) * 1e3
             r["fraction_of_floor"] = r["floor_ms"] / r["median_ms"]
         else:
             r["floor_ms"] = r["fraction_of_floor"] = None
-        ref = refs.get((r["device"], r["dtype"], n, h, batch_of(r)))
+        ref = refs.get((r["device"], r["dtype"], n, h, r.get("batch")))
         r["ratio_to_ours"] = r["median_ms"] / ref["median_ms"] if ref else None
     return records
 
@@ -73,10 +66,10 @@ def speedups(records: list) -> list:
     (NumPy, eager: the default there) at each configuration measured on both, full batch and
     minibatch alike."""
     ok = [r for r in records if r.get("status") == "ok" and r["impl"] == "ours"]
-    cpu = {(r["dtype"], r["n"], r["hidden"], batch_of(r)): r for r in ok if r["device"] == "cpu" and is_reference(r)}
+    cpu = {(r["dtype"], r["n"], r["hidden"], r.get("batch")): r for r in ok if r["device"] == "cpu" and is_reference(r)}
     out = []
     for r in ok:
-        key = (r["dtype"], r["n"], r["hidden"], batch_of(r))
+        key = (r["dtype"], r["n"], r["hidden"], r.get("batch"))
         if r["device"] != "cpu" and key in cpu:
             out.append({"dtype": key[0], "n": key[1], "hidden": key[2], "batch": key[3], "gpu_impl": label(r),
                         "cpu_ms": cpu[key]["median_ms"], "gpu_ms": r["median_ms"],
@@ -89,7 +82,7 @@ def slopes(records: list) -> list:
     """Least-squares slope of log(ms) against log(N*H) for each implementation and dtype."""
     groups = defaultdict(list)
     for r in records:
-        if r.get("status") == "ok" and batch_of(r) is None:
+        if r.get("status") == "ok" and r.get("batch") is None:
             groups[(label(r), r["device"], r["dtype"])].append((r["n"] * r["hidden"], r["median_ms"]))
     out = []
     for (name, device, dtype), pts in sorted(groups.items()):
@@ -107,7 +100,7 @@ def slopes(records: list) -> list:
 
 def targets(records: list, real_n: int) -> list:
     """The CPU targets at float32, N = all real rows, H=128, full batch, as measured in this run."""
-    at = {label(r): r for r in records if r.get("status") == "ok" and r["device"] == "cpu" and batch_of(r) is None
+    at = {label(r): r for r in records if r.get("status") == "ok" and r["device"] == "cpu" and r.get("batch") is None
           and r["dtype"] == "float32" and r["n"] == real_n and r["hidden"] == 128}
     out = parity(records, real_n)
     ours = at.get("ours (numpy, eager)")
@@ -133,7 +126,7 @@ def parity(records: list, real_n: int) -> list:
     and full batch."""
     out = []
     for batch in (64, None):
-        at = [r for r in records if r.get("status") == "ok" and r["device"] == "cpu" and batch_of(r) == batch
+        at = [r for r in records if r.get("status") == "ok" and r["device"] == "cpu" and r.get("batch") == batch
               and r["dtype"] == "float32" and r["n"] == real_n and r["hidden"] == 128]
         ours = min((r for r in at if r["impl"] == "ours"), key=lambda r: r["median_ms"], default=None)
         expert = min((r for r in at if r["impl"] == "torch-expert"), key=lambda r: r["median_ms"], default=None)
@@ -154,10 +147,10 @@ def _fmt(v, spec, none="–"):
 def summary(records: list, minibatch: bool = False) -> list:
     """Median ms per epoch: one row per implementation, one column per configuration;
     the full-batch records, or the minibatch ones."""
-    ok = [r for r in records if r.get("status") == "ok" and (batch_of(r) is not None) == minibatch]
+    ok = [r for r in records if r.get("status") == "ok" and (r.get("batch") is not None) == minibatch]
     if not ok:
         return []
-    key = lambda r: (r["device"], r["dtype"], r["hidden"], r["n"], batch_of(r) or 0)  # noqa: E731
+    key = lambda r: (r["device"], r["dtype"], r["hidden"], r["n"], r.get("batch") or 0)  # noqa: E731
     configs = sorted({key(r) for r in ok})
     names = sorted({label(r) for r in ok}, key=lambda n: (IMPL_ORDER.get(n.split(" ")[0], 9), n))
     cell = {(label(r), *key(r)): r for r in ok}
@@ -201,13 +194,13 @@ def markdown(result: dict) -> str:
               "| × ours | peak MiB | epochs | loss vs float64 NumPy |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     ok = sorted((r for r in records if r.get("status") == "ok"),
-                key=lambda r: (r["device"], r["dtype"], batch_of(r) or 0, r["hidden"], r["n"],
+                key=lambda r: (r["device"], r["dtype"], r.get("batch") or 0, r["hidden"], r["n"],
                                IMPL_ORDER.get(r["impl"], 9), label(r)))
     for r in ok:
         lines.append(
-            f"| {label(r)} | {r['device']} | {r['dtype']} | {r['n']:,} | {r['hidden']} | {batch_of(r) or 'full'} | "
-            f"{r['median_ms']:.2f} | "
-            f"{r['min_ms']:.2f}–{r['max_ms']:.2f} | {r['gflops']:.0f} | {_fmt(r.get('floor_ms'), '.2f')} | "
+            f"| {label(r)} | {r['device']} | {r['dtype']} | {r['n']:,} | {r['hidden']} | {r.get('batch') or 'full'} | "
+            f"{r['median_ms']:.2f} | {r['min_ms']:.2f}–{r['max_ms']:.2f} | {r['gflops']:.0f} | "
+            f"{_fmt(r.get('floor_ms'), '.2f')} | "
             f"{_fmt(None if r.get('fraction_of_floor') is None else 100 * r['fraction_of_floor'], '.0f')} | "
             f"{_fmt(r.get('ratio_to_ours'), '.2f')} | "
             f"{_fmt(None if r.get('peak_mem_bytes') is None else r['peak_mem_bytes'] / 2**20, '.0f')} | "
@@ -216,16 +209,11 @@ def markdown(result: dict) -> str:
     if skipped:
         lines += ["", "Not measured:", ""]
         seen = set()
-        for r in skipped:
-            what = label(r) if r.get("impl") else f"probe {r.get('library')}"
-            line = f"- {what} on {r.get('device')} {r.get('dtype')}" + (
-                f" N={r['n']:,} H={r['hidden']} B={batch_of(r) or 'full'}" if r.get("n") else "") + (
-                f": {r.get('status')}: {r.get('reason')}")
-            key = (what, r.get("device"), r.get("reason"))
-            if r.get("status") == "skipped" and key in seen:
-                continue
-            seen.add(key)
-            lines.append(line)
+        for r in skipped:   # a skip is listed once per row, device and reason
+            key = (label(r), r.get("device"), r.get("reason"))
+            if r.get("status") != "skipped" or key not in seen:
+                seen.add(key)
+                lines.append(f"- {describe(r)}: {r.get('status')}: {r.get('reason')}")
     sp = result.get("speedups") or []
     lines += ["", "GPU over CPU (ours on the GPU, each backend and engine, vs ours on the CPU: NumPy, eager):", ""]
     if sp:
@@ -265,18 +253,16 @@ def plot(result: dict, path) -> bool:
     panels, with a colour and a marker of its own for each line (ours solid, peers dashed);
     every panel says how many of its points were not measured. False when nothing was measured (no plot
     written). The format follows the suffix (mlp.plots.plot_format)."""
-    from mlp.files import atomic_write
-    from mlp.plots import plot_format, pyplot
+    from mlp.plots import pyplot, save_figure
 
     plt = pyplot()
-
     everything = result["records"]
     records = [r for r in everything if r.get("status") == "ok"]
     if not records:
         return False
     dtypes = sorted({r["dtype"] for r in records}, key=lambda d: d != "float32")
-    hiddens = sorted({r["hidden"] for r in records if batch_of(r) is None})
-    minibatch = any(batch_of(r) is not None for r in records)
+    hiddens = sorted({r["hidden"] for r in records if r.get("batch") is None})
+    minibatch = any(r.get("batch") is not None for r in records)
     columns = len(hiddens) + minibatch
     sp = result.get("speedups") or []
     bottom = 1.0 if sp else 0.25
@@ -290,9 +276,9 @@ def plot(result: dict, path) -> bool:
     for i, dtype in enumerate(dtypes):
         for j, (h, mb) in enumerate(panels):
             ax = fig.add_subplot(grid[i, j])
-            here = lambda r: r.get("dtype") == dtype and ((batch_of(r) is not None) if mb  # noqa: E731
-                                                          else batch_of(r) is None and r.get("hidden") == h)
-            x = (lambda r: batch_of(r)) if mb else (lambda r: r["n"])  # noqa: E731
+            here = lambda r: r.get("dtype") == dtype and ((r.get("batch") is not None) if mb  # noqa: E731
+                                                          else r.get("batch") is None and r.get("hidden") == h)
+            x = (lambda r: r.get("batch")) if mb else (lambda r: r["n"])  # noqa: E731
             for name in names:
                 pts = sorted((x(r), r["median_ms"]) for r in records if (label(r), r["device"]) == name and here(r))
                 if pts:
@@ -332,9 +318,5 @@ def plot(result: dict, path) -> bool:
                  + (f" + {', '.join(meta['gpus'])}" if meta.get("gpus") else ""), fontsize=10)
     fig.tight_layout()
     fig.legend(legend.values(), legend.keys(), loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8)
-    try:
-        with atomic_write(path) as f:
-            fig.savefig(f, format=plot_format(path), dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return True

@@ -1,8 +1,8 @@
 """The PyTorch peers of the benchmark (see bench/impls.py for what each one is)."""
 
-from __future__ import annotations
+from mlp.backends import resolve
 
-from .base import Impl, resolve
+from .base import Impl
 
 
 class _Torch(Impl):
@@ -22,14 +22,6 @@ class _Torch(Impl):
 
     def sync(self):
         self.backend.synchronize()
-
-    def first_loss(self):
-        return float(self.loss)
-
-    last_loss = first_loss
-
-    def device_name(self):
-        return self.backend.device_name
 
 
 def torch_manual_step(w1, b1, w2, b2, X, y, lr: float):
@@ -52,25 +44,19 @@ def torch_manual_step(w1, b1, w2, b2, X, y, lr: float):
 
 
 class TorchManual(_Torch):
-    def epoch(self):
-        with self.torch.no_grad():
-            p = self.p
-            *new, self.loss = torch_manual_step(p["w1"], p["b1"], p["w2"], p["b2"], self.X, self.y, self.lr)
-            self.p = dict(zip(("w1", "b1", "w2", "b2"), new))
-
-
-class TorchCompile(_Torch):
-    compiles = True
-
-    def setup(self, X, y, params):
-        super().setup(X, y, params)
-        self.step = self.torch.compile(torch_manual_step)
+    step = staticmethod(torch_manual_step)
 
     def epoch(self):
         with self.torch.no_grad():
             p = self.p
             *new, self.loss = self.step(p["w1"], p["b1"], p["w2"], p["b2"], self.X, self.y, self.lr)
             self.p = dict(zip(("w1", "b1", "w2", "b2"), new))
+
+
+class TorchCompile(TorchManual):
+    def setup(self, X, y, params):
+        super().setup(X, y, params)
+        self.step = self.torch.compile(torch_manual_step)
 
 
 class TorchAutograd(_Torch):

@@ -5,8 +5,6 @@ thread pools, compiled-kernel caches, GPU memory) and makes peak memory that run
 The result is one line on stdout: RESULT_MARK followed by a JSON object.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import statistics
@@ -132,23 +130,13 @@ def measure(spec: dict) -> dict:
     ms = sorted(t * 1e3 for t in times)
     q1, _, q3 = statistics.quantiles(ms, n=4) if len(ms) >= 2 else (ms[0], ms[0], ms[0])
     return {
-        **record,
-        "status": "ok",
-        "median_ms": statistics.median(ms),
-        "min_ms": ms[0],
-        "max_ms": ms[-1],
-        "iqr_ms": q3 - q1,
-        "epochs_timed": len(ms),
-        "epochs_per_call": impl.epochs_per_call,
-        "warmup": spec["warmup"],
+        **record, "status": "ok", "median_ms": statistics.median(ms), "min_ms": ms[0], "max_ms": ms[-1],
+        "iqr_ms": q3 - q1, "epochs_timed": len(ms), "epochs_per_call": impl.epochs_per_call, "warmup": spec["warmup"],
         "first_epoch_ms": first_epoch_s * 1e3,
-        "cpu_ms": statistics.median(cpu) * 1e3,          # this process's CPU time per epoch, all its threads
+        "cpu_ms": statistics.median(cpu) * 1e3,              # this process's CPU time per epoch, all its threads
         "load_avg": [round(v, 2) for v in os.getloadavg()],  # the machine's, bench and competitors included
-        "initial_loss": initial_loss,
-        "final_loss": final_loss,
-        "peak_mem_bytes": memory.peak(impl),
-        "peak_mem_method": memory.method,
-        **extra,
+        "initial_loss": initial_loss, "final_loss": final_loss,
+        "peak_mem_bytes": memory.peak(impl), "peak_mem_method": memory.method, **extra,
     }
 
 

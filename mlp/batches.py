@@ -6,8 +6,6 @@ perm[i*B : min((i+1)*B, N)] of the epoch's permutation: the last step takes the 
 left and averages over the rows it has, exactly as every other step does.
 """
 
-from __future__ import annotations
-
 import math
 
 

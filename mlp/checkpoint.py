@@ -8,8 +8,6 @@ of the libraries that wrote it. Parameters are stored as host arrays, so a check
 saved on a GPU loads on a CPU and the other way round.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import tempfile
@@ -24,7 +22,6 @@ from .files import atomic_write, describe_kind, write_advice
 from .model import PARAM_NAMES, param_shapes
 from .npz import Npz, NpzError
 from .versions import versions
-
 
 #: settings that define the run; resuming with a different value is an error
 RUN_KEYS = ("hidden", "activation", "init", "lr", "batch_size", "seed", "dtype", "classes")
@@ -46,17 +43,9 @@ class Checkpoint:
 
 def save(path, ckpt: Checkpoint) -> None:
     """Write `ckpt` to `path` atomically (temp file, fsync, rename)."""
-    meta = {
-        **ckpt.meta,
-        "format": FORMAT,
-        "config": ckpt.config,
-        "epoch": ckpt.epoch,
-        "step": ckpt.step,
-        "step_in_epoch": ckpt.step_in_epoch,
-        "rng_state": ckpt.rng_state,
-        "partial_epoch_seconds": ckpt.partial_epoch_seconds,
-        "versions": versions(),
-    }
+    meta = {**ckpt.meta, "format": FORMAT, "config": ckpt.config, "epoch": ckpt.epoch, "step": ckpt.step,
+            "step_in_epoch": ckpt.step_in_epoch, "rng_state": ckpt.rng_state,
+            "partial_epoch_seconds": ckpt.partial_epoch_seconds, "versions": versions()}
     arrays = {k: np.asarray(ckpt.params[k]) for k in PARAM_NAMES}
     arrays["losses"] = np.asarray(ckpt.losses, dtype=np.float64)
     arrays["epoch_seconds"] = np.asarray(ckpt.epoch_seconds, dtype=np.float64)

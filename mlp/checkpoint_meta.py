@@ -5,8 +5,6 @@ and the message names the field. Fields this version does not know (added by a l
 one, e.g. `engine`) are passed through untouched.
 """
 
-from __future__ import annotations
-
 import json
 import math
 

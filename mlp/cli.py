@@ -1,7 +1,5 @@
 """What the commands share: one-line errors, exit codes, common flags."""
 
-from __future__ import annotations
-
 import argparse
 import codecs
 import contextlib

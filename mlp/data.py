@@ -1,16 +1,10 @@
-"""MNIST-style data: the download cache, class-pair selection, normalisation, the data set.
+"""MNIST-style data as host NumPy arrays (to a device is `backends`' job; the IDX format is
+`mlp.idx`): the data directory, the download, class-pair selection, normalisation, the data set.
 
-The IDX format itself is in `mlp.idx`. Everything here works on host NumPy arrays; moving
-them to a device is `backends`' job.
-
-The four standard files live in a data directory: `--data-dir`, else `$MLP_DATA_DIR`, else
-`$XDG_CACHE_HOME/mlp/mnist` (default `~/.cache/mlp/mnist`). Missing files are downloaded
-by pooch from the mirror torchvision uses (`$MLP_MNIST_MIRROR` overrides it), checked
-against their SHA-256 and size, and renamed into place only then: a failed download leaves
-nothing behind. Files that are already present are used as they are, after the IDX checks below.
+Missing files are downloaded by pooch from the mirror torchvision uses (`$MLP_MNIST_MIRROR`
+overrides it), checked against their SHA-256 and size, and renamed into place only then: a failed
+download leaves nothing behind. Files already present are used as they are, after the IDX checks.
 """
-
-from __future__ import annotations
 
 import contextlib
 import hashlib
@@ -25,6 +19,7 @@ import numpy as np
 
 from .errors import DataError
 from .files import describe_kind
+from .idx import read_idx, write_idx  # noqa: F401 (write_idx: re-exported)
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
@@ -42,9 +37,6 @@ MNIST_FILES = {
     "test-labels": ("t10k-labels-idx1-ubyte.gz",
                     "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", 4_542),
 }
-
-from .idx import IDX_CODES, IDX_TYPES, MAX_IDX_BYTES, parse_idx, read_idx, write_idx  # noqa: F401 (re-exported)
-
 
 # ----------------------------------------------------------------------------- files
 

@@ -1,10 +1,8 @@
 """`from mlp import MLPClassifier`: the model as a scikit-learn-style estimator (docs/python-api.md).
 
-It makes the commands' calls (backends.resolve, TrainState.fresh, loop.make_engine, loop.fit,
-scoring, checkpoint): from the same rows and settings it fits what `python -m mlp.train` fits,
-and the checkpoints are the same files both ways. X is pixels, as for the commands: images or
-rows of integers 0..255 or floats in [0, 1], normalised by `data.normalise` with the checkpoint's
-mean and std. y holds two labels; label 1 is classes_[1]. scikit-learn is optional.
+It makes the commands' calls, so from the same rows and settings it fits what `python -m mlp.train`
+fits, and its checkpoints are the commands' files. X is pixels (images, or rows of 0..255 or of
+floats in [0, 1]); y holds two labels, label 1 being classes_[1]. scikit-learn is optional.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
 """`python -m mlp.evaluate --checkpoint PATH`: loss, accuracy and confusion matrix on the test set."""
 
-from __future__ import annotations
-
 import sys
 
 import numpy as np
@@ -15,7 +13,8 @@ from .errors import UserError
 from .outputs import check_outputs
 from .plots import plot_format
 from .progress import fmt_loss
-from .scoring import score
+from .scoring import CHUNK_ROWS, score
+from .summary import wrote
 
 
 def format_confusion(m: np.ndarray, classes) -> str:
@@ -55,7 +54,7 @@ def main(argv=None) -> int:
     if split.X.shape[1] != cfg["n_features"]:
         raise UserError(f"the checkpoint expects {cfg['n_features']} pixels per image, the data has "
                         f"{split.X.shape[1]}; evaluate on the data set it was trained on")
-    backends.choose_threads(backend, min(len(split.y), 65_536), cfg["n_features"], cfg["hidden"], args.threads)
+    backends.choose_threads(backend, min(len(split.y), CHUNK_ROWS), cfg["n_features"], cfg["hidden"], args.threads)
     params = {k: backend.asarray(v, cfg["dtype"]) for k, v in ckpt.params.items()}
     result = score(backend, params, split.X, split.y, cfg["activation"])
     a, b = cfg["classes"]
@@ -70,8 +69,7 @@ def main(argv=None) -> int:
         wrong = np.flatnonzero((result["probs"] >= 0.5) != (split.y == 1))
         plot_misclassified(args.plot, split.X, split.digits, result["probs"], wrong, data.image_shape,
                            (a, b), max_shown=args.max_shown)
-        print(f"wrote {args.plot} ({min(len(wrong), args.max_shown)} of {len(wrong)} misclassified digits)",
-              file=sys.stderr)
+        wrote(args.plot, f"{min(len(wrong), args.max_shown)} of {len(wrong)} misclassified digits")
     return 0
 
 
@@ -80,8 +78,7 @@ main.oom_advice = ("evaluate with --device cpu (host memory is usually larger th
                    "with more memory")
 
 
-def cli() -> None:
-    """Console-script entry point (mlp-evaluate)."""
+def cli() -> None:   # the mlp-evaluate console script
     sys.exit(run(main))
 
 

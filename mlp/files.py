@@ -1,25 +1,13 @@
-"""Writing files so that nothing is ever half-written, lost or replaced by mistake.
-
-- `written_path`: the file a write of PATH lands in: symbolic links are followed to their
-  final target (a dangling link names the file it would create), so an output behind a
-  link is written through it and the link is kept, never replaced.
-- `atomic_write`: a temporary file `.NAME.<pid>-<random>.tmp` beside that target, fsync,
-  rename. It honours the umask (mkstemp's files are 0600), keeps an existing target's
-  mode, refuses to replace anything but a regular file, removes its temporary file on any
-  failure or signal that Python sees, and removes the stale temporary files of dead
-  processes for the same target before it starts. An OSError it raises carries
-  `.output` (the target, left as it was); `write_failure` words it by its cause.
-- `lock`: an exclusive lock (the `filelock` library: flock) on `.NAME.lock` beside a
-  target, so that two runs never write the same file; held until the process ends.
-
-The policy of which outputs a command accepts is in `mlp.outputs`.
+"""Writing files so that nothing is ever half-written, lost or replaced by mistake: `written_path`
+(an output behind a symbolic link is written through it, the link kept), `atomic_write`
+(temporary file, fsync, rename) and `lock` (one run per output file). Which outputs a command
+accepts is decided in `mlp.outputs`.
 """
-
-from __future__ import annotations
 
 import atexit
 import contextlib
 import errno
+import glob
 import os
 import secrets
 import stat
@@ -58,13 +46,12 @@ def _tmp_name(path: Path) -> Path:
     return path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
 
 
-def remove_stale_temporaries(path) -> list[Path]:
+def remove_stale_temporaries(path) -> None:
     """Remove `.NAME.<pid>-*.tmp` files beside `path` whose process no longer runs (a write
     killed with SIGKILL, or a power cut); those of live processes are left alone."""
     path = Path(path)
-    removed = []
     with contextlib.suppress(OSError):
-        for tmp in path.parent.glob(f".{_glob_escape(path.name)}.*.tmp"):
+        for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
             pid_text = tmp.name[len(path.name) + 2:-4].split("-", 1)[0]
             if pid_text.isdigit() and int(pid_text) != os.getpid() and _alive(int(pid_text)):
                 continue
@@ -72,12 +59,6 @@ def remove_stale_temporaries(path) -> list[Path]:
                 continue  # not one of ours (mkstemp's older names): only when it is an hour old
             with contextlib.suppress(OSError):
                 tmp.unlink()
-                removed.append(tmp)
-    return removed
-
-
-def _glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _alive(pid: int) -> bool:
@@ -92,10 +73,13 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb", **open_args):
-    """Open a temporary file beside (the target of) `path`; on success fsync it and rename it
-    over that target. A failure (or a crash) before the rename leaves the target as it was
-    and removes the temporary file, so readers see either the old file or the complete new
-    one. `open_args` go to the text layer (encoding, errors, newline)."""
+    """Open a temporary file `.NAME.<pid>-<random>.tmp` beside (the target of) `path`; on success
+    fsync it and rename it over that target. A failure (or a signal Python sees) before the rename
+    leaves the target as it was and removes the temporary file, so readers see either the old file
+    or the complete new one. The new file keeps an existing target's mode (else the umask's); only
+    a regular file is ever replaced; the stale temporary files of dead processes are removed first.
+    An OSError it raises carries `.output`, the path left as it was. `open_args` go to the text
+    layer (encoding, errors, newline)."""
     try:
         target = written_path(path)
         st = os.stat(target) if os.path.lexists(target) else None

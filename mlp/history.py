@@ -6,8 +6,6 @@ looked at before the run ends. Its loss and accuracy are computed once per epoch
 device, and come back to the host as two numbers in one round trip.
 """
 
-from __future__ import annotations
-
 import math
 
 import numpy as np

@@ -5,10 +5,7 @@ and the array. Reading checks all of it; a gzip file is streamed and never decom
 beyond the size its header promises plus one byte.
 """
 
-from __future__ import annotations
-
 import gzip
-import io
 import os
 import zlib
 from pathlib import Path
@@ -22,7 +19,6 @@ from .files import atomic_write
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IDX_CODES = {np.dtype(v).newbyteorder("="): k for k, v in IDX_TYPES.items()}
 
-
 #: the most bytes an IDX array may claim (a 64-bit product of its dimensions is refused beyond it)
 MAX_IDX_BYTES = 1 << 40
 #: deflate cannot expand data more than ~1032 times: a header that claims more is a lie
@@ -30,13 +26,9 @@ MAX_GZIP_RATIO = 1100
 
 
 def read_idx(path) -> np.ndarray:
-    """Read an IDX file (gzip-compressed or raw) into a native-endian NumPy array.
-
-    The magic number, the dimensions and the file's length are all checked: a corrupt,
-    truncated or padded file raises DataError instead of returning a wrong array. A gzip
-    file is streamed: at most the size its header promises, plus one byte, is decompressed,
-    so a file that expands beyond its header (a "zip bomb") costs no more memory than a
-    true one."""
+    """Read an IDX file (gzip-compressed or raw) into a native-endian NumPy array. The magic
+    number, the dimensions and the file's length are all checked: a corrupt, truncated or padded
+    file (or a gzip "bomb") raises DataError instead of returning a wrong array."""
     path = Path(path)
     try:
         size = os.stat(path).st_size
@@ -113,11 +105,6 @@ def _read_idx_stream(f, name: str, size_limit: int) -> np.ndarray:
         raise DataError(f"{name}: unexpected bytes after the {dims} array its header describes "
                         "(more than its header promises); the file is corrupt or not an IDX file")
     return out.reshape(dims).astype(dtype.newbyteorder("="))
-
-
-def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Parse a whole IDX file held in memory (see read_idx)."""
-    return _read_idx_stream(io.BytesIO(raw), name, size_limit=len(raw))
 
 
 def write_idx(path, array, *, compress: bool | None = None) -> None:

@@ -10,8 +10,6 @@ Pixels come back as floats in [0, 1], white digit on black like MNIST:
   floats (float16/32/64) must lie in [0, 1]. Anything else is refused.
 """
 
-from __future__ import annotations
-
 import warnings
 from pathlib import Path
 
@@ -28,13 +26,11 @@ MAX_PIXELS = 4096 * 4096
 def _npy_pixels(path: Path) -> np.ndarray:
     try:
         with open(path, "rb") as f:
-            shape, _, dtype = read_npy_header(f)
-    except (ValueError, OSError, EOFError) as exc:
-        raise UserError(f"{path}: not a readable .npy array ({exc}); save it with numpy.save") from None
-    if int(np.prod(shape, dtype=object)) > MAX_PIXELS:
-        raise UserError(f"{path}: array of shape {shape}, more than the {MAX_PIXELS:,} pixels allowed")
-    try:
-        arr = np.load(path, allow_pickle=False)
+            shape, _, _ = read_npy_header(f)
+            if int(np.prod(shape, dtype=object)) > MAX_PIXELS:   # refused before it is read
+                raise UserError(f"{path}: array of shape {shape}, more than the {MAX_PIXELS:,} pixels allowed")
+            f.seek(0)
+            arr = np.load(f, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise UserError(f"{path}: not a readable .npy array ({exc}); save it with numpy.save") from None
     return scale_pixels(arr, path)

@@ -1,19 +1,12 @@
-"""How training runs: the epoch loop, its state, and the engines that run the steps.
-
-`fit` owns what every engine shares: one permutation per epoch drawn on the host by the
-seeded generator (so every engine and backend sees the same batches), the losses gathered
-to the host once per epoch, the divergence check, and stopping between steps on request.
-An *engine* owns only how a run of consecutive steps of `model.train_step` is executed:
-
-    eager     one `model.train_step` call per step, from Python (every backend)
-    compiled  the steps as one device program, where the backend offers one (see
-              `Backend.compiled_engine` in `backends/`)
-
-This module knows no flags and prints nothing; `mlp.train` is the command around it.
+"""How training runs: the epoch loop (`fit`), its state (`TrainState`), and the engines that
+run its steps: eager (one `model.train_step` call per step, from Python: every backend) or
+compiled (the steps as one device program, where the backend has one). The contract between
+them is in docs/architecture.md. No flags, no printing: `mlp.train` is the command around it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import signal
@@ -66,18 +59,12 @@ class TrainState:
     def to_checkpoint(self, backend, config: dict, meta: dict) -> Checkpoint:
         """This state as a Checkpoint (parameters copied to the host); `config` is the run's
         settings and data, `meta` what else the file records (device, engine, validation)."""
-        return Checkpoint(
-            params={k: backend.to_host(v) for k, v in self.params.items()},
-            config=config,
-            epoch=self.epoch,
-            step=self.step,
-            step_in_epoch=self.step_in_epoch,
-            rng_state=self.epoch_rng_state if self.step_in_epoch else self.rng.bit_generator.state,
-            losses=np.asarray(self.losses, dtype=np.float64),
-            epoch_seconds=np.asarray(self.epoch_seconds, dtype=np.float64),
-            partial_epoch_seconds=self.partial_epoch_seconds,
-            meta=meta,
-        )
+        return Checkpoint(params={k: backend.to_host(v) for k, v in self.params.items()}, config=config,
+                          epoch=self.epoch, step=self.step, step_in_epoch=self.step_in_epoch,
+                          rng_state=self.epoch_rng_state if self.step_in_epoch else self.rng.bit_generator.state,
+                          losses=np.asarray(self.losses, dtype=np.float64),
+                          epoch_seconds=np.asarray(self.epoch_seconds, dtype=np.float64),
+                          partial_epoch_seconds=self.partial_epoch_seconds, meta=meta)
 
 
 class Interrupted(Exception):
@@ -103,18 +90,15 @@ class StopOnSignals:
         self.requested, self.signum = True, signum
 
     def __enter__(self):
-        try:
+        with contextlib.suppress(ValueError):  # not the main thread: leave the signals alone
             for signum in self.signals:
                 self._previous[signum] = signal.signal(signum, self._handler)
-        except ValueError:  # not the main thread: leave the signals alone
-            pass
         return self
 
     def __exit__(self, *exc):
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous = {}
-        return False
 
 
 # ----------------------------------------------------------------------------- engines
@@ -201,11 +185,11 @@ def fit(backend, engine: Engine, state: TrainState, epochs: int, *, progress=Non
         stop=None) -> TrainState:
     """Train `engine`'s rows until `epochs` epochs are complete.
 
-    A minibatch epoch visits the rows in a fresh permutation drawn from `state.rng` on the
-    host; a full-batch epoch is one step on the rows in order. Losses come back to the host
-    once per epoch (and at a stop). Raises DivergedError on a non-finite loss, Interrupted when
-    `stop` is requested, ClusterLost when the engine's cluster failed (the state is then that of
-    the last completed step); `progress.step(k)` is told of every k steps done."""
+    A minibatch epoch visits the rows in a fresh permutation drawn from `state.rng` on the host
+    (so every engine and backend sees the same batches); a full-batch epoch is one step on the
+    rows in order. Losses come back to the host once per epoch (and at a stop). Raises
+    DivergedError on a non-finite loss, Interrupted when `stop` is requested, ClusterLost when the
+    engine's cluster failed (the state is then that of the last completed step)."""
     n, batch = engine.n, engine.batch
     steps_per_epoch = batching(n, batch)[1]
     if stop is not None and hasattr(engine, "stop"):

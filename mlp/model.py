@@ -11,8 +11,6 @@ same lines run on NumPy, CuPy, PyTorch, JAX or array_api_strict arrays. Nothing 
 knows which library or device it runs on; that lives in `backends/`.
 """
 
-from __future__ import annotations
-
 import math
 
 from array_api_compat import array_namespace

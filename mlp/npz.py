@@ -7,8 +7,6 @@ caller expects and against the member's size in the archive; only then is it rea
 `allow_pickle=False`. Members nobody asked for are never read.
 """
 
-from __future__ import annotations
-
 import struct
 import zipfile
 import zlib

@@ -1,20 +1,8 @@
-"""One output policy for every command, checked before any work (docs/outputs.md).
-
-`check_outputs({"--save": path, ...}, inputs)` refuses, in one line naming the flag:
-- a path that is empty, ends with '/', or is too long for the file system;
-- an output that is (or links to) a directory, a device, a FIFO or a socket, or that names an
-  open file through /proc (/dev/stdout, /dev/stderr, /dev/fd/N): outputs are new files
-  renamed into place, which none of these can be;
-- an output in a folder that is missing or that we may not write in (read-only file system,
-  no permission), a read-only file, a file of another user in a sticky folder (/tmp), or a
-  mount point (a bind-mounted file cannot be renamed over);
-- two outputs naming one file, or an output naming an input (after links, '..' and hard links).
-A symbolic link is written through: its target is replaced (atomically, in the target's
-folder), the link kept. Each output is then locked for the rest of the run (`files.lock`).
-`check_output_dir` applies what applies of this to a folder the command creates (convert --out).
+"""One output policy for every command, checked before any work (docs/outputs.md: what is refused
+and why): `check_outputs` for files, `check_output_dir` for a folder a command creates. Each check
+raises a UserError in one line naming the flag; a symbolic link is written through (its target
+replaced, the link kept); each output is then locked for the rest of the run (`files.lock`).
 """
-
-from __future__ import annotations
 
 import errno
 import os
@@ -124,9 +112,8 @@ def _check_name(path, flag: str, target: Path) -> None:
     size = len(os.fsencode(target.name))
     if size + _TMP_EXTRA > name_max:
         raise UserError(f"{flag} {str(path)[:200]}: the file name is {size} bytes; this file system takes at most "
-                        f"{name_max} "
-                        f"bytes per name, {_TMP_EXTRA} of which the temporary file needs; choose a name of at "
-                        f"most {name_max - _TMP_EXTRA} bytes")
+                        f"{name_max} bytes per name, {_TMP_EXTRA} of which the temporary file needs; choose a name "
+                        f"of at most {name_max - _TMP_EXTRA} bytes")
     if len(os.fsencode(str(target))) + _TMP_EXTRA >= 4096:
         raise UserError(f"{flag} {str(path)[:200]}...: the path is too long for the file system; choose a shorter one")
 

@@ -1,8 +1,6 @@
 """Figures (matplotlib, headless), each written atomically in the format its file name asks
 for (.png, .jpg, .svg, .pdf, ...: whatever matplotlib writes); another suffix is refused."""
 
-from __future__ import annotations
-
 import functools
 import io
 import os
@@ -71,13 +69,13 @@ def pyplot():
     return plt
 
 
-def _save(fig, path) -> None:
-    plt = pyplot()
+def save_figure(fig, path, dpi: int = 120) -> None:
+    """Write `fig` atomically in the format of `path`'s suffix, then close it."""
     try:
         with atomic_write(path) as f:
-            fig.savefig(f, format=plot_format(path), dpi=120, bbox_inches="tight")
+            fig.savefig(f, format=plot_format(path), dpi=dpi, bbox_inches="tight")
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
 
 
 def plot_losses(path, losses, steps_per_epoch: int, title: str, rows=(), test_accuracy=None) -> None:
@@ -119,7 +117,7 @@ def plot_losses(path, losses, steps_per_epoch: int, title: str, rows=(), test_ac
         acc.grid(True, alpha=0.3)
         acc.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _probability(p: float) -> str:
@@ -143,4 +141,4 @@ def plot_misclassified(path, X, digits, probs, wrong, image_shape, classes, *, m
     if not len(shown):
         axes[0, 0].text(0.5, 0.5, "no misclassified digits", ha="center", va="center")
     fig.suptitle(f"{len(wrong)} misclassified ({classes[0]} vs {classes[1]}), {len(shown)} shown", fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)

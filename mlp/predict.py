@@ -1,15 +1,6 @@
-"""`python -m mlp.predict --checkpoint PATH IMAGE...`: P(class B) for each image.
-
-An IMAGE may also be a directory (its image and .npy files, sorted by name) or a stacked
-.npy of shape (n, 28, 28), all predicted in one call; `--csv PATH` writes the results.
-
-Images are PNG/JPEG (8-bit grayscale) or .npy arrays of the checkpoint's image size
-(28x28 for MNIST), white digit on black like MNIST. Other sizes and colour modes are
-refused unless --resize is given, which converts them to grayscale and resizes them,
-with a note for each image it changed.
+"""`python -m mlp.predict --checkpoint PATH IMAGE...`: P(class B) for each image, from image
+files, .npy arrays, directories of them, or stacked .npy arrays (mlp.images: what is refused).
 """
-
-from __future__ import annotations
 
 import csv
 import sys
@@ -27,6 +18,7 @@ from .files import atomic_write
 from .images import load_image, looks_wrong, scale_pixels
 from .scoring import CHUNK_ROWS, probabilities
 from .outputs import check_outputs
+from .summary import wrote
 
 #: the files a directory given as IMAGE contributes (others in it are left alone)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
@@ -100,7 +92,7 @@ def write_csv(path, names, probs, classes) -> None:
         writer.writerow(["input", f"p_{b}", "predicted"])
         for name, p in zip(names, probs):
             writer.writerow([name, f"{float(p):.6g}", b if p >= 0.5 else a])
-    print(f"wrote {path} ({len(names)} rows)", file=sys.stderr)
+    wrote(path, f"{len(names)} rows")
 
 
 def build_parser() -> Parser:
@@ -155,8 +147,7 @@ main.prog = "mlp.predict"
 main.oom_advice = "predict fewer images at once, or use --device cpu"
 
 
-def cli() -> None:
-    """Console-script entry point (mlp-predict)."""
+def cli() -> None:   # the mlp-predict console script
     sys.exit(run(main))
 
 

@@ -1,13 +1,8 @@
-"""What a training run shows while it runs: one progress bar for the whole run, with an ETA,
-and a line per epoch (training loss, and validation loss and accuracy when there is a split).
-
-On a terminal the bar counts the run's steps (or its epochs in full-batch mode, one step
-each) and the epoch lines are written above it; elsewhere (a log file, CI) there is no bar,
-only the lines. Either way a line is shown every `every` epochs (every epoch for runs of up
-to 20 epochs) and for the last one. Notes (`wrote model.npz (epoch 2)`) go the same way.
+"""What a training run shows while it runs: on a terminal, one progress bar for the whole run
+(its steps, or its epochs in full batch) with an ETA; and a line per epoch (training loss, and
+validation loss and accuracy when there is a split) every `every` epochs (every epoch for runs
+of up to 20) and for the last one, above the bar if there is one. Notes go the same way.
 """
-
-from __future__ import annotations
 
 import shutil
 import statistics
@@ -35,13 +30,12 @@ class Progress:
         self.epochs, self.steps_per_epoch, self.enabled = epochs, steps_per_epoch, enabled
         self.tty = enabled and sys.stderr.isatty()
         self.every = max(1, epochs // 20)
-        self.full_batch = steps_per_epoch == 1
         self.bar = None
         if self.tty:
             from tqdm import tqdm
 
             self.bar = tqdm(total=epochs * steps_per_epoch, initial=state.step,
-                            unit="epoch" if self.full_batch else "step",
+                            unit="epoch" if steps_per_epoch == 1 else "step",
                             desc=f"epoch {min(state.epoch + 1, epochs)}/{epochs}", file=sys.stderr, dynamic_ncols=False,
                             **_bar_size())
 
@@ -55,16 +49,13 @@ class Progress:
 
     def epoch_line(self, state, row: dict) -> None:
         """Show the epoch's figures: on the bar always, as a line every `every` epochs."""
-        text = f"epoch {state.epoch}/{self.epochs}  loss {fmt_loss(row['train_loss'])}"
+        figures = [f"loss {fmt_loss(row['train_loss'])}"]
         if row.get("val_loss") is not None:
-            text += f"  val loss {fmt_loss(row['val_loss'])}  val acc {row['val_accuracy']:.2%}"
+            figures += [f"val loss {fmt_loss(row['val_loss'])}", f"val acc {row['val_accuracy']:.2%}"]
         if self.bar is not None:
-            postfix = f"loss {fmt_loss(row['train_loss'])}"
-            if row.get("val_loss") is not None:
-                postfix += f", val loss {fmt_loss(row['val_loss'])}, val acc {row['val_accuracy']:.2%}"
-            self.bar.set_postfix_str(postfix)
+            self.bar.set_postfix_str(", ".join(figures))
         if state.epoch % self.every == 0 or state.epoch == self.epochs:
-            self.note(f"{text}  {state.epoch_seconds[-1]:.3f} s")
+            self.note(f"epoch {state.epoch}/{self.epochs}  {'  '.join(figures)}  {state.epoch_seconds[-1]:.3f} s")
 
     def note(self, text: str) -> None:
         if not self.enabled:

@@ -1,15 +1,9 @@
-"""--log PATH: one row per epoch, CSV (LF line ends) or JSON lines for .jsonl/.ndjson.
-
-Nothing of a previous log is lost because a new run failed: the file is not touched until
-the run's first epoch ends; then the whole new log (a resumed run's earlier rows, and that
-epoch) replaces it atomically, and later epochs are appended and flushed one line each, so
-it can be watched (`tail -f`) while the run goes on. A resumed run reads the existing log
-first, with bounds on its size, its lines and their numbers, and refuses it in one line that
-names the first bad line rather than dropping any row. A write that fails (a full disk) stops
-the log, not the run: `error` holds it for the command to report.
+"""--log PATH: one row per epoch, CSV (LF line ends) or JSON lines for .jsonl/.ndjson
+(docs/outputs.md). The file is not touched until the run's first epoch ends, then replaced whole,
+then appended a flushed line per epoch (`tail -f`). A resumed run's log is read first, bounded,
+and refused in one line naming its first bad line rather than dropping a row. A write that fails
+(a full disk) stops the log, not the run: `error` holds it for the command to report.
 """
-
-from __future__ import annotations
 
 import csv
 import io

@@ -2,8 +2,6 @@
 state, rescued elsewhere when the disk is full, and the last one written remembered (the
 divergence message names it)."""
 
-from __future__ import annotations
-
 from . import checkpoint
 from .checkpoint import RUN_KEYS
 from .errors import DivergedError

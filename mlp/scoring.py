@@ -1,8 +1,6 @@
 """Scoring a trained model on held-out rows: loss, accuracy, confusion matrix (a library module:
 `mlp.train` and `mlp.evaluate` both use it)."""
 
-from __future__ import annotations
-
 import numpy as np
 
 from . import model

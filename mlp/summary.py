@@ -1,8 +1,6 @@
 """What a training run tells its user at the end: the metrics, the summary line, a line for
 each file written, and the command that continues an interrupted run."""
 
-from __future__ import annotations
-
 import json
 import shlex
 import statistics
@@ -35,33 +33,18 @@ def metrics(backend, cfg: dict, state, test: dict, history, *, engine: str, n_tr
     epoch_s = state.epoch_seconds
     last = history.rows[-1] if history.rows else {}
     return {
-        "test_accuracy": test["accuracy"],
-        "test_loss": test["loss"],
-        "train_loss": train_loss,
-        "val_loss": last.get("val_loss"),
-        "val_accuracy": last.get("val_accuracy"),
+        "test_accuracy": test["accuracy"], "test_loss": test["loss"], "train_loss": train_loss,
+        "val_loss": last.get("val_loss"), "val_accuracy": last.get("val_accuracy"),
         "best_val_loss": history.best["val_loss"] if history.best["epoch"] else None,
-        "best_epoch": history.best["epoch"],
-        "stopped_early": stopped,
-        "losses": state.losses,
-        "history": history.rows,
-        "epoch_seconds": epoch_s,
+        "best_epoch": history.best["epoch"], "stopped_early": stopped,
+        "losses": state.losses, "history": history.rows, "epoch_seconds": epoch_s,
         "median_epoch_seconds": statistics.median(epoch_s) if epoch_s else None,
-        "device": backend.device,
-        "device_name": backend.device_name,
-        "backend": backend.name,
-        "engine": engine,
+        "device": backend.device, "device_name": backend.device_name, "backend": backend.name, "engine": engine,
         "threads": cfg.get("threads"),   # CPU threads of the array library (None: not this process's, GPU or Dask)
         **{k: cfg[k] for k in ("dtype", "hidden", "activation", "init", "epochs", "batch_size", "lr", "seed")},
-        "completed_epochs": state.epoch,
-        "steps": state.step,
-        "classes": list(cfg["classes"]),
-        "val_split": cfg["val_split"],
-        "n_train": n_train,
-        "n_val": n_val,
-        "n_test": test["n"],
-        "confusion": test["confusion"].tolist(),
-        "versions": versions(),
+        "completed_epochs": state.epoch, "steps": state.step, "classes": list(cfg["classes"]),
+        "val_split": cfg["val_split"], "n_train": n_train, "n_val": n_val, "n_test": test["n"],
+        "confusion": test["confusion"].tolist(), "versions": versions(),
     }
 
 

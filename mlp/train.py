@@ -1,11 +1,8 @@
 """`python -m mlp.train`: train the two-layer MLP on an MNIST class pair (default 3 vs 7).
 
-The data goes to the device once; each step is `model.train_step`; the per-step losses
-stay on the device and come back to the host once per epoch (for the progress line, the
-divergence check and the metrics), so a full-batch epoch makes one small host round trip.
+The data goes to the device once; the steps are mlp.loop's; the files are written at the end,
+on Ctrl-C and every --checkpoint-every epochs.
 """
-
-from __future__ import annotations
 
 import os
 import signal
@@ -36,17 +33,8 @@ from .scoring import score
 from .summary import continue_command, metrics, summary_line, write_loss_plot, write_metrics, wrote
 
 #: what a plain `python -m mlp.train` does (the README shows what it reaches); init None: model.default_init
-DEFAULTS = {
-    "hidden": 128,
-    "activation": "relu",
-    "init": None,
-    "lr": 0.1,
-    "batch_size": 64,
-    "seed": 0,
-    "dtype": "float32",
-    "classes": (3, 7),
-    "epochs": 10,
-}
+DEFAULTS = {"hidden": 128, "activation": "relu", "init": None, "lr": 0.1, "batch_size": 64, "seed": 0,
+            "dtype": "float32", "classes": (3, 7), "epochs": 10}
 
 
 def batch_size_arg(text: str):
@@ -130,12 +118,7 @@ def resolve_config(args, ckpt: Checkpoint | None) -> dict:
             )
         cfg[key] = saved
     cfg["init"] = cfg["init"] or model.default_init(cfg["activation"])
-    if args.epochs is not None:
-        cfg["epochs"] = args.epochs
-    elif ckpt is not None:
-        cfg["epochs"] = int(ckpt.meta.get("target_epochs", ckpt.epoch))
-    else:
-        cfg["epochs"] = DEFAULTS["epochs"]
+    cfg["epochs"] = args.epochs or (int(ckpt.meta.get("target_epochs", ckpt.epoch)) if ckpt else DEFAULTS["epochs"])
     cfg["val_split"] = resolve_val_split(args.val_split, ckpt, args.resume)
     if ckpt is not None and ckpt.epoch >= cfg["epochs"]:
         raise UserError(f"the checkpoint {args.resume} already holds {ckpt.epoch} epochs; "
@@ -186,14 +169,6 @@ def load_rows(args, cfg: dict, ckpt: Checkpoint | None):
     return data, (X, y), val
 
 
-def check_same_data(args, cfg: dict, ckpt: Checkpoint | None, n: int, data_fingerprint: str) -> None:
-    """A resumed run must be on the data it was trained on (row count and fingerprint)."""
-    if ckpt is not None:
-        note = checkpoint.check_same_data(ckpt, args.resume, n, data_fingerprint, batching(n, cfg["batch_size"])[1])
-        if note:
-            print(f"note: {note}", file=sys.stderr)
-
-
 def announce(args, cfg, backend, engine, n: int, n_val: int, n_features: int, ckpt, steps_per_epoch: int) -> None:
     if args.quiet:
         return
@@ -214,8 +189,7 @@ def watch(args, backend, cfg: dict, val, save: "Saver", log: EpochLog | None, ck
     a resumed run continues from the best validation loss its checkpoint records."""
     if val is not None:
         val = backend.asarray(val[0], cfg["dtype"]), backend.asarray(val[1].reshape(-1, 1), cfg["dtype"])
-    history = History(backend, cfg["activation"], val, patience=args.early_stop,
-                      log=log,
+    history = History(backend, cfg["activation"], val, patience=args.early_stop, log=log,
                       save_best=(lambda state: save(args.save_best, state)) if args.save_best else None,
                       carried=ckpt.meta.get("validation") if ckpt is not None and val is not None else None)
     save.validation = history.carried
@@ -226,12 +200,12 @@ def interrupted(args, argv: list, state: TrainState, save: Saver, signum: int) -
     """After Ctrl-C, SIGTERM or SIGHUP between two steps: save, say how to continue, 128 + signum."""
     where = f"epoch {state.epoch + (1 if state.step_in_epoch else 0)}, step {state.step}"
     by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
-    if not args.save:
-        print(f"interrupted{by} at {where}; nothing saved (give --save PATH to keep progress)", file=sys.stderr)
-        return exit_code(signum)
-    save(args.save, state)
-    print(f"interrupted{by} at {where}; checkpoint saved to {args.save}; continue with: "
-          f"{continue_command('python -m mlp.train', argv, args.save)}", file=sys.stderr)
+    kept = "nothing saved (give --save PATH to keep progress)"
+    if args.save:
+        save(args.save, state)
+        again = continue_command("python -m mlp.train", argv, args.save)
+        kept = f"checkpoint saved to {args.save}; continue with: {again}"
+    print(f"interrupted{by} at {where}; {kept}", file=sys.stderr)
     return exit_code(signum)
 
 
@@ -270,12 +244,13 @@ def main(argv=None) -> int:
     cfg["threads"] = backends.choose_threads(backend, batch, rows[0].shape[1], cfg["hidden"], args.threads)
     X, y, data_fingerprint = training_arrays(backend, data, rows, cfg["dtype"], store=store)  # to the device, once
     (n, n_features), n_val = X.shape, 0 if val is None else len(val[1])
-    check_same_data(args, cfg, ckpt, n, data_fingerprint)
-    data_cfg = {"n_features": n_features, "image_shape": list(data.image_shape), "mean": MNIST_MEAN,
-                "std": MNIST_STD, "n_train": n, "val_split": cfg["val_split"],
-                "data_fingerprint": data_fingerprint}
+    steps_per_epoch = batching(n, cfg["batch_size"])[1]
+    note = ckpt and checkpoint.check_same_data(ckpt, args.resume, n, data_fingerprint, steps_per_epoch)
+    if note:   # a resumed run on data it was trained on, checked as far as the checkpoint allows
+        print(f"note: {note}", file=sys.stderr)
+    data_cfg = {"n_features": n_features, "image_shape": list(data.image_shape), "mean": MNIST_MEAN, "std": MNIST_STD,
+                "n_train": n, "val_split": cfg["val_split"], "data_fingerprint": data_fingerprint}
     state = TrainState.fresh(backend, cfg, n_features) if ckpt is None else TrainState.from_checkpoint(backend, ckpt)
-    _, steps_per_epoch = batching(n, cfg["batch_size"])
     engine = make_engine(backend, args.engine, cfg, X, y)   # a backend without the engine asked for: refused first
     announce(args, cfg, backend, engine, n, n_val, n_features, ckpt, steps_per_epoch)
     save = Saver(backend, cfg, data_cfg, ckpt, args.resume, engine.name)
@@ -360,8 +335,7 @@ def finish(args, cfg, backend, state, history, data, n, n_val, steps_per_epoch, 
 main.prog = "mlp.train"
 
 
-def cli() -> None:
-    """Console-script entry point (mlp-train)."""
+def cli() -> None:   # the mlp-train console script
     sys.exit(run(main))
 
 

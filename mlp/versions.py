@@ -1,8 +1,6 @@
 """The versions of Python and of the libraries that a run used: recorded in checkpoints, metrics
 and benchmark results."""
 
-from __future__ import annotations
-
 import platform
 
 #: the distributions whose versions a checkpoint, the metrics and the benchmark record
