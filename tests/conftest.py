@@ -20,6 +20,9 @@ import pytest
 from mlp import backends
 from mlp import data
 
+# MLP_REQUIRE_GPU=1 (bench/gpu_check.sh sets it): a GPU test that would skip fails (tests/require_gpu.py)
+from .require_gpu import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401
+
 # every xdist worker (and every process a test starts) shares one GPU: no JAX preallocation of 75%
 # of it (mlp.backends sets the same before JAX's first use; this covers tests that use JAX directly)
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -83,38 +86,6 @@ JAX_GPU_MISSING = _jax_gpu_available()
 needs_gpu = pytest.mark.skipif(GPU_MISSING is not None, reason=f"needs a CUDA GPU: {GPU_MISSING}")
 needs_torch_gpu = pytest.mark.skipif(TORCH_GPU_MISSING is not None, reason=f"needs a CUDA GPU: {TORCH_GPU_MISSING}")
 needs_jax_gpu = pytest.mark.skipif(JAX_GPU_MISSING is not None, reason=f"needs a CUDA GPU: {JAX_GPU_MISSING}")
-
-
-# MLP_REQUIRE_GPU=1 (bench/gpu_check.sh sets it): on a GPU machine a skip proves nothing, so a
-# test marked `gpu` that would be skipped fails instead, with the skip's reason; so does a test
-# module skipped whole at import (it may hold GPU tests). Without the variable, skips stay skips.
-def _require_gpu() -> bool:
-    return os.environ.get("MLP_REQUIRE_GPU") == "1"
-
-
-def _skip_reason(report) -> str:
-    longrepr = report.longrepr
-    text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
-    return text.removeprefix("Skipped: ")
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item, call):
-    report = yield
-    if (_require_gpu() and report.skipped and not hasattr(report, "wasxfail")
-            and item.get_closest_marker("gpu") is not None):
-        report.outcome = "failed"
-        report.longrepr = f"MLP_REQUIRE_GPU=1: this GPU test would be skipped: {_skip_reason(report)}"
-    return report
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_make_collect_report(collector):
-    report = yield
-    if _require_gpu() and report.skipped:
-        report.outcome = "failed"
-        report.longrepr = f"MLP_REQUIRE_GPU=1: {collector.nodeid} would be skipped whole: {_skip_reason(report)}"
-    return report
 
 
 def backend_params():

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
 from mlp.bench import busy, report
 
-from .conftest import run_cli
+from .conftest import REPO
 
 
 def _alive(pid: int) -> bool:
@@ -111,12 +114,20 @@ def test_parity_target_takes_the_best_of_ours_and_of_the_expert():
 
 
 def test_busy_bench_end_to_end(data_dir, tmp_path):
-    result = run_cli("bench", "--quick", "--busy", "--backends", "numpy", "--peers", "none", "--no-minibatch",
-                     "--json", tmp_path / "b.json", "--markdown", tmp_path / "b.md", "--data-dir", data_dir,
-                     timeout=600)
+    """`--busy` on one core (taskset): the levels are then 0 and 1 (one per usable core), each row
+    idle and beside one competitor, which shares that core with the bench and leaves the others
+    to the rest of the suite."""
+    tag = f"{os.getpid()}-{tmp_path.name}"     # in the environment of this bench and its competitors only
+    pin = ["taskset", "-c", str(min(os.sched_getaffinity(0)))] if shutil.which("taskset") else []
+    args = ["--quick", "--busy", "--backends", "numpy", "--peers", "none", "--no-minibatch",
+            "--json", tmp_path / "b.json", "--markdown", tmp_path / "b.md", "--data-dir", data_dir]
+    env = {k: v for k, v in os.environ.items() if k != "MLP_DATA_DIR"}
+    result = subprocess.run([*pin, sys.executable, "-m", "bench", *map(str, args)], cwd=REPO,
+                            env={**env, "MLP_BUSY_TEST_TAG": tag}, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads((tmp_path / "b.json").read_text())
     levels = busy.levels(out["meta"]["usable_cores"])
+    assert out["meta"]["usable_cores"] == 1 or not pin
     assert [r["busy"] for r in out["records"]] == [0]                 # the usual tables: idle runs only
     assert [r["busy"] for r in out["busy"]] == levels[1:]
     for r in out["records"] + out["busy"]:
@@ -126,13 +137,14 @@ def test_busy_bench_end_to_end(data_dir, tmp_path):
     assert "Busy machine: median ms per epoch idle and beside K CPU-bound competing processes" in table
     assert "| ours (numpy, eager) | 2,000 | 32 | full | 1 |" in table
     # none of its competitors (deadline: the worker's 600 s + 60) outlived the bench
-    assert not [p for p in os.listdir("/proc") if p.isdigit() and "time.monotonic() + 660" in _cmdline(p)
-                and _alive(int(p))]
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and "time.monotonic() + 660" in _read(p, "cmdline")
+                and f"MLP_BUSY_TEST_TAG={tag}" in _read(p, "environ") and _alive(int(p))]
 
 
-def _cmdline(pid: str) -> str:
+def _read(pid: str, name: str) -> str:
+    """/proc/PID/cmdline or environ, its NUL separators as spaces ('' once the process is gone)."""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
             return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return ""

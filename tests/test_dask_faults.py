@@ -155,8 +155,10 @@ def test_an_external_cluster_that_loses_its_worker_then_its_scheduler_loses_noth
             code, _, err = call_cli(train_cmd.main, *run, "--scheduler", address, "--scheduler-timeout", 5,
                                     "--epochs", 1000, "--resume", ckpt)
     assert code == 5 and one_line(err), err
-    assert "mlp.train: cluster lost at epoch" in err    # the client sees the loss first, or the fetch of a result
-    assert "the connection to the scheduler was lost" in err or "a connection to the cluster closed" in err
+    assert "mlp.train: cluster lost at epoch" in err    # the client sees the loss first, or the fetch of a result,
+    assert any(why in err for why in ("the connection to the scheduler was lost",     # or a bounded probe that
+                                      "a connection to the cluster closed",           # the dead scheduler never
+                                      "the scheduler did not answer within 5 s"))     # answers (CI saw all three)
     assert f"saved to {ckpt}" in err and "continue with: python -m mlp.train" in err and "--resume" in err
     epochs = checkpoint.load(ckpt).epoch + 1
     code, _, err = call_cli(train_cmd.main, *run, "--scheduler", cluster.scheduler_address, "--epochs", epochs,

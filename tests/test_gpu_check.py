@@ -206,7 +206,8 @@ def test_wheels_usage_errors_reach_no_network(tmp_path):
 # ----------------------------------------------------------------------------- the MLP_REQUIRE_GPU hook
 
 HOOKED = {
-    "conftest.py": "from tests.conftest import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401\n",
+    "conftest.py": ("from tests.require_gpu import pytest_make_collect_report, pytest_runtest_makereport"
+                    "  # noqa: F401\n"),
     "pytest.ini": "[pytest]\nmarkers =\n    gpu: needs a GPU\n",
     "test_some.py": textwrap.dedent("""\
         import pytest
@@ -254,8 +255,9 @@ HOOKED["test_skipped_whole.py"] = textwrap.dedent("""\
 
 
 def run_hooked(folder: Path, require: bool) -> tuple[subprocess.CompletedProcess, dict]:
-    """pytest in a folder whose conftest takes tests/conftest.py's two hooks: the run, and the
-    outcome and message of each test by name."""
+    """pytest in a folder whose conftest takes the two hooks of tests/require_gpu.py, as
+    tests/conftest.py does (without the libraries that conftest imports): the run, and the outcome
+    and message of each test by name."""
     folder.mkdir()
     for name, text in HOOKED.items():
         (folder / name).write_text(text)
@@ -276,10 +278,16 @@ def run_hooked(folder: Path, require: bool) -> tuple[subprocess.CompletedProcess
 
 @pytest.fixture(scope="module")
 def hooked(tmp_path_factory):
-    """The same tests run twice (each run ~10 s: the subprocess imports tests/conftest.py): with
-    MLP_REQUIRE_GPU=1 and without."""
+    """The same tests run twice: with MLP_REQUIRE_GPU=1 and without."""
     folder = tmp_path_factory.mktemp("hooked")
     return {require: run_hooked(folder / ("require" if require else "plain"), require) for require in (True, False)}
+
+
+def test_the_suite_takes_the_hooks_tested_here():
+    from . import conftest, require_gpu
+
+    assert conftest.pytest_runtest_makereport is require_gpu.pytest_runtest_makereport
+    assert conftest.pytest_make_collect_report is require_gpu.pytest_make_collect_report
 
 
 def test_require_gpu_turns_a_gpu_skip_into_a_failure_with_its_reason(hooked):

@@ -184,7 +184,7 @@ def corrupt_copy(data_dir, tmp_path, name, mutate):
 
 @pytest.mark.parametrize("name, mutate, message", [
     ("train-images-idx3-ubyte.gz", lambda b: b[: len(b) // 2], "corrupt or truncated gzip data"),
-    ("train-images-idx3-ubyte.gz", lambda b: gzip.compress(gzip.decompress(b)[:-100]),
+    ("train-images-idx3-ubyte.gz", lambda b: gzip.compress(gzip.decompress(b)[:-100], compresslevel=1),
      "truncated: its header promises"),
     ("t10k-labels-idx1-ubyte.gz", lambda b: b[:-8] + b"\x00" * 8, "corrupt or truncated gzip data"),
     ("train-labels-idx1-ubyte.gz", lambda b: gzip.compress(b"\x08\x03" + gzip.decompress(b)[2:]), "wrong magic number"),
