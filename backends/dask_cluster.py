@@ -19,8 +19,6 @@ Every wait on the cluster is bounded by --scheduler-timeout: joining and startin
 mid-run is `dask_guard`'s (a lost cluster is `mlp.errors.ClusterLost`, exit 5 after saving).
 """
 
-from __future__ import annotations
-
 import contextlib
 import dataclasses
 import functools

@@ -12,8 +12,6 @@ no deadline, so an HTTP server or a silent socket at the address hangs a Client 
 `check_scheduler` does the handshake itself, under one deadline, before any Client exists.
 """
 
-from __future__ import annotations
-
 import asyncio
 import contextlib
 import logging

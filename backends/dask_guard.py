@@ -12,8 +12,6 @@ Each blocks the calling thread for at most POLL_S at a time, so a signal handler
 runs within that, and `stop` is read as often.
 """
 
-from __future__ import annotations
-
 import contextlib
 import threading
 import time
