@@ -19,8 +19,6 @@ Every wait on the cluster is bounded by --scheduler-timeout: joining and startin
 mid-run is `dask_guard`'s (a lost cluster is `mlp.errors.ClusterLost`, exit 5 after saving).
 """
 
-from __future__ import annotations
-
 import contextlib
 import dataclasses
 import functools
@@ -116,7 +114,8 @@ def check_options(o: Options, kind: str) -> Options:
 
 @dataclass(frozen=True)
 class DaskBackend(Backend):
-    """A Backend whose arrays are dask arrays on a cluster; params travel as NumPy."""
+    """A Backend whose arrays are dask arrays on a cluster; params travel as NumPy. Every step's results
+    are computed before the step returns: synchronize has nothing to wait for (Backend's default)."""
 
     eager_engine = DaskEngine
 
@@ -131,10 +130,20 @@ class DaskBackend(Backend):
     def asarray(self, host_array, dtype: str | None = None):
         """A host array on the cluster: small ones as one chunk, rows in chunks of --chunk-rows; either
         way it keeps its host data, which to_host and the engine read without asking the cluster."""
-        host = np.asarray(host_array)
-        if dtype is not None:
-            host = host.astype(dtype, copy=False)
-        return _rows_array(self, np.ascontiguousarray(host))
+        host = np.ascontiguousarray(host_array, dtype=dtype)    # cast on the host, as Backend.asarray does
+        if host.ndim < 2 or host.nbytes <= 1 << 20:
+            return self.wrap(host)
+        import dask.array as da
+        from dask import delayed
+
+        # rows are scattered to the workers, not written into the graph (which the scheduler would hold)
+        step = self.options.chunk_rows or DEFAULT_CHUNK_ROWS
+        pieces = [host[a:a + step] for a in range(0, host.shape[0], step)]
+        futures = scatter(self.client, pieces, self.options.timeout)
+        arr = self.on_device(da.concatenate([da.from_delayed(delayed(f), p.shape, dtype=p.dtype)
+                                             for f, p in zip(futures, pieces)]))
+        setattr(arr, HOST, host)
+        return arr
 
     def to_host(self, x) -> np.ndarray:
         """A NumPy copy: of the host data behind an array made here; else computed (locally when it reads
@@ -155,9 +164,6 @@ class DaskBackend(Backend):
         from distributed import futures_of
 
         return bool(futures_of(x)) or any(str(name).startswith(("rows-", "labels-")) for name in x.dask.layers)
-
-    def synchronize(self, *arrays) -> None:
-        pass   # every step's results are computed before the step returns
 
     @property
     def device_name(self) -> str:
@@ -274,8 +280,7 @@ def release_all() -> None:
 
 def dask_backend(kind: str, index: int | None, options: Options | None = None) -> DaskBackend:
     try:
-        import dask  # noqa: F401
-        import distributed
+        import distributed            # imports dask: a missing dask is named as such
         from array_api_compat import array_namespace
     except ImportError as exc:
         raise BackendError(f"--backend dask needs dask and distributed ({exc}); "
@@ -292,34 +297,15 @@ def dask_backend(kind: str, index: int | None, options: Options | None = None) -
         if options.gpu is not None and options.gpu >= count:
             raise BackendError(f"--device cuda:{options.gpu} does not exist: this machine has {count} GPU(s), "
                                f"cuda:0 to cuda:{count - 1}")
+    client, cluster, workers = connect(kind, options)      # closes what it started if it fails
+    import dask.array as da
+
     backend = DaskBackend(name="dask", device="cpu" if kind == "cpu" else "cuda" if options.gpu is None else
-                          f"cuda:{options.gpu}", xp=None, version=distributed.__version__, options=options, info={})
+                          f"cuda:{options.gpu}", xp=array_namespace(da.zeros(1)), version=distributed.__version__,
+                          client=client, cluster=cluster, options=options, info={"checked_workers": workers})
     _OPEN.append(backend)
-    client, cluster, workers = connect(kind, options)
-    import dask.array as da
-
-    object.__setattr__(backend, "xp", array_namespace(da.zeros(1)))
-    object.__setattr__(backend, "client", client)
-    object.__setattr__(backend, "cluster", cluster)
-    backend.info.update(checked_workers=workers, description=_describe(backend))
+    backend.info["description"] = _describe(backend)
     return backend
-
-
-def _rows_array(backend: DaskBackend, host: np.ndarray):
-    """A host array on the cluster: small ones as one chunk, rows in chunks of --chunk-rows."""
-    if host.ndim < 2 or host.nbytes <= 1 << 20:
-        return backend.wrap(host)
-    import dask.array as da
-    from dask import delayed
-
-    # rows are scattered to the workers, not written into the graph (which the scheduler would hold)
-    step = backend.options.chunk_rows or DEFAULT_CHUNK_ROWS
-    pieces = [host[a:a + step] for a in range(0, host.shape[0], step)]
-    futures = scatter(backend.client, pieces, backend.options.timeout)
-    arr = backend.on_device(da.concatenate([da.from_delayed(delayed(f), p.shape, dtype=p.dtype)
-                                            for f, p in zip(futures, pieces)]))
-    setattr(arr, HOST, host)
-    return arr
 
 
 def _describe(backend: DaskBackend) -> str:

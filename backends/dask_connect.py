@@ -1,18 +1,9 @@
 """Joining a Dask cluster without ever hanging: every wait bounded, every refusal one line.
 
-    scheduler_address(text)            -> 'tcp://HOST:PORT' (plain parsing: other protocols refused)
-    check_scheduler(address, timeout)  -> the scheduler's identity, within `timeout` s (handshake included)
-    open_client(address, timeout)      -> a Client; a start that fails leaves no Client.__del__ noise
-    connect(kind, options)             -> (client, the LocalCluster or None, the workers checked)
-    closing_if_interrupted()           -> a LocalCluster interrupted while starting is closed here
-    quiet(verbose)                     -> distributed's logs and warnings off the terminal
-
 distributed applies `Client(timeout=)` to the TCP connection only: the handshake after it has
 no deadline, so an HTTP server or a silent socket at the address hangs a Client for ever.
 `check_scheduler` does the handshake itself, under one deadline, before any Client exists.
 """
-
-from __future__ import annotations
 
 import asyncio
 import contextlib
@@ -50,15 +41,12 @@ def scheduler_address(text: str) -> str:
     return f"tcp://{m.group(1)}:{int(m.group(2))}"
 
 
-def _host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.removeprefix("tcp://").rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-async def _probe(address: str, timeout: float) -> dict:
+async def check_scheduler(address: str, timeout: float) -> dict:
+    """The identity of the scheduler at `address` within `timeout` s, or a one-line ClusterError."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    host, port = _host_port(address)
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    host = host.strip("[]")
 
     def left() -> float:
         return max(0.05, deadline - loop.time())
@@ -104,11 +92,6 @@ async def _probe(address: str, timeout: float) -> dict:
         raise ClusterError(f"{address} is a Dask {kind or 'peer'}, not a scheduler; give the scheduler's address "
                            "(`dask scheduler` prints it: 'Scheduler at: tcp://...')")
     return reply
-
-
-def check_scheduler(address: str, timeout: float) -> dict:
-    """The identity of the scheduler at `address` within `timeout` s, or a one-line ClusterError."""
-    return asyncio.run(_probe(address, timeout))
 
 
 # ----------------------------------------------------------------------------- clients
@@ -184,7 +167,7 @@ def connect(kind: str, options):
     quiet(options.verbose)
     t, address = options.timeout, options.scheduler
     if address:
-        check_scheduler(address, t)                     # bounded, handshake included
+        asyncio.run(check_scheduler(address, t))        # bounded, handshake included
         try:
             client = open_client(address, t)
         except (OSError, TimeoutError, ValueError) as exc:
@@ -212,11 +195,11 @@ def connect(kind: str, options):
     # handle (stop after the step, save, close the cluster), not a signal that kills the workers. So a Ctrl-C
     # during the start-up is lost (holding it by blocking fails: the kernel hands it to another thread, such
     # as BLAS's, which ignores it); SIGTERM stops the start-up
-    previous = _ignore_sigint()
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     common = dict(dashboard_address=":0", silence_logs=20 if options.verbose else 60,   # 60: above CRITICAL
                   scheduler_kwargs={"dashboard": False},
                   **({"memory_limit": options.worker_memory} if options.worker_memory else {}))
-    client = None
     try:
         with closing_if_interrupted():
             try:
@@ -233,28 +216,15 @@ def connect(kind: str, options):
                                                        processes=True, **common)
                 client = open_client(cluster, options.timeout)
             except Exception as exc:            # distributed's start-up errors: Nanny failed to start, timeouts
-                if client is not None:
-                    discard(client)
                 raise ClusterError(f"the local Dask cluster did not start ({exc.__class__.__name__}: "
                                    f"{' '.join(str(exc).split())[:200]}); see --verbose, or raise --scheduler-timeout "
                                    f"({options.timeout:g} s)") from None
-            except BaseException:
-                if client is not None:
-                    discard(client)
-                raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         restore_environ(environ)
     cluster._mlp_environ = environ   # restored again at close(): a restarted worker writes it again
     return client, cluster, set()
-
-
-def _ignore_sigint():
-    """SIGINT ignored from now on; the previous handler, or None (not the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def restore_environ(saved: dict) -> None:

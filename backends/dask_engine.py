@@ -16,8 +16,6 @@ worker, so the host needs no GPU. Every wait on the cluster is bounded (dask_gua
 a lost cluster is a ClusterLost, a stop request (Ctrl-C, SIGTERM) a StepStopped.
 """
 
-from __future__ import annotations
-
 import time
 
 import numpy as np

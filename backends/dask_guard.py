@@ -1,18 +1,8 @@
 """Checks and waits on a Dask cluster, bounded: a lost cluster is a ClusterLost, never a hang.
 
-    wait_result(client, future, timeout=, stop=)  the result; ClusterLost when the scheduler is gone or
-                                                  silent, or no worker runs, for `timeout` s, or the
-                                                  cluster failed the task; StepStopped at a stop request
-    identity(client, timeout)                     the scheduler's view of its workers, bounded
-    scatter(client, pieces, timeout)              client.scatter, its failures a ClusterLost
-    check_environment(client, timeout, ...)       the scheduler and workers import this mlp, or one line
-    check_newcomers(client, known, timeout)       workers that joined mid-run pass the environment check
-
-Each blocks the calling thread for at most POLL_S at a time, so a signal handler (Ctrl-C, SIGTERM)
+A wait blocks the calling thread for at most POLL_S at a time, so a signal handler (Ctrl-C, SIGTERM)
 runs within that, and `stop` is read as often.
 """
-
-from __future__ import annotations
 
 import contextlib
 import threading
@@ -187,20 +177,16 @@ def _probe_function():
             except md.PackageNotFoundError:
                 out["versions"][dist] = None
         digest = hashlib.sha256()
-        for name in modules:
+        for name in (*modules, *needs):
             try:
-                with open(importlib.import_module(name).__file__, "rb") as f:
-                    digest.update(f.read())
+                module = importlib.import_module(name)
+                if name in modules:           # the source of this mlp, hashed
+                    with open(module.__file__, "rb") as f:
+                        digest.update(f.read())
             except Exception as exc:  # reported, never raised
                 out["error"] = f"cannot import {name} ({exc.__class__.__name__}: {exc})"
-                break
-        else:
-            out["source"] = digest.hexdigest()[:12]
-        for name in needs if out["error"] is None else ():
-            try:
-                importlib.import_module(name)
-            except Exception as exc:  # reported, never raised
-                out["error"] = f"cannot import {name} ({exc.__class__.__name__}: {exc})"
+                return out
+        out["source"] = digest.hexdigest()[:12]
         return out
 
     return environment
@@ -222,7 +208,7 @@ def check_environment(client, timeout: float, *, scheduler: bool = True, workers
     version = here["versions"]["mlp-by-hand"]
     install = f"pip install 'mlp-by-hand[dask]=={version}' (the same wheel or clone as here)"
     for name, env in where.items():
-        if isinstance(env, BaseException) or not isinstance(env, dict):
+        if not isinstance(env, dict):         # an exception (on_error="return"), or no answer at all
             raise ClusterError(f"{name} could not run the environment check ({env.__class__.__name__}: {env}); "
                                f"install this package there: {install}")
         if env["error"]:

@@ -7,8 +7,6 @@ the Dask workers from there, persisted, as `python -m mlp.train --backend dask -
 Besides the epoch time, a record holds the workers' peak resident memory growth per row.
 """
 
-from __future__ import annotations
-
 import os
 import shutil
 import tempfile

@@ -2,8 +2,6 @@
 once, that `--backend dask --store DIR` reads lazily by chunk (for training sets larger than memory).
 The store format is in `mlp.store`."""
 
-from __future__ import annotations
-
 import argparse
 import sys
 

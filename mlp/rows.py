@@ -1,8 +1,6 @@
 """A run's training rows on its backend: moved to the device once, or, on Dask, read by the workers
 themselves (the pair's rows of the IDX files, or a store written by `python -m mlp.convert`)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 from .data import fingerprint, mnist_files

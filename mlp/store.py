@@ -16,8 +16,6 @@ and `rows[a:b]`, so a Dask worker that loses its chunks reads them again from th
 Everything here is NumPy only; building dask arrays on top is `backends.dask_cluster`'s job.
 """
 
-from __future__ import annotations
-
 import contextlib
 import functools
 import hashlib
