@@ -269,7 +269,8 @@ def plot(result: dict, path) -> bool:
     fig = plt.figure(figsize=(5.2 * columns, 3.8 * (len(dtypes) + bottom)))
     grid = fig.add_gridspec(len(dtypes) + 1, columns, height_ratios=[1] * len(dtypes) + [bottom])
     names = sorted({(label(r), r["device"]) for r in records}, key=lambda nd: (not nd[0].startswith("ours"), nd))
-    style = {name: {"color": plt.cm.tab10(i % 10), "marker": "osD^vP*Xph"[i % 10],
+    colours = [plt.cm.tab10(i) for i in range(10)] + ["#000080", "#8b0000", "#b8860b", "#ff00ff", "#006400"]
+    style = {name: {"color": colours[i % len(colours)], "marker": "osD^vP*Xph"[i % 10],
                     "ls": "-" if name[0].startswith("ours") else "--"} for i, name in enumerate(names)}
     panels = [(h, None) for h in hiddens] + ([(None, "minibatch")] if minibatch else [])
     legend = {}
@@ -290,6 +291,12 @@ def plot(result: dict, path) -> bool:
                     ax.plot(*zip(*fl), "k--" if device == "cpu" else "k:", marker="_", ms=12, lw=1,
                             label=f"floor [{device}]")
             missing = sum(1 for r in everything if r.get("status") != "ok" and r.get("n") and here(r))
+            if not ax.lines:     # every point of this panel was skipped: say so, without empty axes
+                ax.text(0.5, 0.5, f"{dtype}, {'minibatch' if mb else f'full batch, H={h}'}:\n"
+                        f"{missing} point(s), none measured: see the table",
+                        ha="center", va="center", transform=ax.transAxes, fontsize=8, color="tab:red")
+                ax.set_axis_off()
+                continue
             if missing:
                 ax.text(0.02, 0.02, f"{missing} point(s) not measured: see the table", transform=ax.transAxes,
                         fontsize=7, color="tab:red")

@@ -140,6 +140,34 @@ def test_report_arithmetic():
     assert report.no_speedup_reason({"devices": ["cpu"]}).startswith("no GPU was measured")
 
 
+def test_plot_gives_every_line_its_own_colour_and_says_when_a_panel_has_nothing(tmp_path, monkeypatch):
+    """Eleven implementations (more than tab10's ten colours) and a float64 H=1024 panel whose every
+    point was skipped: no two lines share a colour, and that panel is a note, not empty axes."""
+    pytest.importorskip("matplotlib")
+    from mlp import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi: figures.append(fig))
+    impls = ["torch-manual", "torch-expert", "torch-autograd", "torch-compile", "jax-jit", "sklearn"]
+    ours = [("numpy", "eager"), ("torch", "eager"), ("torch", "compiled"), ("jax", "eager"), ("jax", "compiled")]
+    records = [fake("ours", n, h, 10.0, b, dtype=dt, engine=e) for b, e in ours for n in (1000, 4000)
+               for h in (128, 1024) for dt in ("float32", "float64") if not (dt == "float64" and h == 1024)]
+    records += [fake(p, n, h, 10.0, dtype=dt) for p in impls for n in (1000, 4000)
+                for h in (128, 1024) for dt in ("float32", "float64") if not (dt == "float64" and h == 1024)]
+    records += [{**fake("ours", 1000, 1024, 0.0, "numpy", dtype="float64"), "status": "skipped", "reason": "slow"}]
+    result = {"records": records, "meta": {"cpu": "test", "devices": ["cpu"]}}
+    assert report.plot(result, tmp_path / "p.png")
+    (fig,) = figures
+    colours = {}
+    for ax in fig.axes:
+        for line in ax.lines:
+            if not line.get_label().startswith("floor"):
+                colours.setdefault(line.get_label(), line.get_color())
+    assert len(colours) == 11 and len({str(c) for c in colours.values()}) == 11, colours
+    (empty,) = [ax for ax in fig.axes if not ax.axison and ax.texts and "H=1024" in ax.texts[0].get_text()]
+    assert "float64, full batch, H=1024" in empty.texts[0].get_text() and "none measured" in empty.texts[0].get_text()
+
+
 # ----------------------------------------------------------------------------- the bench fails loudly
 
 
