@@ -17,7 +17,7 @@ import warnings
 
 from mlp.errors import BackendError
 
-from .dask_guard import ClusterError, check_environment, identity
+from .dask_guard import TIMEOUTS, ClusterError, check_environment, identity
 
 SUPPORTED_PROTOCOLS = ("tcp",)
 START_HINT = "start it with `dask scheduler`, and workers with `dask worker ADDRESS`"
@@ -170,19 +170,19 @@ def connect(kind: str, options):
         asyncio.run(check_scheduler(address, t))        # bounded, handshake included
         try:
             client = open_client(address, t)
-        except (OSError, TimeoutError, ValueError) as exc:
+        except (OSError, *TIMEOUTS, ValueError) as exc:
             raise ClusterError(f"cannot connect to the Dask scheduler at {address} within {t:g} s "
                                f"({exc.__class__.__name__}: {' '.join(str(exc).split())[:200]})") from None
         try:
             check_environment(client, t, workers=())    # the scheduler first: it reads every task
             try:
                 client.wait_for_workers(1, timeout=t)
-            except (TimeoutError, OSError):
+            except (*TIMEOUTS, OSError):
                 raise ClusterError(f"the Dask scheduler at {address} has no workers after {t:g} s; start some "
                                    f"with `dask worker {address}`") from None
             workers = set(identity(client, t)["workers"])
             check_environment(client, t, scheduler=False, workers=workers, gpu=kind == "cuda")
-        except (TimeoutError, OSError) as exc:
+        except (*TIMEOUTS, OSError) as exc:
             discard(client)
             raise ClusterError(f"the Dask cluster at {address} did not answer within {t:g} s "
                                f"({exc.__class__.__name__})") from None

@@ -4,6 +4,7 @@ A wait blocks the calling thread for at most POLL_S at a time, so a signal handl
 runs within that, and `stop` is read as often.
 """
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -11,6 +12,8 @@ import time
 from mlp.errors import BackendError, ClusterLost, StepStopped
 
 POLL_S = 0.25
+# distributed raises asyncio's TimeoutError: the built-in one from Python 3.11 on, a class of its own on 3.10
+TIMEOUTS = (TimeoutError, asyncio.TimeoutError)
 LOST = "the connection to the scheduler was lost (it stopped, or its machine went away)"
 
 
@@ -63,7 +66,7 @@ def identity(client, timeout: float) -> dict:
     """The scheduler's identity with every worker's info (what scheduler_info() gives, bounded)."""
     try:
         return client.sync(client.scheduler.identity, n_workers=-1, callback_timeout=timeout)
-    except TimeoutError:
+    except TIMEOUTS:
         raise ClusterLost(f"the scheduler did not answer within {timeout:g} s") from None
     except (OSError, *cluster_errors()):
         raise ClusterLost(LOST) from None
@@ -76,7 +79,7 @@ def running_workers(client, timeout: float) -> int | None:
         return None
     try:
         return len(client.sync(client.scheduler.ncores_running, callback_timeout=timeout))
-    except (TimeoutError, OSError, *cluster_errors()):
+    except (*TIMEOUTS, OSError, *cluster_errors()):
         return None
 
 
@@ -84,7 +87,7 @@ def scatter(client, pieces: list, timeout: float) -> list:
     """client.scatter(pieces): futures, or a ClusterLost when no worker takes them within `timeout` s."""
     try:
         return client.scatter(pieces, timeout=timeout)
-    except (TimeoutError, OSError, *cluster_errors()) as exc:
+    except (*TIMEOUTS, OSError, *cluster_errors()) as exc:
         raise ClusterLost(f"could not send rows to the workers within {timeout:g} s ({describe(exc)})") from None
 
 
@@ -97,7 +100,7 @@ def check_newcomers(client, known: set, timeout: float) -> None:
             check_environment(client, timeout, scheduler=False, workers=new)
         except ClusterError as exc:
             raise ClusterLost(f"a worker that joined mid-run cannot run this run's tasks: {exc}") from None
-        except (TimeoutError, OSError) as exc:
+        except (*TIMEOUTS, OSError) as exc:
             raise ClusterLost(f"a worker that joined mid-run did not answer ({exc.__class__.__name__})") from None
         known.update(new)
 
@@ -119,7 +122,7 @@ def wait_result(client, future, *, timeout: float, stop=lambda: False, hint: str
                 # bounded: the result lives on a worker; if it has just left, distributed recomputes it,
                 # which without workers never ends (then the future is no longer done: watched below)
                 return future.result(timeout=fetch)
-            except TimeoutError:
+            except TIMEOUTS:
                 if fetch >= timeout:    # a silent scheduler, or a result too slow to fetch
                     silent = running_workers(client, poll) is None
                     raise ClusterLost(f"the scheduler has not answered for {timeout:g} s" if silent else

@@ -316,7 +316,7 @@ def run(main, argv=None) -> int:
         _say(f"{prog}: diverged: {exc}")
         return EXIT_DIVERGED
     except ClusterLost as exc:
-        print(f"{prog}: cluster lost: {exc}", file=sys.stderr)
+        _say(f"{prog}: cluster lost: {exc}")
         return EXIT_CLUSTER_LOST
     except Signalled as exc:
         _say(f"{prog}: stopped by {signal.Signals(exc.signum).name}")
