@@ -302,7 +302,8 @@ def write_outputs(args, result) -> int:
             wrote(args.plot)
         else:
             print(f"no plot written to {args.plot}: nothing was measured", file=sys.stderr)
-    note, problems = reference.skipped(result["records"]), reference.problems(result["records"], result["probes"])
+    note, problems = reference.skipped(result["records"]), reference.problems(result["records"], result["probes"],
+                                                                              result.get("busy", ()))
     for line in ([note] if note else []) + problems:
         print(f"bench: {line}", file=sys.stderr)
     return 1 if problems else 0

@@ -89,12 +89,16 @@ def where(r: dict) -> str:
 
 def describe(r: dict) -> str:
     """'ours (numpy, eager) on cpu float32 N=12,396 H=128 B=64' (a probe: no N, H, B)."""
-    return f"{label(r)} on {r.get('device')} {r.get('dtype')}" + (f" {where(r)}" if r.get("n") else "")
+    return (f"{label(r)} on {r.get('device')} {r.get('dtype')}" + (f" {where(r)}" if r.get("n") else "")
+            + (f" beside {r['busy']} competing processes" if r.get("busy") else ""))
 
 
-def problems(records: list, probes: list = ()) -> list:
-    """Why the bench must fail, one line each (empty: it passes)."""
-    out = [f"{describe(r)}: error: {r.get('reason')}" for r in (*probes, *records) if r.get("status") == "error"]
+def problems(records: list, probes: list = (), busy: list = ()) -> list:
+    """Why the bench must fail, one line each (empty: it passes). `busy`: the rows measured beside
+    competitors (--busy), held to no loss of their own (their idle twin in `records` is), but an
+    error there fails the bench too."""
+    out = [f"{describe(r)}: error: {r.get('reason')}" for r in (*probes, *records, *busy)
+           if r.get("status") == "error"]
     for r in records:
         if r.get("status") != "ok":
             continue

@@ -211,6 +211,9 @@ def test_problems_are_errors_mismatches_and_unchecked_rows_not_skips():
                         "checked against float64 NumPy")
     assert "ours (cupy, eager)" in found[4] and "nan" in found[4] and len(found) == 5
     assert reference.problems([ok]) == []
+    busy_error = {**fake("ours", 1000, 100, 1.0, "numpy", batch=64), "busy": 2, "status": "error", "reason": "died"}
+    assert reference.problems([ok], (), [busy_error]) == [
+        "ours (numpy, eager) on cpu float32 N=1,000 H=100 B=64 beside 2 competing processes: error: died"]
     assert reference.skipped(records) == "1 rows skipped (not errors; see 'Not measured'): jax is not installed"
 
 
@@ -229,6 +232,11 @@ def test_bench_exit_code_is_1_on_any_problem_and_the_lines_say_why(capsys):
     result = {"meta": meta, "probes": [], "records": report.enrich([good, bad], [], {(1000, 100, None): 0.7})}
     assert cli.write_outputs(args, result) == 1
     assert "bench: ours (cupy, eager) on cuda:0 float32 N=1,000 H=100 B=full: error: Boom" in capsys.readouterr().err
+    busy_bad = {**fake("ours", 1000, 100, 1.0, "numpy", loss=0.7), "busy": 1, "status": "error", "reason": "Boom"}
+    result = {"meta": meta, "probes": [], "busy": [busy_bad],
+              "records": report.enrich([{**good, "busy": 0}], [], {(1000, 100, None): 0.7})}
+    assert cli.write_outputs(args, result) == 1   # an error beside competitors (--busy) fails the bench too
+    assert "beside 1 competing processes: error: Boom" in capsys.readouterr().err
 
 
 def test_peak_memory_is_read_on_the_rows_device(monkeypatch):
