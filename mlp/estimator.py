@@ -15,29 +15,33 @@ from mlp import backends
 
 from . import checkpoint, model
 from .checkpoint import RUN_KEYS
-from .cli import positive_float, positive_int, seed_int
+from .batches import batching
+from .cli import positive_float, positive_int, seed_int, threads_arg
 from .data import MNIST_MEAN, MNIST_STD, Split, fingerprint, normalise
 from .errors import UserError
 from .images import scale_pixels
 from .loop import ENGINES, TrainState, fit, make_engine
-from .scoring import probabilities
+from .scoring import CHUNK_ROWS, probabilities
 from .train import DEFAULTS, batch_size_arg
 
-PARAMS = ("hidden", "activation", "init", "lr", "epochs", "batch_size", "seed", "dtype", "backend", "device", "engine")
+PARAMS = ("hidden", "activation", "init", "lr", "epochs", "batch_size", "seed", "dtype", "backend", "device", "engine",
+          "threads")
 CHOICES = {"activation": model.ACTIVATIONS, "init": (None, *model.INITS), "dtype": model.DTYPES, "engine": ENGINES,
            "backend": (None, *(b for b in backends.BACKENDS if b != "dask"))}   # Dask: the commands'
 CHECKS = {"hidden": positive_int, "epochs": positive_int, "lr": positive_float, "seed": seed_int,
-          "batch_size": batch_size_arg}                                        # the flags' own checks
+          "batch_size": batch_size_arg, "threads": threads_arg}                # the flags' own checks
 
 
 class MLPClassifier:
     """A binary classifier; the arguments are mlp.train's flags (init None: he for relu, xavier
-    for tanh; backend None: numpy on cpu, cupy on cuda)."""
+    for tanh; backend None: numpy on cpu, on cuda the first of jax, torch, cupy that can use it;
+    threads: --threads, the CPU thread policy of docs/cpu-or-gpu.md)."""
 
     def __init__(self, hidden=DEFAULTS["hidden"], activation=DEFAULTS["activation"], init=DEFAULTS["init"],
                  lr=DEFAULTS["lr"], epochs=DEFAULTS["epochs"], batch_size=DEFAULTS["batch_size"],
-                 seed=DEFAULTS["seed"], dtype=DEFAULTS["dtype"], backend=None, device="cpu", engine="auto"):
-        values = (hidden, activation, init, lr, epochs, batch_size, seed, dtype, backend, device, engine)
+                 seed=DEFAULTS["seed"], dtype=DEFAULTS["dtype"], backend=None, device="cpu", engine="auto",
+                 threads="auto"):
+        values = (hidden, activation, init, lr, epochs, batch_size, seed, dtype, backend, device, engine, threads)
         for name, value in zip(PARAMS, values):
             setattr(self, name, value)
 
@@ -70,6 +74,7 @@ class MLPClassifier:
             raise ValueError(f"batch_size={cfg['batch_size']} is larger than the {len(rows):,} rows of X; "
                              f"use at most {len(rows)} or 'full'")
         backend = backends.resolve(self.device, self.backend)
+        _threads(backend, batching(len(rows), cfg["batch_size"])[0], rows.shape[1], cfg["hidden"], cfg["threads"])
         state = TrainState.fresh(backend, cfg, rows.shape[1])
         engine = make_engine(backend, self.engine, cfg, backend.asarray(rows, cfg["dtype"]),
                              backend.asarray(y01, cfg["dtype"]))
@@ -84,7 +89,9 @@ class MLPClassifier:
     def predict_proba(self, X) -> np.ndarray:
         """(n, 2): P(classes_[0]) and P(classes_[1]) for each row or image of X."""
         backend, params, cfg = self._device_params()
-        p = probabilities(backend, params, _rows(X, cfg)[0], cfg["activation"])
+        rows = _rows(X, cfg)[0]
+        _threads(backend, min(len(rows), CHUNK_ROWS), cfg["n_features"], cfg["hidden"], self._settings()["threads"])
+        p = probabilities(backend, params, rows, cfg["activation"])
         return np.stack([1 - p, p], axis=1)
 
     def predict(self, X) -> np.ndarray:
@@ -139,6 +146,14 @@ class MLPClassifier:
             raise ValueError("this MLPClassifier is not fitted yet: call fit(X, y) first")
         backend, cfg = backends.resolve(self.device, self.backend), self.checkpoint_.config
         return backend, {k: backend.asarray(v, cfg["dtype"]) for k, v in self.checkpoint_.params.items()}, cfg
+
+
+def _threads(backend, batch: int, d: int, h: int, requested) -> None:
+    """Size the CPU thread pools as the commands do (the same count gives the same bits)."""
+    try:
+        backends.choose_threads(backend, batch, d, h, requested)
+    except UserError as exc:
+        raise ValueError(f"MLPClassifier(threads={requested!r}): {exc}") from None
 
 
 def _class_pair(classes) -> list | None:

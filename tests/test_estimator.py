@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from mlp import MLPClassifier, checkpoint, evaluate, model, train
+from mlp import MLPClassifier, backends, checkpoint, evaluate, model, train
 from mlp.data import mnist_files, read_idx
 
 from .conftest import REPO, call_cli, make_dataset
@@ -51,6 +51,27 @@ def test_fit_is_the_train_command(pair, tmp_path):
     loaded = MLPClassifier.load(tmp_path / "cli.npz")
     np.testing.assert_array_equal(loaded.predict_proba(raw["test-images"]), est.predict_proba(raw["test-images"]))
     assert loaded.get_params() == est.get_params() | {"init": "xavier"}
+
+
+def test_fit_and_predict_size_the_thread_pools_as_the_commands(pair):
+    """The commands' thread policy (1 thread at B = 16 here), whatever the process had before (a
+    notebook's BLAS default: here 2 threads), and threads=N as --threads N."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from mlp.backends import threads
+
+    _, raw = pair
+    backend = backends.resolve("cpu", "numpy")
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        assert threads.current(backend) == 2 or threads.usable_cores() == 1
+        est = MLPClassifier(epochs=1, batch_size=16, hidden=4).fit(raw["train-images"], raw["train-labels"])
+        assert threads.current(backend) == 1
+        threadpoolctl.threadpool_limits(limits=2, user_api="blas")
+        est.predict(raw["test-images"])
+        assert threads.current(backend) == 1
+        est.set_params(threads=2).fit(raw["train-images"], raw["train-labels"])
+        assert threads.current(backend) == 2
+    with pytest.raises(ValueError, match=r"MLPClassifier\(threads=0\)"):
+        MLPClassifier(threads=0).fit(raw["train-images"], raw["train-labels"])
 
 
 def test_labels_inputs_and_refusals(pair, tmp_path):
