@@ -62,7 +62,8 @@ def test_measure_runs_beside_the_competitors_asked_for():
 
     def fake_worker(spec, timeout):
         me = os.getpid()
-        children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == me and _alive(int(p))]
+        children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == me and _alive(int(p))
+                    and "time.monotonic()" in _read(p, "cmdline")]      # competitors, not e.g. a resource tracker
         seen[spec["busy"]] = (children, timeout)
         return {"status": "ok", "busy": spec["busy"]}
 

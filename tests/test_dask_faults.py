@@ -147,7 +147,7 @@ def test_an_external_cluster_that_loses_its_worker_then_its_scheduler_loses_noth
         with once_saved(ckpt, lose_the_worker_then_sigterm):
             code, _, err = call_cli(train_cmd.main, *run, "--scheduler", address, "--scheduler-timeout", 30,
                                     "--epochs", 1000)
-        assert code == 143 and time.monotonic() - signalled["at"] < 5, err
+        assert code == 143 and time.monotonic() - signalled["at"] < 15, err   # a poll, a save, a bounded close
         assert "interrupted by SIGTERM" in err and f"checkpoint saved to {ckpt}" in err and "Traceback" not in err
         started.worker(address)
         wait_workers(address, 1)
@@ -209,11 +209,11 @@ def test_the_step_wait_is_bounded_and_maps_cluster_faults():
         started = time.monotonic()
         with pytest.raises(ClusterLost, match="no running worker for 1 s"):
             wait_result(client, client.submit(sum, [1, 2]), timeout=1)
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 1 + 10          # the timeout, with room for a loaded machine
         started = time.monotonic()
         with pytest.raises(StepStopped):
             wait_result(client, client.submit(sum, [1, 3]), timeout=60, stop=lambda: True)
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 10              # at the first poll, not at the 60 s timeout
 
 
 def test_sigterm_while_a_local_cluster_starts_is_one_line_and_leaves_nothing(data_dir):
@@ -222,7 +222,8 @@ def test_sigterm_while_a_local_cluster_starts_is_one_line_and_leaves_nothing(dat
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             cwd=REPO)
     try:
-        time.sleep(1.5)                          # importing, or starting the workers
+        handles_sigterm(proc.pid, timeout=60)    # past the imports: mlp's handler is in place
+        time.sleep(0.5)                          # starting the workers
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:
@@ -230,6 +231,18 @@ def test_sigterm_while_a_local_cluster_starts_is_one_line_and_leaves_nothing(dat
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert proc.returncode == 143 and one_line(err) and "Error" not in err, err
+
+
+def handles_sigterm(pid: int, timeout: float) -> None:
+    """Wait until process `pid` has a handler of its own for SIGTERM (its SigCgt mask in /proc)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/status") as f:
+            caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+        if caught >> (signal.SIGTERM - 1) & 1:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} installed no SIGTERM handler within {timeout} s")
 
 
 # ----------------------------------------------------------------------------- the engine

@@ -433,8 +433,17 @@ def test_divergence_without_checkpoint(data_dir, out):
 
 
 def test_out_of_memory_is_a_clear_message(data_dir, out):
-    # 784 x 2**31 float64 weights (the widest --hidden a checkpoint records): 13 TB, refused at once
-    code, _, err = call_cli(train.main, "--data-dir", data_dir, "--hidden", str(2**31), *outputs(out))
+    """784 x 2**31 float64 weights (the widest --hidden a checkpoint records): 12.2 TiB. In a process
+    of its own whose address space is capped at 16 GiB, so that it is refused at once whatever the
+    machine's overcommit policy (with vm.overcommit_memory=1 the kernel would grant it, and the
+    first touch of the pages would bring the OOM killer instead)."""
+    import resource
+
+    cap = 16 << 30
+    done = subprocess.run([sys.executable, "-m", "mlp.train", "--data-dir", str(data_dir), "--hidden", str(2**31),
+                           *map(str, outputs(out))], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)))
+    code, err = done.returncode, done.stderr
     assert code == 4, err
     assert "out of memory: an allocation of 12.2 TiB (array of shape (784, 2147483648))" in err
     assert "reduce --batch-size or --hidden" in err and "Traceback" not in err

@@ -60,7 +60,8 @@ def _cgroups(root, proc_line: str, files: dict):
       "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, range(8), 3),
     ("3:cpu:/x", {"sys/fs/cgroup/cpu/x/cpu.cfs_quota_us": "-1\n",                     # v1 without a quota
                   "sys/fs/cgroup/cpu/x/cpu.cfs_period_us": "100000\n"}, range(2), 2),
-    ("5:memory:/x", {"sys/fs/cgroup/memory/x/cpu.max": "100000 100000\n"}, range(2), 2),  # not the cpu controller
+    ("5:memory:/x", {"sys/fs/cgroup/cpu/x/cpu.cfs_quota_us": "100000\n",            # not the cpu controller: its
+                     "sys/fs/cgroup/cpu/x/cpu.cfs_period_us": "100000\n"}, range(2), 2),  # path names no quota
     ("0::/", {"sys/fs/cgroup/cpu.max": "garbage\n"}, range(2), 2),                   # unreadable: ignored
     ("0::/", {"sys/fs/cgroup/cpu.max": "50000 100000\n"}, range(2), 1),               # half a CPU: still 1
 ])
