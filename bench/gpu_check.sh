@@ -13,7 +13,7 @@
 #              are pinned, so a wheel can never replace them. The GPU libraries are never installed.
 # 2. preflight CuPy, a CUDA PyTorch and JAX each run an op on the GPU; the packages and the MNIST
 #              files are there. Otherwise ONE line says what is missing and how to fix it, exit 3.
-# 3. tests     MLP_REQUIRE_GPU=1 pytest -m gpu -n 0: a GPU test that would skip fails (tests/conftest.py)
+# 3. tests     MLP_REQUIRE_GPU=1 pytest -m gpu -n 0: a GPU test that would skip fails (tests/require_gpu.py)
 #              -> OUTDIR/pytest-gpu.txt and pytest-gpu.xml.
 # 4. bench     python -m bench --device cuda -> OUTDIR/gpu-<card>.json, .md, .png. The default sweep
 #              (bounded, about 8 minutes with the tests; never measured yet, see the notes) is
@@ -82,7 +82,7 @@ fi
 export PIP_NO_INDEX=1                      # offline: pip never looks at an index
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export XLA_PYTHON_CLIENT_PREALLOCATE=false # JAX would take 75% of the GPU in every process
-export MLP_REQUIRE_GPU=1                   # tests/conftest.py: a gpu test that would skip fails
+export MLP_REQUIRE_GPU=1                   # tests/require_gpu.py: a gpu test that would skip fails
 export PYTHONUNBUFFERED=1
 
 START=$SECONDS
@@ -217,6 +217,11 @@ if [ -n "$MISSING" ] && [ -z "${PYTHON:-}" ] && [ -n "$WHEELHOUSE" ]; then
     if ! timeout 300 "$PY" -m pip install --no-index --find-links "$WHEELHOUSE" --constraint "$OUT/gpu-stack-pins.txt" \
             --no-cache-dir "${REQ_FILES[@]/#/--requirement=}" >> "$PIPLOG" 2>&1; then
         say "setup: pip could not install everything from $WHEELHOUSE: $(grep -E '^ERROR' "$PIPLOG" | tail -1 | cut -c1-300)"
+        # one at a time, so that what the wheelhouse has is installed and only what it lacks is named below
+        while IFS= read -r req; do
+            timeout 120 "$PY" -m pip install --no-index --find-links "$WHEELHOUSE" \
+                --constraint "$OUT/gpu-stack-pins.txt" --no-cache-dir "$req" < /dev/null >> "$PIPLOG" 2>&1 || true
+        done < <(grep -hvE '^[[:space:]]*(#|$)' "${REQ_FILES[@]}")
     fi
     MISSING=$(pkgcheck)
 fi

@@ -12,11 +12,12 @@
 #
 # Left out, unless --with-large, and listed at the end: the GPU stack, which gpu_check.sh never
 # installs (torch, jax*, cupy*, nvidia-*, cuda-*, triton, numba*, llvmlite), and the large binary
-# wheels that a machine with the GPU libraries has anyway (numpy, scipy, pandas, matplotlib, pillow,
-# fonttools): NumPy comes with CuPy, PyTorch and JAX, and a second NumPy in the check's venv could
-# shadow the one they were built against, so gpu_check.sh pins it and never installs it. With all of
-# them the wheelhouse is a few hundred MB for four Python versions; without them a few tens of MB.
-# If the GPU machine lacks one of them, gpu_check.sh says which in one line; --with-large keeps them.
+# wheels that a machine with the GPU libraries has anyway (numpy, scipy, pandas): NumPy comes with
+# CuPy, PyTorch and JAX, and a second NumPy in the check's venv could shadow the one they were built
+# against, so gpu_check.sh pins it and never installs it. matplotlib and pillow stay in: the GPU
+# libraries do not bring them (a rehearsal on a venv of numpy, torch and jax alone found them
+# missing). If the GPU machine lacks one of those left out, gpu_check.sh says which in one line;
+# --with-large keeps them.
 #
 # Environment: PYTHON (default python3) runs pip; its own pip configuration applies (an index
 # mirror, a proxy). Only pip talks to the network.
@@ -50,8 +51,8 @@ REQ=(--requirement "$ROOT/bench/gpu-requirements.txt")
 # manylinux_2_28 covers glibc 2.28 and newer (RHEL 8, Ubuntu 20.04 and later); pip matches each tag exactly
 PLATFORMS=(--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_24_x86_64
            --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64)
-GPU_STACK='^(torch|triton|jax|jaxlib|jax_cuda.*|cupy.*|nvidia_.*|cuda_.*|numba.*|llvmlite)-'
-LARGE_RE='^(numpy|scipy|pandas|matplotlib|pillow|fonttools)-'
+GPU_STACK='^(torch|triton|jax|jaxlib|jax_cuda.*|cupy.*|nvidia_(cu|nc|nv).*|cuda_(bindings|python|toolkit).*|numba.*|llvmlite)-'
+LARGE_RE='^(numpy|scipy)-'
 
 for v in ${VERSIONS//,/ }; do
     case $v in 3.1[0-9]) ;; *) echo "gpu_wheels: --python takes versions like 3.12, got $v" >&2; exit 2 ;; esac
