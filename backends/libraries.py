@@ -84,7 +84,7 @@ def _torch(index: int | None) -> Backend:
                    _asarray=lambda host, dtype: torch.tensor(host, device=dev),
                    _to_host=lambda x: x.detach().cpu().numpy().copy(), _synchronize=sync, _device_name=device_name,
                    compiled_engine=compiled,
-                   auto_compiles=index is not None)   # on the CPU: --engine compiled only (torch.compile takes 10-90 s)
+                   auto_compiles=index is not None)   # CPU: --engine compiled only (compiling takes 5-90 s)
 
 
 def _cupy(index: int | None) -> Backend:

@@ -5,7 +5,8 @@ this process may use (its CPU affinity, capped by a cgroup CPU quota).
 
 Why 1 thread for small steps: a 64-row step is ~25 MFLOP, under a millisecond per product, too
 little to share; and a second BLAS or OpenMP thread spins waiting for a core that another
-process holds, which made the default job 5-60x slower on a busy 2-core machine. NumPy's
+process holds: on a 2-core machine beside one or two busy processes the default job took
+0.5-6.0 s per epoch with 2 threads against 0.10 s idle (at 4e258bc; today's: docs/cpu-or-gpu.md). NumPy's
 (OpenBLAS's) last bits depend on the thread count; torch's and JAX's did not in our checks.
 Dask is left alone: its workers run one thread each.
 """

@@ -11,7 +11,7 @@ of steps (a segment: Ctrl-C is honoured between two) is captured once, as its ow
 Capture and replay happen under the engine's own device (`torch.cuda.device`), on a capture
 stream made on that device: `torch.cuda.graph` otherwise captures on a stream of whichever
 device was current first, so on cuda:N (N != 0) it would record nothing and every replay
-would leave the parameters as they were. tests/test_engines.py checks this on the CPU with a
+would leave the parameters as they were. tests/test_cuda_graph.py checks this on the CPU with a
 stand-in for `torch.cuda`, and on a GPU for real.
 """
 
