@@ -32,7 +32,7 @@ B64_TARGETS = (("jax", "compiled", 6.0, "JAX compiled"),
 CUPY_OVER_EXPERT = 1.15
 FLOOR_N, FLOOR_H, FLOOR_FRACTION = 1_000_000, 1024, 0.60
 TARGET_DTYPE = "float32"
-WOULD_SKIP = "would be skipped"   # tests/conftest.py's message when MLP_REQUIRE_GPU=1 fails a skip
+WOULD_SKIP = "would be skipped"   # tests/require_gpu.py's message when MLP_REQUIRE_GPU=1 fails a skip
 
 
 def load_json(path) -> tuple[dict | None, str | None]:
