@@ -10,6 +10,7 @@ import io
 import os
 import resource
 import signal
+import time
 import subprocess
 import sys
 
@@ -139,6 +140,9 @@ def test_two_runs_on_the_same_log_and_best_checkpoint(tiny, tmp_path):
         for flags in (["--log", log], ["--save-best", best, "--val-split", "0.25"], ["--save", best]):
             flag, path = flags[0], flags[1]
             assert_refused(run_train(tiny, *flags), f"{flag} {path}: another run is writing this file")
+        deadline = time.monotonic() + 120       # the log is written from the first epoch's end on
+        while not log.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         first.send_signal(signal.SIGTERM)
         _, stderr = first.communicate(timeout=120)
