@@ -6,7 +6,7 @@ C++ loops around the products. At B=64 a step is ~0.4 ms of work, so the per-cal
 the Python wrapper) matters: 8 steps per call cut the CPU time of an epoch by ~25% (measured on
 a 2-core EPYC, one thread: 108 -> 82 ms, against 89 ms for the torch-expert peer).
 
-Compiling costs 5-90 s on a 2-core CPU (docs/cpu-or-gpu.md) (programs for UNROLL x B rows, B rows and the remainder
+Compiling costs 5-90 s on a 2-core CPU, see docs/cpu-or-gpu.md (programs for UNROLL x B rows, B rows and the remainder
 batch, or one for full batch; Inductor keeps them in its cache for the next run), so `--engine auto`
 keeps torch on the CPU eager: ask for this one with `--engine compiled`. Inductor's fusion
 changes the last bits of the results against eager. The kernels use the threads set when they
