@@ -10,7 +10,7 @@ import sys
 from mlp.backends import BACKENDS, describe_out_of_memory, is_out_of_memory, parse_device, release
 
 from .checkpoint_meta import MAX_SEED
-from .errors import ClusterLost, DivergedError, Signalled, UserError
+from .errors import RECEIVED_SIGNALS, ClusterLost, DivergedError, Signalled, UserError
 from .files import DISK_FULL, release_locks, write_failure
 
 EXIT_USER_ERROR = 2
@@ -178,6 +178,7 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _raise_signalled(signum, frame):
+    RECEIVED_SIGNALS.append(signum)     # kept even if the exception lands where Python drops it
     raise Signalled(signum)
 
 
@@ -187,13 +188,17 @@ def _signals():
     a write past `ulimit -f` fails with EFBIG instead of killing the process (SIGXFSZ)."""
     wanted = {signal.SIGTERM: _raise_signalled, signal.SIGHUP: _raise_signalled,
               signal.SIGXFSZ: signal.SIG_IGN}
-    previous = {}
+    previous, unraisable = {}, sys.unraisablehook
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
         for signum, handler in wanted.items():
             previous[signum] = signal.signal(signum, handler)
+    # a Signalled raised inside a gc callback or a __del__ is dropped by Python, with a traceback on
+    # stderr: no traceback (RECEIVED_SIGNALS keeps the signal, and run or the loop acts on it)
+    sys.unraisablehook = lambda u: None if isinstance(u.exc_value, Signalled) else unraisable(u)
     try:
         yield
     finally:
+        sys.unraisablehook = unraisable
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
@@ -291,12 +296,15 @@ def _say(line: str) -> None:
 def run(main, argv=None) -> int:
     """Call main(argv); turn the errors a user can act on into one line and an exit code."""
     prog = getattr(main, "prog", "mlp")
+    RECEIVED_SIGNALS.clear()
     try:
         with _streams() as (stdout, stderr), _signals():
             try:
                 code = main(argv) or 0
             finally:
                 release()  # a Dask cluster is closed on every exit: success, errors, Ctrl-C
+            if RECEIVED_SIGNALS and code == 0:  # its Signalled was dropped (raised in a gc callback)
+                raise Signalled(RECEIVED_SIGNALS[-1])
             stdout.flush()
             if stderr.failed is not None:
                 _quiet(stderr)
@@ -338,3 +346,4 @@ def run(main, argv=None) -> int:
         return EXIT_OUT_OF_MEMORY
     finally:
         release_locks()
+        RECEIVED_SIGNALS.clear()

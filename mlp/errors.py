@@ -44,6 +44,12 @@ class DivergedError(Exception):
     """Training produced a non-finite loss or non-finite parameters."""
 
 
+#: the signals mlp.cli turned into Signalled, in order. Python prints and drops an exception raised
+#: inside a gc callback or a __del__, so a Signalled raised there would be lost: the training loop
+#: (mlp.loop.StopOnSignals) and the command's exit (mlp.cli.run) read this list instead.
+RECEIVED_SIGNALS: list = []
+
+
 class Signalled(KeyboardInterrupt):
     """SIGTERM or SIGHUP (or a second Ctrl-C) stops the command at once: it unwinds like
     Ctrl-C, so temporary files are removed, and exits with 128 + the signal's number."""

@@ -19,7 +19,7 @@ import numpy as np
 from . import model
 from .batches import batch_rows, batching, is_full_batch
 from .checkpoint import Checkpoint
-from .errors import ClusterLost, DivergedError, Signalled, StepStopped, UserError
+from .errors import RECEIVED_SIGNALS, ClusterLost, DivergedError, Signalled, StepStopped, UserError
 
 ENGINES = ("auto", "eager", "compiled")
 
@@ -93,6 +93,8 @@ class StopOnSignals:
         with contextlib.suppress(ValueError):  # not the main thread: leave the signals alone
             for signum in self.signals:
                 self._previous[signum] = signal.signal(signum, self._handler)
+        if RECEIVED_SIGNALS:   # one came before, and its Signalled was dropped (mlp.errors): stop now
+            self.requested, self.signum = True, RECEIVED_SIGNALS[-1]
         return self
 
     def __exit__(self, *exc):

@@ -78,6 +78,36 @@ def test_sigterm_and_sighup_save_like_ctrl_c(tiny, tmp_path, signum, code):
     assert code == 0, err
 
 
+def test_a_signal_that_lands_where_python_drops_exceptions_still_stops_the_command(capsys):
+    """SIGTERM handled inside a __del__ (or a gc callback: distributed has one, and a SIGTERM during
+    a Dask cluster's start landed there): Python prints and drops the Signalled. The command still
+    ends as a SIGTERM does (one line, 143, no traceback), and a training loop started after it stops
+    at its first chance."""
+    from mlp import cli
+    from mlp.errors import RECEIVED_SIGNALS
+    from mlp.loop import StopOnSignals
+
+    class Dropped:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)      # the handler runs here, inside __del__
+            sum(range(1000))
+
+    seen = {}
+
+    def main(argv):
+        Dropped()
+        seen["dropped"] = list(RECEIVED_SIGNALS)      # the command went on: the exception was dropped
+        with StopOnSignals() as stop:
+            seen["loop"] = (stop.requested, stop.signum)
+        return 0
+
+    main.prog = "demo"
+    assert cli.run(main, []) == 143
+    assert seen == {"dropped": [signal.SIGTERM], "loop": (True, signal.SIGTERM)}
+    assert capsys.readouterr().err == "demo: stopped by SIGTERM\n"     # no "Exception ignored" traceback
+    assert RECEIVED_SIGNALS == []
+
+
 def test_temporary_files_are_removed_on_a_signal_and_when_stale(tmp_path):
     target = tmp_path / "c.npz"
     target.write_bytes(b"old")
