@@ -162,9 +162,9 @@ def check_output_dir(path, flag: str, inputs: dict | None = None) -> Path:
     if os.path.lexists(folder):
         kind = "a link" if folder.is_symlink() else describe_kind(folder) or "a file"
         raise UserError(f"{flag} {path}: already exists ({kind}); remove it or choose another path")
+    check_output_path(folder, flag)   # its parent: exists, writable, the name fits
     for other, other_path in (inputs or {}).items():
         if other_path and written_path(other_path) == written_path(folder):
             raise UserError(f"{flag} {path} is also the input {other}; choose another folder")
-    check_output_path(folder, flag)   # its parent: exists, writable, the name fits
     lock(folder, flag)
     return folder

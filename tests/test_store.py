@@ -100,6 +100,7 @@ def test_convert_flags_and_outputs_are_checked_before_any_work(data_dir, tmp_pat
         (["--out", tmp_path / "dangling"], "already exists"),
         (["--out", tmp_path / "missing" / "store"], "does not exist"),
         (["--out", "/proc/store"], "cannot write in /proc"),
+        (["--out", tmp_path / ("x" * 300)], "(File name too long); choose a shorter name"),
     ]
     for args, message in cases:
         out = [] if "--out" in args else ["--out", tmp_path / "new"]
