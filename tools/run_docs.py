@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SKIP = ((r"--device cuda|gpu_check\.sh|gpu_wheels\.sh", "needs a CUDA GPU"),
         (r"tcp://10\.|dask scheduler\b|dask worker\b|/shared/mnist", "needs other machines"),
         (r"<[a-z][^>]*>|\bREPO\b|\bCOMMIT\b", "has a placeholder to fill in"),
+        (r"\./mlp-by-hand\b|~/mlp-venv|~/run\b", "uses the clone or venv of the other machines' recipe"),
         (r"(^|&& )pytest\b", "the test suite: CI runs it"),
         (r"download\.pytorch\.org", "needs an index this machine cannot reach"))
 TIMING = re.compile(r"\d+(\.\d+)?( ?s\b| s/epoch|s/epoch)")
