@@ -53,7 +53,7 @@ def remove_stale_temporaries(path) -> None:
     with contextlib.suppress(OSError):
         for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
             pid_text = tmp.name[len(path.name) + 2:-4].split("-", 1)[0]
-            if pid_text.isdigit() and int(pid_text) != os.getpid() and _alive(int(pid_text)):
+            if pid_text.isdigit() and int(pid_text) != os.getpid() and process_alive(int(pid_text)):
                 continue
             if not pid_text.isdigit() and time.time() - tmp.stat().st_mtime < 3600:
                 continue  # not one of ours (mkstemp's older names): only when it is an hour old
@@ -61,7 +61,8 @@ def remove_stale_temporaries(path) -> None:
                 tmp.unlink()
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs (one of another user counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

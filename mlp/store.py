@@ -29,7 +29,7 @@ import numpy as np
 
 from .data import mnist_files, read_idx, select_pair
 from .errors import DataError, UserError
-from .files import check_input_file
+from .files import check_input_file, process_alive
 from .npz import read_npy_header
 
 FORMAT = "mlp-rows/1"
@@ -258,20 +258,10 @@ def remove_dead_temporaries(parent: Path) -> list[Path]:
     with contextlib.suppress(OSError):
         for tmp in parent.glob(f".*{TMP_SUFFIX}"):
             pid = tmp.name[:-len(TMP_SUFFIX)].rpartition(".")[2].partition("-")[0]
-            if pid.isdigit() and not _alive(int(pid)) and tmp.is_dir() and not tmp.is_symlink():
+            if pid.isdigit() and not process_alive(int(pid)) and tmp.is_dir() and not tmp.is_symlink():
                 shutil.rmtree(tmp, ignore_errors=True)
                 removed.append(tmp)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def shifted(images: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:

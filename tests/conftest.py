@@ -137,6 +137,18 @@ def files_in(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in Path(path).rglob("*"))
 
 
+def tiny_run(root: Path, *flags, epochs: int = 1) -> Path:
+    """`root`: 40 training rows of 3s and 7s (noise) in root/data, and root/c.npz, a checkpoint of
+    `epochs` epochs on them (H = 8, B = 8; `flags` added to the run)."""
+    from mlp import train
+
+    make_dataset(root / "data", labels=[3, 7])
+    code, _, err = call_cli(train.main, "--data-dir", root / "data", "--epochs", str(epochs), "--batch-size", "8",
+                            "--hidden", "8", "--quiet", "--save", root / "c.npz", *flags)
+    assert code == 0, err
+    return root
+
+
 def make_dataset(folder, n_train=40, n_test=20, labels=range(10), image_dtype=np.uint8, seed=0):
     """Four small IDX files with the official names; returns the arrays written."""
     rng = np.random.default_rng(seed)

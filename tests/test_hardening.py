@@ -26,19 +26,13 @@ from hypothesis import strategies as st
 from mlp import checkpoint, data, evaluate, files, predict, summary, train
 from mlp.errors import Signalled
 
-from .conftest import REPO, call_cli, files_in, make_dataset, trust
+from .conftest import REPO, call_cli, files_in, make_dataset, tiny_run, trust
 from .test_reliability import assert_refused
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """40 training rows of 3s and 7s (noise), and a checkpoint of one epoch on them."""
-    root = tmp_path_factory.mktemp("tiny")
-    make_dataset(root / "data", labels=[3, 7])
-    code, _, err = call_cli(train.main, "--data-dir", root / "data", "--epochs", "1", "--batch-size", "8",
-                            "--hidden", "8", "--quiet", "--save", root / "c.npz")
-    assert code == 0, err
-    return root
+    return tiny_run(tmp_path_factory.mktemp("tiny"))
 
 
 def popen_train(*args, limit=None):

@@ -23,18 +23,14 @@ import pytest
 from mlp import checkpoint, checkpoint_meta, convert, evaluate, files, outputs, predict, train
 from mlp.bench import cli as bench_cli
 
-from .conftest import REPO, call_cli, files_in, make_dataset
+from .conftest import REPO, call_cli, files_in, tiny_run
 from .test_reliability import assert_refused
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """40 training rows of 3s and 7s (noise), a checkpoint of one epoch on them, and a digit."""
-    root = tmp_path_factory.mktemp("tiny")
-    make_dataset(root / "data", labels=[3, 7])
-    code, _, err = call_cli(train.main, "--data-dir", root / "data", "--epochs", "1", "--batch-size", "8",
-                            "--hidden", "8", "--quiet", "--save", root / "c.npz")
-    assert code == 0, err
+    """tiny_run's data and checkpoint, and a digit."""
+    root = tiny_run(tmp_path_factory.mktemp("tiny"))
     np.save(root / "d.npy", np.zeros((28, 28), np.uint8))
     return root
 

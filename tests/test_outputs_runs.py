@@ -20,7 +20,7 @@ import pytest
 from mlp import checkpoint, cli, evaluate, plots, predict, runlog, train
 from mlp.errors import Signalled
 
-from .conftest import REPO, call_cli, files_in, make_dataset
+from .conftest import REPO, call_cli, files_in, tiny_run
 from .test_hardening import popen_train
 from .test_reliability import assert_refused
 
@@ -30,11 +30,7 @@ HEADER = "epoch,step,train_loss,val_loss,val_accuracy,seconds"
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    make_dataset(root / "data", labels=[3, 7])
-    code, _, err = call_cli(train.main, "--data-dir", root / "data", "--epochs", "2", "--batch-size", "8",
-                            "--hidden", "8", "--quiet", "--save", root / "c.npz", "--log", root / "log.csv")
-    assert code == 0, err
-    return root
+    return tiny_run(root, "--log", root / "log.csv", epochs=2)
 
 
 def run_train(tiny, *args, epochs=3):
