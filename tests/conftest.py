@@ -49,15 +49,20 @@ def data_dir() -> Path:
     return path
 
 
+def _cuda_refusal(library: str) -> str | None:
+    """None when `library`'s backend resolves on CUDA, else the reason it does not."""
+    try:
+        backends.resolve("cuda", library)
+    except backends.BackendError as exc:
+        return str(exc)
+    return None
+
+
 def _gpu_available() -> str | None:
     """None when CuPy sees a CUDA GPU, else the reason it does not."""
     if importlib.util.find_spec("cupy") is None:
         return "CuPy is not installed"
-    try:
-        backends.resolve("cuda", "cupy")
-    except backends.BackendError as exc:
-        return str(exc)
-    return None
+    return _cuda_refusal("cupy")
 
 
 def _torch_gpu_available() -> str | None:
@@ -73,11 +78,7 @@ def _jax_gpu_available() -> str | None:
         return "JAX is not installed"
     if not any(importlib.util.find_spec(f"jax_cuda{v}_plugin") for v in (12, 13)):  # without importing JAX
         return "this JAX has no CUDA plugin (pip install 'jax[cuda12]' or 'jax[cuda13]')"
-    try:
-        backends.resolve("cuda", "jax")
-    except backends.BackendError as exc:
-        return str(exc)
-    return None
+    return _cuda_refusal("jax")
 
 
 GPU_MISSING = _gpu_available()
