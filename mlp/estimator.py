@@ -8,6 +8,7 @@ floats in [0, 1]); y holds two labels, label 1 being classes_[1]. scikit-learn i
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import numpy as np
 
@@ -15,13 +16,14 @@ from mlp import backends
 
 from . import checkpoint, model
 from .checkpoint import RUN_KEYS
+from .checkpoint_meta import MAX_LABEL
 from .batches import batching
 from .cli import positive_float, positive_int, seed_int, threads_arg
 from .data import MNIST_MEAN, MNIST_STD, Split, fingerprint, normalise
 from .errors import UserError
 from .images import scale_pixels
 from .loop import ENGINES, TrainState, fit, make_engine
-from .scoring import CHUNK_ROWS, probabilities
+from .scoring import probabilities, size_threads
 from .train import DEFAULTS, batch_size_arg
 
 PARAMS = ("hidden", "activation", "init", "lr", "epochs", "batch_size", "seed", "dtype", "backend", "device", "engine",
@@ -74,7 +76,9 @@ class MLPClassifier:
             raise ValueError(f"batch_size={cfg['batch_size']} is larger than the {len(rows):,} rows of X; "
                              f"use at most {len(rows)} or 'full'")
         backend = backends.resolve(self.device, self.backend)
-        _threads(backend, batching(len(rows), cfg["batch_size"])[0], rows.shape[1], cfg["hidden"], cfg["threads"])
+        with _threads_refused(cfg["threads"]):   # sized as the commands size them: the same count, the same bits
+            backends.choose_threads(backend, batching(len(rows), cfg["batch_size"])[0], rows.shape[1], cfg["hidden"],
+                                    cfg["threads"])
         state = TrainState.fresh(backend, cfg, rows.shape[1])
         engine = make_engine(backend, self.engine, cfg, backend.asarray(rows, cfg["dtype"]),
                              backend.asarray(y01, cfg["dtype"]))
@@ -89,8 +93,9 @@ class MLPClassifier:
     def predict_proba(self, X) -> np.ndarray:
         """(n, 2): P(classes_[0]) and P(classes_[1]) for each row or image of X."""
         backend, params, cfg = self._device_params()
-        rows = _rows(X, cfg)[0]
-        _threads(backend, min(len(rows), CHUNK_ROWS), cfg["n_features"], cfg["hidden"], self._settings()["threads"])
+        rows, threads = _rows(X, cfg)[0], self._settings()["threads"]
+        with _threads_refused(threads):
+            size_threads(backend, len(rows), cfg, threads)
         p = probabilities(backend, params, rows, cfg["activation"])
         return np.stack([1 - p, p], axis=1)
 
@@ -105,7 +110,7 @@ class MLPClassifier:
 
     def save(self, path) -> None:
         """Write the fitted model as an mlp checkpoint (.npz), as mlp.train --save does."""
-        self._device_params()
+        self._check_fitted()
         if self.checkpoint_.config["classes"] is None:
             raise ValueError(f"save() keeps the labels as whole numbers >= 0 (as mlp.train --classes); these are "
                              f"{self.classes_.tolist()}: map them to such numbers before fit")
@@ -140,25 +145,29 @@ class MLPClassifier:
         self.losses_, self.n_iter_ = ckpt.losses, ckpt.epoch       # every step's loss; epochs trained
         return self
 
-    def _device_params(self):
-        """(the backend, the fitted parameters on it, the model's settings)."""
+    def _check_fitted(self) -> None:
         if not hasattr(self, "checkpoint_"):
             raise ValueError("this MLPClassifier is not fitted yet: call fit(X, y) first")
+
+    def _device_params(self):
+        """(the backend, the fitted parameters on it, the model's settings)."""
+        self._check_fitted()
         backend, cfg = backends.resolve(self.device, self.backend), self.checkpoint_.config
         return backend, {k: backend.asarray(v, cfg["dtype"]) for k, v in self.checkpoint_.params.items()}, cfg
 
 
-def _threads(backend, batch: int, d: int, h: int, requested) -> None:
-    """Size the CPU thread pools as the commands do (the same count gives the same bits)."""
+@contextlib.contextmanager
+def _threads_refused(requested):
+    """The thread policy's refusal (threads=N off the CPU) as this class's ValueError."""
     try:
-        backends.choose_threads(backend, batch, d, h, requested)
+        yield
     except UserError as exc:
         raise ValueError(f"MLPClassifier(threads={requested!r}): {exc}") from None
 
 
 def _class_pair(classes) -> list | None:
     """The labels as a checkpoint keeps them (as --classes: whole numbers >= 0), or None."""
-    pair = [int(c) for c in classes if classes.dtype.kind in "biuf" and float(c).is_integer() and 0 <= c < 1 << 31]
+    pair = [int(c) for c in classes if classes.dtype.kind in "biuf" and float(c).is_integer() and 0 <= c <= MAX_LABEL]
     return pair if len(pair) == 2 else None
 
 

@@ -13,7 +13,7 @@ from .errors import UserError
 from .outputs import check_outputs
 from .plots import plot_format
 from .progress import fmt_loss
-from .scoring import CHUNK_ROWS, score
+from .scoring import score, size_threads
 from .summary import wrote
 
 
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     if split.X.shape[1] != cfg["n_features"]:
         raise UserError(f"the checkpoint expects {cfg['n_features']} pixels per image, the data has "
                         f"{split.X.shape[1]}; evaluate on the data set it was trained on")
-    backends.choose_threads(backend, min(len(split.y), CHUNK_ROWS), cfg["n_features"], cfg["hidden"], args.threads)
+    size_threads(backend, len(split.y), cfg, args.threads)
     params = {k: backend.asarray(v, cfg["dtype"]) for k, v in ckpt.params.items()}
     result = score(backend, params, split.X, split.y, cfg["activation"])
     a, b = cfg["classes"]

@@ -128,12 +128,11 @@ def _same_file(target: Path, path, other) -> bool:
         return False
 
 
-def check_outputs(outputs: dict, inputs: dict | None = None, allowed=(), *, locked: bool = True) -> dict:
+def check_outputs(outputs: dict, inputs: dict | None = None, allowed=()) -> None:
     """Check every output (`{"--save": path, ...}`, None values skipped) with `check_output_path`;
     no two outputs, and no output and input (`{"--resume": path, ...}`), may name the same file
     (after links and hard links); `allowed` lists pairs of flags that may (`("--save",
-    "--resume")`: continuing a run in place). Then lock each output for the rest of the run.
-    Returns {flag: the file it writes}."""
+    "--resume")`: continuing a run in place). Then lock each output for the rest of the run."""
     outs = [(flag, path) for flag, path in outputs.items() if path is not None]
     targets = {flag: check_output_path(path, flag) for flag, path in outs}
     ins = [(flag, path) for flag, path in (inputs or {}).items() if path]
@@ -146,10 +145,8 @@ def check_outputs(outputs: dict, inputs: dict | None = None, allowed=(), *, lock
             if (flag, other) not in allowed and _same_file(targets[flag], path, other_path):
                 raise UserError(f"{flag} {path} is also the input {other}; writing it would destroy what is "
                                 "being read: choose another output file")
-    if locked:
-        for flag, path in outs:
-            lock(path, flag)
-    return targets
+    for flag, path in outs:
+        lock(path, flag)
 
 
 def check_output_dir(path, flag: str, inputs: dict | None = None) -> Path:
@@ -162,9 +159,9 @@ def check_output_dir(path, flag: str, inputs: dict | None = None) -> Path:
     if os.path.lexists(folder):
         kind = "a link" if folder.is_symlink() else describe_kind(folder) or "a file"
         raise UserError(f"{flag} {path}: already exists ({kind}); remove it or choose another path")
-    check_output_path(folder, flag)   # its parent: exists, writable, the name fits
+    target = check_output_path(folder, flag)   # its parent: exists, writable, the name fits
     for other, other_path in (inputs or {}).items():
-        if other_path and written_path(other_path) == written_path(folder):
+        if other_path and _same_file(target, folder, other_path):
             raise UserError(f"{flag} {path} is also the input {other}; choose another folder")
     lock(folder, flag)
     return folder

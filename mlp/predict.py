@@ -16,7 +16,7 @@ from .data import MNIST_MEAN, MNIST_STD, normalise
 from .errors import UserError
 from .files import atomic_write
 from .images import load_image, looks_wrong, scale_pixels
-from .scoring import CHUNK_ROWS, probabilities
+from .scoring import probabilities, size_threads
 from .outputs import check_outputs
 from .summary import wrote
 
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
                         "holds none (an empty stack of shape (0, ...)?); give at least one image")
     X = normalise(X, mean=cfg.get("mean", MNIST_MEAN), std=cfg.get("std", MNIST_STD))   # pixels in [0, 1]
     backend = backends.resolve(args.device, args.backend, dask_options(args))
-    backends.choose_threads(backend, min(len(X), CHUNK_ROWS), cfg["n_features"], cfg["hidden"], args.threads)
+    size_threads(backend, len(X), cfg, args.threads)
     params = {k: backend.asarray(v, cfg["dtype"]) for k, v in ckpt.params.items()}
     probs = probabilities(backend, params, X, cfg["activation"])
     a, b = cfg["classes"]

@@ -19,8 +19,8 @@ def training_arrays(backend, data, rows, dtype: str, *, store=None):
     """(X (N, D), y (N,), the rows' fingerprint) of the run on the backend. Elsewhere than Dask:
     the host `rows` (the training rows less any validation split), moved to the device once.
     Dask: lazy uint8 rows that the workers read themselves (the pair's rows of the IDX files, or
-    `store`'s: a path, or what open_training_store gave), normalised in the graph. A store's
-    fingerprint covers its metadata and labels."""
+    `store`'s, what open_training_store gave), normalised in the graph. A store's fingerprint
+    covers its metadata and labels."""
     from_rows = getattr(backend, "from_rows", None)
     if from_rows is None:
         X, y = rows
@@ -29,7 +29,7 @@ def training_arrays(backend, data, rows, dtype: str, *, store=None):
         raise UserError("--val-split is not available with --backend dask yet (the workers read every training "
                         "row); drop --val-split, or validate with python -m mlp.evaluate --split train")
     if store:
-        X_rows, y_rows, meta, folder = store if isinstance(store, tuple) else open_training_store(store, data.classes)
+        X_rows, y_rows, meta, folder = store
         if tuple(meta["image_shape"]) != tuple(data.image_shape):
             raise UserError(f"the store {folder} holds {tuple(meta['image_shape'])} images, the test data "
                             f"{tuple(data.image_shape)}; convert the data set you evaluate on")

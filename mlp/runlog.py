@@ -11,6 +11,7 @@ import json
 import math
 from pathlib import Path
 
+from .checkpoint_meta import MAX_COUNT
 from .errors import UserError
 from .files import atomic_write, written_path
 
@@ -18,7 +19,6 @@ from .files import atomic_write, written_path
 COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "seconds")
 MAX_LOG_BYTES = 64 << 20        # ~800,000 epochs of rows
 MAX_LINE_BYTES = 4096           # a row is under 200 bytes
-MAX_COUNT = 1 << 62             # epochs and steps, as a checkpoint bounds them
 _OPTIONAL = ("val_loss", "val_accuracy")
 
 

@@ -3,10 +3,19 @@
 
 import numpy as np
 
+from mlp import backends
+
 from . import model
 
 
 CHUNK_ROWS = 65_536   # rows per device call when scoring or predicting: bounds the device memory
+
+
+def size_threads(backend, n_rows: int, config: dict, requested="auto"):
+    """Size the CPU thread pools for scoring or predicting `n_rows` rows with a model of `config`
+    (the thread policy, from the rows of one device call); the count, or None off the CPU."""
+    return backends.choose_threads(backend, min(n_rows, CHUNK_ROWS), config["n_features"], config["hidden"],
+                                   requested)
 
 
 def score(backend, params, X, y, activation, *, chunk: int = CHUNK_ROWS) -> dict:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint_meta import MAX_COUNT, MAX_DIM, MAX_LABEL
 from .data import mnist_files, read_idx, select_pair
 from .errors import DataError, UserError
 from .files import check_input_file, process_alive
@@ -138,7 +139,7 @@ def open_store(folder, classes=None) -> tuple[NpyRows, NpyRows, dict]:
     return X, y, meta
 
 
-def _whole(value, lo: int, hi: int = 1 << 62) -> bool:
+def _whole(value, lo: int, hi: int = MAX_COUNT) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
 
 
@@ -171,11 +172,11 @@ def read_meta(folder: Path) -> dict:
         if not _whole(meta.get(field), 1):
             raise bad(field, "a whole number of at least 1")
     classes = meta.get("classes")
-    if not (isinstance(classes, list) and len(classes) == 2 and all(_whole(c, 0, (1 << 31) - 1) for c in classes)
+    if not (isinstance(classes, list) and len(classes) == 2 and all(_whole(c, 0, MAX_LABEL) for c in classes)
             and classes[0] != classes[1]):
         raise bad("classes", "two different labels (whole numbers from 0)")
     shape = meta.get("image_shape")
-    if not (isinstance(shape, list) and 1 <= len(shape) <= 2 and all(_whole(s, 1, 1 << 31) for s in shape)
+    if not (isinstance(shape, list) and 1 <= len(shape) <= 2 and all(_whole(s, 1, MAX_DIM) for s in shape)
             and int(np.prod(shape)) == meta["n_features"]):
         raise bad("image_shape", f"one or two sizes whose product is n_features ({meta['n_features']})")
     for field in ("source", "made_by"):
@@ -251,17 +252,14 @@ def write_store(folder, blocks, n: int, n_features: int, meta: dict) -> None:
         raise
 
 
-def remove_dead_temporaries(parent: Path) -> list[Path]:
+def remove_dead_temporaries(parent: Path) -> None:
     """Remove the temporary folders in `parent` of converts whose process no longer runs (a convert
     killed with SIGKILL, or a power cut); those of live processes are left alone."""
-    removed = []
     with contextlib.suppress(OSError):
         for tmp in parent.glob(f".*{TMP_SUFFIX}"):
             pid = tmp.name[:-len(TMP_SUFFIX)].rpartition(".")[2].partition("-")[0]
             if pid.isdigit() and not process_alive(int(pid)) and tmp.is_dir() and not tmp.is_symlink():
                 shutil.rmtree(tmp, ignore_errors=True)
-                removed.append(tmp)
-    return removed
 
 
 def shifted(images: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:

@@ -237,8 +237,9 @@ def main(argv=None) -> int:
     ckpt = checkpoint.load(args.resume) if args.resume else None
     cfg = resolve_config(args, ckpt)
     log = EpochLog(args.log, keep_until=ckpt.epoch if ckpt else 0) if args.log else None  # a resumed log: checked now
-    store = open_training_store(args.store, cfg["classes"]) if args.store and dask_options(args) else None  # checked
-    backend = backends.resolve(args.device, args.backend, dask_options(args))
+    cluster = dask_options(args)
+    store = open_training_store(args.store, cfg["classes"]) if args.store and cluster else None  # checked now
+    backend = backends.resolve(args.device, args.backend, cluster)
     data, rows, val = load_rows(args, cfg, ckpt)
     batch = batching(len(rows[0]), cfg["batch_size"])[0]   # CPU thread pools: sized from the run, never the load
     cfg["threads"] = backends.choose_threads(backend, batch, rows[0].shape[1], cfg["hidden"], args.threads)
