@@ -159,10 +159,11 @@ def plan(args) -> dict:
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         raise UserError(f"unknown peer {unknown[0]!r}: use {', '.join(PEERS)} or none")
-    unknown = [b for b in args.backends or [] if b not in backends.BACKENDS
+    named = [b for b in backends.BACKENDS if b != "auto"]   # each row names its library: "auto" picks one
+    unknown = [b for b in args.backends or [] if b not in named
                and not (b.startswith("dask:") and b[5:].isdigit() and int(b[5:]) >= 1)]
     if unknown:
-        raise UserError(f"--backends: unknown backend {unknown[0]!r}: use {', '.join(backends.BACKENDS)} (or dask:N)")
+        raise UserError(f"--backends: unknown backend {unknown[0]!r}: use {', '.join(named)} (or dask:N)")
     dtypes = args.dtype or (["float32"] if args.quick else ["float32", "float64"])
     for d in dtypes:
         if d not in backends.DTYPES:

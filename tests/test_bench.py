@@ -72,6 +72,8 @@ def test_bad_bench_flags_are_one_line():
     assert result.stderr.strip() == "bench: error: unknown peer 'tensorflow': use " + ", ".join(PEERS) + " or none"
     result = run_cli("bench", "--sizes", "0")
     assert result.returncode == 2 and "sizes must be whole numbers from 1 to 2**62, got 0" in result.stderr
+    result = run_cli("bench", "--backends", "auto")    # a row names its library; it was skipped as "not installed"
+    assert result.returncode == 2 and "--backends: unknown backend 'auto': use numpy, cupy" in result.stderr
 
 
 @pytest.mark.parametrize("n, d, h", [(10, 784, 128), (257, 31, 7), (1000, 784, 1024)])
