@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mlp.batches import batch_rows
+from mlp.batches import batch_rows, segment_steps
 
 from .threads import xla_options
 
@@ -53,7 +53,7 @@ class JaxScanEngine:
         self.device, self.X, self.y, self.batch = device, X, y, batch
         self.n = X.shape[0]
         self.full_steps = self.n // batch
-        self.segment = segment or min(STEPS_PER_SEGMENT, max(1, ROWS_PER_SEGMENT // batch))
+        self.segment = segment or segment_steps(batch, ROWS_PER_SEGMENT, STEPS_PER_SEGMENT)
         self.perm = None
         jit = functools.partial(jax.jit, compiler_options=xla_options(device))   # the run's thread count
         self._full_batch = jit(step)

@@ -18,7 +18,7 @@ import warnings
 
 import torch
 
-from mlp.batches import batch_rows
+from mlp.batches import batch_rows, segment_steps
 
 ROWS_PER_SEGMENT = 16_384   # rows' worth of steps per run() between two checks for Ctrl-C, as the JAX engine
 UNROLL = 8                  # minibatch steps per compiled call: an eighth of the calls' guards and Python
@@ -44,7 +44,7 @@ class TorchCompileEngine:
     def __init__(self, step, X, y, batch: int, segment: int | None = None, unroll: int = UNROLL):
         self.X, self.y, self.batch, self.n, self.unroll = X, y, batch, X.shape[0], unroll
         self.full_steps = self.n // batch
-        self.segment = segment or max(1, ROWS_PER_SEGMENT // batch)
+        self.segment = segment or segment_steps(batch, ROWS_PER_SEGMENT)
         self.perm = None
         # cpp_wrapper: the program's calls in C++ rather than Python, ~10% less CPU a step at B=64
         compile = functools.partial(torch.compile, dynamic=False, options={"cpp_wrapper": True})

@@ -19,7 +19,7 @@ import contextlib
 
 import torch
 
-from mlp.batches import batch_rows, is_full_batch
+from mlp.batches import batch_rows, is_full_batch, segment_steps
 
 ROWS_PER_SEGMENT = 65_536    # rows' worth of steps in one graph: a short wait for a stop request...
 STEPS_PER_SEGMENT = 1_024    # ...but no more steps than this (at B=1, 65,536 steps would be one huge graph)
@@ -33,7 +33,7 @@ class TorchGraphEngine:
         self.device, self.step, self.X, self.y, self.batch = torch.device(device), step, X, y, batch
         self.n = X.shape[0]
         self.steps = -(-self.n // batch)
-        self.segment = segment or min(STEPS_PER_SEGMENT, max(1, ROWS_PER_SEGMENT // batch))
+        self.segment = segment or segment_steps(batch, ROWS_PER_SEGMENT, STEPS_PER_SEGMENT)
         self.capture = capture
         self.perm = torch.arange(self.n, device=X.device)                     # static (N,)
         self.losses = torch.zeros(self.steps, dtype=X.dtype, device=X.device)  # static, one per step

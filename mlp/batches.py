@@ -20,6 +20,13 @@ def is_full_batch(n: int, batch: int) -> bool:
     return batch >= n
 
 
+def segment_steps(batch: int, rows: int, max_steps: int | None = None) -> int:
+    """How many steps of `batch` rows a compiled engine runs per call: `rows` rows' worth (at
+    least one step), and at most `max_steps`. Between two calls a stop request is honoured."""
+    steps = max(1, rows // batch)
+    return steps if max_steps is None else min(max_steps, steps)
+
+
 def batch_rows(step: int, batch: int, n: int) -> slice:
     """The positions in the epoch's permutation of the rows of step `step` (0-based)."""
     return slice(step * batch, min((step + 1) * batch, n))
