@@ -142,5 +142,6 @@ class DaskEngine:
             check_newcomers(client, b.info.setdefault("checked_workers", set()), timeout)   # others' cluster
             self.newcomers_checked = time.monotonic()
         hint = "; raise --worker-memory or lower --chunk-rows" if b.options.worker_memory else ""
-        return wait_result(client, client.compute(delayed(host_pair, pure=True)(parts[0])), timeout=timeout,
+        root = parts[0] if b.device == "cpu" else delayed(host_pair, pure=True)(parts[0])   # CPU: NumPy already
+        return wait_result(client, client.compute(root), timeout=timeout,
                            stop=lambda: self.stop is not None and self.stop.requested, hint=hint)
