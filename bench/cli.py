@@ -252,12 +252,13 @@ def main(argv=None) -> int:
     started = time.time()
     from mlp.data import load_dataset   # loaded (downloaded if need be) once here; workers only read it
 
-    real = load_dataset(args.data_dir, (3, 7), download=not args.no_download, quiet=False).train.X
+    train = load_dataset(args.data_dir, (3, 7), download=not args.no_download, quiet=False).train   # float64
+    real = train.X
     probes = run_probes(sweep["devices"], sweep["dtypes"])
     records = measure_all(args, sweep, real.shape[0], real.shape[1], report.rates(probes))
     result = {"meta": metadata(argv, records, real.shape), "probes": probes,
               "records": report.enrich([r for r in records if not r.get("busy")], probes,
-                                       reference.first_losses(args.data_dir, records)),
+                                       reference.first_losses(train, records)),
               "busy": [r for r in records if r.get("busy")]}   # beside competitors: the busy table only
     result["speedups"] = report.speedups(result["records"])
     result["slopes"] = report.slopes(result["records"])

@@ -51,14 +51,10 @@ def config(r: dict) -> tuple:
     return r["n"], r["hidden"], r.get("batch")
 
 
-def first_losses(data_dir, records: list) -> dict:
-    """{(n, hidden, batch): float64 NumPy's first-step loss} for every configuration measured."""
+def first_losses(train, records: list) -> dict:
+    """{(n, hidden, batch): float64 NumPy's first-step loss} for every configuration measured, on
+    the training split `train` (float64, as mlp.data.load_dataset gives it)."""
     configs = sorted({config(r) for r in records if r.get("status") == "ok"}, key=str)
-    if not configs:
-        return {}
-    from mlp.data import load_dataset
-
-    train = load_dataset(data_dir, (3, 7), quiet=True, dtype=np.float64).train
     return {c: first_step_loss(train.X, train.y, *c) for c in configs}
 
 
