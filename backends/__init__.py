@@ -19,7 +19,7 @@ import sys
 from mlp.errors import BackendError
 from mlp.model import DTYPES
 
-from .base import BACKENDS, INSTALL_HINT, Backend, parse_device
+from .base import BACKENDS, INSTALL_HINT, Backend, NoSuchDevice, parse_device
 from .host import cpu_name, keep_freed_memory
 from .oom import describe_out_of_memory, is_out_of_memory
 from .threads import choose as choose_threads
@@ -75,7 +75,7 @@ def auto_cuda(factories: dict, device: str, index: int) -> Backend:
         except BackendError as exc:
             missing = importlib.util.find_spec(name) is None
             why_not.append(f"{name}: {'not installed' if missing else str(exc).split('; ')[0]}")  # the problem
-            no_such_device = no_such_device or (str(exc) if "does not exist" in str(exc) else None)
+            no_such_device = no_such_device or (exc if isinstance(exc, NoSuchDevice) else None)
             continue
         if name == AUTO_CUDA[0]:
             reason = "the fastest installed backend with a compiled engine on CUDA"
@@ -85,7 +85,7 @@ def auto_cuda(factories: dict, device: str, index: int) -> Backend:
             reason = f"no backend with a compiled engine can use {device} ({'; '.join(why_not)}), so eager CuPy"
         return dataclasses.replace(chosen, picked=reason)
     if no_such_device:                     # a GPU is there, the index is wrong: say which devices exist
-        raise BackendError(no_such_device)
+        raise no_such_device
     raise BackendError(f"no installed library can use --device {device} ({'; '.join(why_not)}); on a machine "
                        f"with an NVIDIA GPU, {INSTALL_HINT['cuda']}, or use --device cpu")
 

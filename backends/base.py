@@ -22,6 +22,10 @@ INSTALL_HINT = {
 }
 
 
+class NoSuchDevice(BackendError):
+    """--device cuda:N names a GPU this machine does not have (the message lists those it has)."""
+
+
 @dataclass(frozen=True)
 class Backend:
     """An array library on one device."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from mlp.errors import BackendError
 
-from .base import INSTALL_HINT, Backend
+from .base import INSTALL_HINT, Backend, NoSuchDevice
 from .host import cpu_name
 
 
@@ -31,9 +31,9 @@ def _compat_namespace(library_module):
     return array_namespace(probe)
 
 
-def _no_such_device(index: int, names) -> BackendError:
+def _no_such_device(index: int, names) -> NoSuchDevice:
     """`names`: the devices that exist, e.g. ['cuda:0 (NVIDIA H100)']."""
-    return BackendError(f"device cuda:{index} does not exist; devices: {', '.join(names)}")
+    return NoSuchDevice(f"device cuda:{index} does not exist; devices: {', '.join(names)}")
 
 
 def _numpy(index: int | None) -> Backend:

@@ -71,7 +71,7 @@ def test_auto_where_no_library_sees_the_gpu_is_one_line(gpus):
 
 def test_auto_with_a_wrong_device_index_names_the_devices(monkeypatch):
     def no_such(index):
-        raise backends.BackendError(f"device cuda:{index} does not exist; devices: cuda:0 (Some GPU)")
+        raise libraries._no_such_device(index, ["cuda:0 (Some GPU)"])   # as each library's factory raises it
     for name in backends.AUTO_CUDA:
         monkeypatch.setitem(libraries.FACTORIES, name, no_such)
     with pytest.raises(backends.BackendError, match=r"^device cuda:3 does not exist; devices: cuda:0 \(Some GPU\)$"):
