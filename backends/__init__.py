@@ -23,9 +23,11 @@ from .base import BACKENDS, INSTALL_HINT, Backend, NoSuchDevice, parse_device
 from .host import cpu_name, keep_freed_memory
 from .oom import describe_out_of_memory, is_out_of_memory
 from .threads import choose as choose_threads
+from .threads import limits as thread_limits
 
 __all__ = ["Backend", "BackendError", "BACKENDS", "DTYPES", "INSTALL_HINT", "resolve", "release", "parse_device",
-           "cpu_name", "is_out_of_memory", "describe_out_of_memory", "keep_freed_memory", "choose_threads"]
+           "cpu_name", "is_out_of_memory", "describe_out_of_memory", "keep_freed_memory", "choose_threads",
+           "thread_limits"]
 
 
 #: what --backend auto tries on CUDA, in order: the backends with a compiled engine there, fastest

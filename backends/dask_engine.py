@@ -4,7 +4,8 @@ A step is one task per row chunk and a tree of sums:
 
     chunk i (B_i rows of the batch):   loss_i, g_i = model.loss_and_grads(params, X_i, y_i)
     the batch (B = sum of B_i rows):   loss = sum_i (B_i / B) loss_i,   g = sum_i (B_i / B) g_i
-    on the host:                       params = model.update(params, g, lr)
+    on the host:                       params = opt.step(params, g + L2's)  (the optimiser's slots
+                                       stay on the host with the parameters)
 
 which is exactly the mean loss and gradient over the batch, since both are means over rows.
 Each chunk's task normalises its own uint8 rows (mlp.data.normalise), so a worker holds
@@ -80,8 +81,8 @@ class DaskEngine:
     name = "dask"
     segment = 1
 
-    def __init__(self, backend, X, y, batch: int, *, lr: float, activation: str):
-        self.lr, self.activation = lr, activation
+    def __init__(self, backend, X, y, batch: int, *, opt, activation: str, alpha: float = 0.0):
+        self.opt, self.activation, self.alpha = opt, activation, alpha
         self.backend, self.batch, self.n = backend, batch, X.shape[0]
         # the uint8 rows behind X when it came from backend.from_rows (normalised in the chunk task),
         # else X's own (already float) chunks
@@ -112,8 +113,12 @@ class DaskEngine:
         host = {k: b.to_host(v) for k, v in params.items()}   # arrays of host data (backend.wrap): no cluster trip
         losses = []
         for i in range(first, last):
-            loss, grads = self._loss_and_grads(host, i)
-            host = model.update(host, grads, self.lr)
+            loss, grads = self._loss_and_grads({k: host[k] for k in model.PARAM_NAMES}, i)
+            if self.alpha:       # the penalty once per step, on the host: the chunks' means carry none
+                rows = batch_rows(i, self.batch, self.n)
+                B = rows.stop - rows.start
+                loss, grads = loss + model.l2_loss(host, self.alpha, B), model.l2_grads(host, grads, self.alpha, B)
+            host = self.opt.step(host, grads)
             losses.append(float(loss))
         return {k: b.wrap(v) for k, v in host.items()}, np.asarray(losses, dtype=np.float64)   # losses stay on the host
 

@@ -31,32 +31,34 @@ STEPS_PER_SEGMENT = 4_096   # ...and no more steps than this (the scan's body co
                             # count: only the time between two checks for a stop request grows)
 
 
-def _scan_steps(step, batch: int, params, X, y, perm, first, count: int):
-    """Steps first..first+count-1 of the epoch, one lax.scan; the losses as a (count,) array."""
+def _scan_steps(step, batch: int, params, arrays, perm, first, count: int):
+    """Steps first..first+count-1 of the epoch, one lax.scan; the losses as a (count,) array.
+    `params`: the parameters and the optimiser's slots, the scan's carry."""
 
     def body(p, i):
         rows = lax.dynamic_slice_in_dim(perm, i * batch, batch)          # (B,): batch_rows(i, ...) traced
-        return step(p, jnp.take(X, rows, axis=0), jnp.take(y, rows, axis=0))
+        return step(p, *(jnp.take(a, rows, axis=0) for a in arrays))
 
     return lax.scan(body, params, first + jnp.arange(count))
 
 
-def _remainder_step(step, rows: slice, params, X, y, perm):
+def _remainder_step(step, rows: slice, params, arrays, perm):
     rows = perm[rows]                                                    # (N mod B,)
-    return step(params, jnp.take(X, rows, axis=0), jnp.take(y, rows, axis=0))
+    return step(params, *(jnp.take(a, rows, axis=0) for a in arrays))
 
 
 class JaxScanEngine:
     name = "compiled"
 
-    def __init__(self, device, step, X, y, batch: int, segment: int | None = None):
-        self.device, self.X, self.y, self.batch = device, X, y, batch
+    def __init__(self, device, step, X, y, batch: int, segment: int | None = None, w=None):
+        self.device, self.batch = device, batch
+        self.rows = (X, y) if w is None else (X, y, w)      # each row's features, label (and weight)
         self.n = X.shape[0]
         self.full_steps = self.n // batch
         self.segment = segment or segment_steps(batch, ROWS_PER_SEGMENT, STEPS_PER_SEGMENT)
         self.perm = None
         jit = functools.partial(jax.jit, compiler_options=xla_options(device))   # the run's thread count
-        self._full_batch = jit(step)
+        self._full_batch = jit(lambda params, arrays: step(params, *arrays))
         self._scan = jit(functools.partial(_scan_steps, step, batch), static_argnames="count")
         self._rest = jit(functools.partial(_remainder_step, step, batch_rows(self.full_steps, batch, self.n)))
 
@@ -65,14 +67,14 @@ class JaxScanEngine:
 
     def run(self, params, first: int, last: int):
         if self.perm is None:                                            # full batch: one step
-            params, loss = self._full_batch(params, self.X, self.y)
+            params, loss = self._full_batch(params, self.rows)
             return params, jnp.reshape(loss, (1,))
         losses = []
         count = min(last, self.full_steps) - first
         if count > 0:
-            params, scanned = self._scan(params, self.X, self.y, self.perm, first, count=count)
+            params, scanned = self._scan(params, self.rows, self.perm, first, count=count)
             losses.append(scanned)
         if last > self.full_steps:                                       # the remainder batch
-            params, loss = self._rest(params, self.X, self.y, self.perm)
+            params, loss = self._rest(params, self.rows, self.perm)
             losses.append(jnp.reshape(loss, (1,)))
         return params, losses[0] if len(losses) == 1 else jnp.concatenate(losses)

@@ -11,8 +11,10 @@ process holds: on a 2-core machine beside one or two busy processes the default 
 Dask is left alone: its workers run one thread each.
 """
 
+import contextlib
 import math
 import os
+import sys
 from pathlib import Path
 
 from mlp.errors import UserError
@@ -97,7 +99,8 @@ def xla_options(device) -> dict | None:
 
 
 def apply(backend, n: int) -> None:
-    """Limit the CPU thread pools of `backend`'s library to n threads (process-wide)."""
+    """Limit the CPU thread pools of `backend`'s library to n threads, for the rest of the process
+    (the bench's workers; a run puts them back after: `limits`)."""
     if backend.name == "torch":
         import torch
 
@@ -123,14 +126,45 @@ def current(backend) -> int | None:
     return max(counts) if counts else 1
 
 
-def choose(backend, batch: int, d: int, h: int, requested="auto") -> int | None:
-    """Apply the thread count for this run (`requested`: 'auto' or `--threads N`) and return it;
-    None on a GPU or on Dask, whose pools are not this process's to size."""
+def count(backend, batch: int, d: int, h: int, requested="auto") -> int | None:
+    """The thread count for this run (`requested`: 'auto' or `--threads N`); None on a GPU or on
+    Dask, whose pools are not this process's to size."""
     if backend.device != "cpu" or backend.name == "dask":
         if requested != "auto":
             where = "Dask workers run one thread each" if backend.name == "dask" else f"this run is on {backend.device}"
             raise UserError(f"--threads sizes this process's CPU thread pools, but {where}; drop --threads")
         return None
-    n = policy(batch, d, h, usable_cores(), requested)
-    apply(backend, n)
+    return policy(batch, d, h, usable_cores(), requested)
+
+
+def choose(backend, batch: int, d: int, h: int, requested="auto") -> int | None:
+    """Apply the thread count for this run to the whole process (`apply`) and return it."""
+    n = count(backend, batch, d, h, requested)
+    if n is not None:
+        apply(backend, n)
     return n
+
+
+@contextlib.contextmanager
+def limits(backend, batch: int, d: int, h: int, requested="auto"):
+    """Size the CPU thread pools for this run (`count`) and yield the count; on leaving, every
+    pool is as it was (BLAS through threadpoolctl, torch's, the count JAX compiles with)."""
+    n = count(backend, batch, d, h, requested)
+    if n is None:
+        yield None
+        return
+    from threadpoolctl import threadpool_limits
+
+    torch = sys.modules.get("torch") if backend.name == "torch" else None
+    before = (torch.get_num_threads() if torch else None, _jax.get("threads"))
+    with threadpool_limits(limits=n, user_api="blas"):
+        try:
+            if torch:
+                torch.set_num_threads(n)
+            if backend.name == "jax":
+                _jax["threads"] = n
+            yield n
+        finally:
+            if torch:
+                torch.set_num_threads(before[0])
+            _jax.pop("threads", None) if before[1] is None else _jax.update(threads=before[1])

@@ -24,16 +24,16 @@ ROWS_PER_SEGMENT = 16_384   # rows' worth of steps per run() between two checks 
 UNROLL = 8                  # minibatch steps per compiled call: an eighth of the calls' guards and Python
 
 
-def _gathered(step, params, X, y, rows):
-    """One step on the rows `rows` of X and y (gathered inside the compiled program)."""
-    return step(params, torch.index_select(X, 0, rows), torch.index_select(y, 0, rows))
+def _gathered(step, params, arrays, rows):
+    """One step on the rows `rows` of X, y (and w) (gathered inside the compiled program)."""
+    return step(params, *(torch.index_select(a, 0, rows) for a in arrays))
 
 
-def _unrolled(step, params, X, y, rows):
+def _unrolled(step, params, arrays, rows):
     """rows.shape[0] consecutive steps, the i-th on the rows rows[i]; their losses stacked."""
     losses = []
     for i in range(rows.shape[0]):
-        params, loss = _gathered(step, params, X, y, rows[i])
+        params, loss = _gathered(step, params, arrays, rows[i])
         losses.append(loss)
     return params, torch.stack(losses)
 
@@ -41,14 +41,14 @@ def _unrolled(step, params, X, y, rows):
 class TorchCompileEngine:
     name = "compiled"
 
-    def __init__(self, step, X, y, batch: int, segment: int | None = None, unroll: int = UNROLL):
-        self.X, self.y, self.batch, self.n, self.unroll = X, y, batch, X.shape[0], unroll
+    def __init__(self, step, X, y, batch: int, segment: int | None = None, unroll: int = UNROLL, w=None):
+        self.rows, self.batch, self.n, self.unroll = (X, y) if w is None else (X, y, w), batch, X.shape[0], unroll
         self.full_steps = self.n // batch
         self.segment = segment or segment_steps(batch, ROWS_PER_SEGMENT)
         self.perm = None
         # cpp_wrapper: the program's calls in C++ rather than Python, ~10% less CPU a step at B=64
         compile = functools.partial(torch.compile, dynamic=False, options={"cpp_wrapper": True})
-        self._full_batch = compile(step)
+        self._full_batch = compile(lambda params, arrays: step(params, *arrays))
         self._step = compile(functools.partial(_gathered, step))           # B rows, or the remainder's
         self._steps = compile(functools.partial(_unrolled, step))          # `unroll` steps of B rows
 
@@ -61,13 +61,13 @@ class TorchCompileEngine:
             warnings.filterwarnings("ignore", "Dynamo detected a call to a `functools.lru_cache`")
             while i < last:
                 if self.perm is None:
-                    params, loss = self._full_batch(params, self.X, self.y)
+                    params, loss = self._full_batch(params, self.rows)
                 elif self.unroll > 1 and i + self.unroll <= min(last, self.full_steps):
                     rows = self.perm[i * B:(i + self.unroll) * B].view(self.unroll, B)
-                    params, loss = self._steps(params, self.X, self.y, rows)
+                    params, loss = self._steps(params, self.rows, rows)
                     i += self.unroll - 1
                 else:
-                    params, loss = self._step(params, self.X, self.y, self.perm[batch_rows(i, B, self.n)])
+                    params, loss = self._step(params, self.rows, self.perm[batch_rows(i, B, self.n)])
                 losses.append(loss.reshape(-1))
                 i += 1
         return params, torch.cat(losses)

@@ -29,8 +29,9 @@ WARMUP_STEPS = 2             # eager steps before a capture (cuBLAS handles, wor
 class TorchGraphEngine:
     name = "compiled"
 
-    def __init__(self, device, step, X, y, batch: int, segment: int | None = None, capture: bool = True):
-        self.device, self.step, self.X, self.y, self.batch = torch.device(device), step, X, y, batch
+    def __init__(self, device, step, X, y, batch: int, segment: int | None = None, capture: bool = True, w=None):
+        self.device, self.step, self.batch = torch.device(device), step, batch
+        self.rows = (X, y) if w is None else (X, y, w)                        # static: features, label (weight)
         self.n = X.shape[0]
         self.steps = -(-self.n // batch)
         self.segment = segment or segment_steps(batch, ROWS_PER_SEGMENT, STEPS_PER_SEGMENT)
@@ -53,11 +54,11 @@ class TorchGraphEngine:
         """Steps first..last-1 on the static buffers (what a graph captures)."""
         for i in range(first, last):
             if is_full_batch(self.n, self.batch):                               # X itself
-                Xb, yb = self.X, self.y
+                batch = self.rows
             else:
                 rows = self.perm[batch_rows(i, self.batch, self.n)]             # a view: static address
-                Xb, yb = torch.index_select(self.X, 0, rows), torch.index_select(self.y, 0, rows)
-            new, loss = self.step(self.params, Xb, yb)
+                batch = [torch.index_select(a, 0, rows) for a in self.rows]
+            new, loss = self.step(self.params, *batch)
             for k, p in self.params.items():
                 p.copy_(new[k])
             self.losses[i].copy_(loss)

@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     z, zt = X @ P["w1"], Xt @ T["w1"]
 
     def ours():
-        model.train_step(P, X, y, 0.1)
+        model.train_step(P, X, y, opt=model.Optimiser(lr=0.1))
 
     def manual():
         with torch.no_grad():

@@ -43,7 +43,7 @@ def first_step_loss(X: np.ndarray, y: np.ndarray, n: int, hidden: int, batch, se
     for start in range(0, len(rows), CHUNK_ROWS):
         take = rows[start:start + CHUNK_ROWS]
         _, _, z2 = model.forward(params, X[take], "relu")
-        total += float(model.bce_with_logits(z2, y[take].reshape(-1, 1))) * len(take)
+        total += float(model.mean_loss(z2, y[take])) * len(take)
     return total / len(rows)
 
 

@@ -1,8 +1,10 @@
 """Checkpoints: one .npz file, no pickle, written atomically.
 
-Arrays: w1, b1, w2, b2 (in the run's dtype), losses (every step so far), epoch_seconds,
-and `meta`, a JSON text holding the run's configuration (model shape, activation, init,
-lr, batch size, seed, dtype, class pair, normalisation), where it stopped (epoch, step,
+Arrays: w1, b1, w2, b2 (in the run's dtype), the optimiser's state (v_w1... for momentum;
+m_w1..., v_w1... and t for Adam), losses (every step so far), epoch_seconds, and `meta`, a
+JSON text holding the run's settings (mlp.settings: model shape, activation, init, optimiser,
+batch size, seed, dtype, classes), its inputs (pixels and their normalisation, or features as
+given), where it stopped (epoch, step,
 step within the epoch, the NumPy RNG state at the start of that epoch) and the versions
 of the libraries that wrote it. Parameters are stored as host arrays, so a checkpoint
 saved on a GPU loads on a CPU and the other way round.
@@ -19,18 +21,16 @@ import numpy as np
 from .checkpoint_meta import FORMAT, MAX_META_BYTES, STRUCTURE, check_same_data, parse_meta, validate_config  # noqa: F401
 from .errors import CheckpointError
 from .files import atomic_write, describe_kind, write_advice
-from .model import PARAM_NAMES, param_shapes
+from .model import PARAM_NAMES, Optimiser, outputs, param_shapes
 from .npz import Npz, NpzError
 from .versions import versions
-
-#: settings that define the run; resuming with a different value is an error
-RUN_KEYS = ("hidden", "activation", "init", "lr", "batch_size", "seed", "dtype", "classes")
 
 
 @dataclass
 class Checkpoint:
-    params: dict                     # name -> host array (w1 (D, H), b1 (H,), w2 (H, 1), b2 (1,))
-    config: dict                     # RUN_KEYS + n_features, image_shape, mean, std
+    params: dict                     # name -> host array (w1 (D, H), b1 (H,), w2 (H, K), b2 (K,)), and
+                                     # the optimiser's slots (mlp.model.Optimiser.slot_names)
+    config: dict                     # settings.RUN_KEYS + n_features, image_shape, input, mean, std
     epoch: int = 0                   # completed epochs
     step: int = 0                    # completed steps in all
     step_in_epoch: int = 0           # completed steps of the epoch under way (0 at an epoch boundary)
@@ -46,7 +46,7 @@ def save(path, ckpt: Checkpoint) -> None:
     meta = {**ckpt.meta, "format": FORMAT, "config": ckpt.config, "epoch": ckpt.epoch, "step": ckpt.step,
             "step_in_epoch": ckpt.step_in_epoch, "rng_state": ckpt.rng_state,
             "partial_epoch_seconds": ckpt.partial_epoch_seconds, "versions": versions()}
-    arrays = {k: np.asarray(ckpt.params[k]) for k in PARAM_NAMES}
+    arrays = {k: np.asarray(v) for k, v in ckpt.params.items()}
     arrays["losses"] = np.asarray(ckpt.losses, dtype=np.float64)
     arrays["epoch_seconds"] = np.asarray(ckpt.epoch_seconds, dtype=np.float64)
     arrays["meta"] = np.array(json.dumps(meta))
@@ -109,13 +109,18 @@ def load(path) -> Checkpoint:
             meta = parse_meta(str(meta_array), path)
             config = validate_config(meta["config"], path)
             D, H, dtype = config["n_features"], config["hidden"], config["dtype"]
-            shapes = param_shapes(D, H)
+            shapes = param_shapes(D, H, outputs(len(config["classes"])))
+            shapes.update({k: () if k == "t" else shapes[k[2:]] for k in optimiser(config).slot_names()})
             params = {}
             for name, shape in shapes.items():
+                if name not in z.names:
+                    raise CheckpointError(f"checkpoint {path} lacks {name}, which its settings (solver "
+                                          f"{config['solver']}) need; it is incomplete or was edited")
                 got_shape, got_dtype = z.header(name)
                 if got_shape != shape:
                     raise CheckpointError(f"checkpoint {path}: {name} has shape {got_shape} but its settings "
-                                          f"(hidden={H}, features={D}) need {shape}; the file is corrupt")
+                                          f"(hidden={H}, features={D}, {len(config['classes'])} classes) need "
+                                          f"{shape}; the file is corrupt")
                 if got_dtype != np.dtype(dtype):
                     raise CheckpointError(f"checkpoint {path}: {name} is {got_dtype}, its settings say {dtype}")
                 params[name] = z.read(name, shape=shape, dtype=dtype)
@@ -135,6 +140,11 @@ def load(path) -> Checkpoint:
     )
     _check(ckpt, path)
     return ckpt
+
+
+def optimiser(config: dict):
+    """The mlp.model.Optimiser of a run's settings."""
+    return Optimiser(**{k: config[k] for k in ("solver", "lr", "momentum", "nesterov", "beta1", "beta2", "epsilon")})
 
 
 def _check(ckpt: Checkpoint, path) -> None:

@@ -8,16 +8,17 @@ one, e.g. `engine`) are passed through untouched.
 import json
 import math
 
+from . import settings
+from .data import MNIST_MEAN, MNIST_STD
 from .errors import CheckpointError
-from .model import ACTIVATIONS, DTYPES, INITS
+from .model import INITS
+from .settings import DEFAULTS, MAX_COUNT, MAX_DIM, RUN_KEYS
 
 FORMAT = "mlp-checkpoint/1"
 MAX_META_BYTES = 1 << 20
-MAX_DIM = 1 << 31
-#: epochs and steps (--epochs, --batch-size take no more, so a checkpoint written is one read)
-MAX_COUNT = 1 << 62
-MAX_SEED = (1 << 128) - 1
-MAX_LABEL = (1 << 31) - 1
+#: what the model's inputs are: pixels (normalised with the checkpoint's mean and std, as mlp.train
+#: trains), or features as given (MLPClassifier's default), which images cannot be fed to
+INPUTS = ("pixels", "features")
 #: the metadata fields `load` turns into Checkpoint attributes (the rest stays in .meta)
 STRUCTURE = ("format", "config", "epoch", "step", "step_in_epoch", "rng_state", "partial_epoch_seconds")
 
@@ -36,13 +37,21 @@ def _int(d: dict, key: str, path, lo: int = 0, hi: int = MAX_COUNT, prefix: str 
     return value
 
 
-def _float(d: dict, key: str, path, *, positive: bool = False, prefix: str = "") -> float:
-    value = d.get(key)
+def _float(d: dict, key: str, path, *, positive: bool = False, prefix: str = "", default=None) -> float:
+    value = d.setdefault(key, default) if default is not None else d.get(key)
     ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
           and (value > 0 if positive else True))
     if not ok:
         raise _bad(path, prefix + key, value, "a finite number" + (" > 0" if positive else ""))
     return float(value)
+
+
+def _setting(d: dict, key: str, path, name: str, prefix: str = "") -> None:
+    """d[key], checked as the setting `name` is (mlp.settings: as its flag checks it)."""
+    try:
+        d[key] = settings.check(name, d[key])
+    except ValueError as exc:
+        raise _bad(path, prefix + key, d[key], str(exc)) from None
 
 
 def parse_meta(text: str, path, fmt: str = FORMAT) -> dict:
@@ -66,10 +75,9 @@ def parse_meta(text: str, path, fmt: str = FORMAT) -> dict:
         raise _bad(path, "partial_epoch_seconds", meta["partial_epoch_seconds"], "0 or more")
     if not isinstance(meta.get("rng_state"), dict):
         raise _bad(path, "rng_state", meta.get("rng_state"), "the NumPy generator's state (a JSON object)")
-    if "target_epochs" in meta:
-        _int(meta, "target_epochs", path, lo=1)
-    if meta.get("threads") is not None:      # the CPU threads it was trained with (None: GPU or Dask)
-        _int(meta, "threads", path, lo=1, hi=1 << 16)
+    for key, setting in (("target_epochs", "epochs"), ("threads", "threads")):   # threads None: GPU or Dask
+        if meta.get(key) is not None:
+            _setting(meta, key, path, setting)
     if "saved_on" in meta and not isinstance(meta["saved_on"], str):
         raise _bad(path, "saved_on", meta["saved_on"], "a text")
     if meta.get("validation") is not None:
@@ -92,42 +100,35 @@ def _validation(meta: dict, path) -> None:
 
 
 def validate_config(c: dict, path) -> dict:
-    """The run's settings, each checked; the returned dict is safe to use."""
+    """The run's settings, each checked by the settings table (a checkpoint written before a
+    setting existed gets its default: plain gradient descent, no L2), and the data's fields; the
+    returned dict is safe to use."""
     p = "config."
     for key in ("hidden", "activation", "init", "lr", "batch_size", "seed", "dtype", "classes", "n_features"):
         if key not in c:
             raise CheckpointError(f"checkpoint {path} lacks the setting {key!r}")
-    _int(c, "hidden", path, lo=1, hi=MAX_DIM, prefix=p)
+    for key in RUN_KEYS:
+        c.setdefault(key, DEFAULTS[key])
+        _setting(c, key, path, key, p)
+    if c["init"] is None:
+        raise _bad(path, p + "init", None, "one of " + ", ".join(INITS))
     _int(c, "n_features", path, lo=1, hi=MAX_DIM, prefix=p)
-    _int(c, "seed", path, lo=0, hi=MAX_SEED, prefix=p)
-    if c["activation"] not in ACTIVATIONS:
-        raise CheckpointError(f"checkpoint {path} names an unknown activation {c['activation']!r}")
-    for key, allowed in (("init", INITS), ("dtype", DTYPES)):
-        if c[key] not in allowed:
-            raise _bad(path, p + key, c[key], "one of " + ", ".join(allowed))
-    _float(c, "lr", path, positive=True, prefix=p)
-    if c["batch_size"] != "full":
-        _int(c, "batch_size", path, lo=1, prefix=p)
-    classes = c["classes"]
-    if (not isinstance(classes, list) or len(classes) != 2 or any(isinstance(v, bool) or not isinstance(v, int)
-                                                                 or not 0 <= v <= MAX_LABEL for v in classes)
-            or classes[0] == classes[1]):
-        raise _bad(path, p + "classes", classes, "two different labels (whole numbers >= 0)")
     shape = c.get("image_shape")
-    if shape is not None:
-        if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
-                or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_DIM for v in shape)
-                or math.prod(shape) != c["n_features"]):
-            raise _bad(path, p + "image_shape", shape, f"one or two sizes whose product is n_features "
-                                                        f"({c['n_features']})")
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_DIM for v in shape)
+            or math.prod(shape) != c["n_features"]):
+        raise _bad(path, p + "image_shape", shape, f"one or two sizes whose product is n_features ({c['n_features']})")
+    c.setdefault("input", "pixels")
+    if c["input"] not in INPUTS:
+        raise _bad(path, p + "input", c["input"], "one of " + ", ".join(INPUTS))
     # the pixel normalisation: pixels lie in [0, 1], so must their mean, and their spread
-    for key, lo, hi in (("mean", 0.0, 1.0), ("std", 1e-3, 1.0)):
-        if key in c and not lo <= _float(c, key, path, prefix=p) <= hi:
+    for key, lo, hi, default in (("mean", 0.0, 1.0, MNIST_MEAN), ("std", 1e-3, 1.0, MNIST_STD)):
+        if c["input"] == "pixels" and not lo <= _float(c, key, path, prefix=p, default=default) <= hi:
             raise _bad(path, p + key, c[key], f"from {lo:g} to {hi:g} (pixels lie in [0, 1])")
     if "n_train" in c:
         _int(c, "n_train", path, lo=1, prefix=p)
-    if "val_split" in c and not 0 <= _float(c, "val_split", path, prefix=p) < 1:
-        raise _bad(path, p + "val_split", c["val_split"], "a fraction at least 0 and below 1")
+    if "val_split" in c:
+        _setting(c, "val_split", path, "val_split", p)
     fp = c.get("data_fingerprint")
     if fp is not None and not (isinstance(fp, str) and len(fp) == 64 and all(ch in "0123456789abcdef" for ch in fp)):
         raise _bad(path, p + "data_fingerprint", fp, "a SHA-256 in hex")

@@ -3,15 +3,18 @@
 import argparse
 import codecs
 import contextlib
+import math
 import os
 import signal
 import sys
+from pathlib import Path
 
 from mlp.backends import BACKENDS, describe_out_of_memory, is_out_of_memory, parse_device, release
 
-from .checkpoint_meta import MAX_SEED
 from .errors import RECEIVED_SIGNALS, ClusterLost, DivergedError, Signalled, UserError
 from .files import DISK_FULL, release_locks, write_failure
+from .outputs import check_outputs
+from .settings import MAX_COUNT, SETTINGS, Setting, flag
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -27,16 +30,33 @@ def exit_code(signum: int) -> int:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr and exit code 2; every command has --version."""
+    """argparse, but a bad flag is one line on stderr and exit code 2; every command has --version.
+    A command declares its files here, once: `outputs` (the flags that name a file it writes) and
+    `inputs` (flag -> a function of the parsed arguments giving the files it reads); `checked`
+    parses, then checks every output against the policy of mlp.outputs (collisions, inputs, links,
+    permissions) and locks it, before any work. `in_place`: (output, input) pairs that may name
+    one file (--save and --resume: a run continued in place)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, outputs=(), inputs=None, in_place=(), **kwargs):
         super().__init__(*args, **kwargs)
+        self.outputs, self.inputs, self.in_place = outputs, inputs or {}, in_place
         self.add_argument("--version", action="version", version=f"{self.prog.removeprefix('python -m ')} "
                           f"(mlp-by-hand {package_version()})", help="print the version and exit")
 
     def error(self, message):
         name = self.prog.removeprefix("python -m ")
         self.exit(EXIT_USER_ERROR, f"{name}: error: {message} (see --help)\n")
+
+    def checked(self, argv=None) -> argparse.Namespace:
+        args = self.parse_args(argv)
+        inputs = {}
+        for name, files in self.inputs.items():
+            paths = [Path(p) for p in files(args) or () if p]
+            inputs.update({name if len(paths) == 1 and name.startswith("-") else
+                           f"{name}'s {p.name}" if name.startswith("-") else f"{name} {p}": p for p in paths})
+        outputs = {name: getattr(args, name.lstrip("-").replace("-", "_")) for name in self.outputs}
+        check_outputs(outputs, inputs, allowed=self.in_place)
+        return args
 
 
 def package_version() -> str:
@@ -48,64 +68,32 @@ def package_version() -> str:
         return "unknown"
 
 
-def whole_number(text: str, minimum: int, rule: str, maximum: int | None = None) -> int:
-    """An int of at least `minimum` (`rule` says so in the message: 'must be at least 1') and
-    at most `maximum`."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}") from None
-    shown = text if len(text) <= 40 else text[:37] + "..."
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"{rule}, got {shown}")
-    if maximum is not None and value > maximum:
-        raise argparse.ArgumentTypeError(f"must be at most {maximum:,} (what a checkpoint records), got {shown}")
-    return value
+def number(lo: float, hi: float = MAX_COUNT, kind: str = "int", lo_open: bool = False):
+    """A flag's type: a whole (kind 'int') or finite ('float') number from lo to hi, checked as a
+    setting is (mlp.settings); a bad one is argparse's one-line error."""
+    return Setting("", kind, None, "", lo, hi, lo_open=lo_open, hi_open=hi == math.inf).parse
 
 
-def bounded_int(minimum: int, maximum: int):
-    """A flag's type: a whole number from `minimum` to `maximum` (the range a checkpoint
-    stores, so that what the flags accept, the checkpoint reader accepts, and back)."""
-    def parse(text: str) -> int:
-        return whole_number(text, minimum, f"must be at least {minimum}", maximum)
-    return parse
+positive_int, non_negative_int, positive_float = number(1), number(0), number(0, math.inf, "float", lo_open=True)
+threads_arg = SETTINGS["threads"].parse
 
 
-def positive_int(text: str) -> int:
-    return whole_number(text, 1, "must be at least 1")
+def setting_flag(group, name: str, **kwargs) -> None:
+    """The flag of the setting `name` (mlp.settings): its type, help and default come from the table."""
+    s = SETTINGS[name]
+    shown = "he for relu, xavier for tanh" if name == "init" else s.default
+    options = {"action": "store_true", "default": None} if s.kind == "bool" else {
+        "type": s.parse, "choices": s.choices or None, "metavar": "|".join(s.choices) if s.choices else None}
+    kwargs.setdefault("help", f"{s.help} (default: {shown})")
+    group.add_argument(flag(name), **{**options, **kwargs})
 
 
-def non_negative_int(text: str) -> int:
-    return whole_number(text, 0, "must be 0 or more")
-
-
-def seed_int(text: str) -> int:
-    """A seed NumPy's generator accepts (a whole number >= 0), below 2**128 (a checkpoint keeps it)."""
-    value = non_negative_int(text)
-    if value > MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be below 2**128, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def val_fraction(text: str) -> float:
-    """--val-split: a fraction in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.1, got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
-    return value
+def classes_arg(text: str):
+    """A word of --classes: a digit 0-9, or 'all'."""
+    word = text.strip().lower()
+    if word == "all":
+        return word
+    return number(0, 9)(text)
 
 
 def add_device_flags(p: argparse.ArgumentParser) -> None:
@@ -115,15 +103,8 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
                    help=f"array library: {', '.join(BACKENDS)} (default: auto = numpy on cpu; on cuda the "
                         "first of jax, torch that sees the GPU (both have a compiled engine), else cupy); "
                         "the model's code is the same for all")
-    p.add_argument("--threads", type=threads_arg, default="auto", metavar="N|auto",
-                   help="CPU threads of the array library: auto = 1 for small steps (the default job), more "
-                        "for large ones, up to the cores this process may use; never from the load (default: auto)")
+    setting_flag(p, "threads", default="auto", metavar="N|auto")
     add_dask_flags(p, store=p.prog.endswith("mlp.train"))
-
-
-def threads_arg(text: str):
-    """--threads: 'auto' or a whole number >= 1."""
-    return "auto" if text.strip().lower() == "auto" else whole_number(text, 1, "must be 'auto' or at least 1")
 
 
 FLAGS = ("workers", "scheduler", "chunk_rows", "worker_memory", "scheduler_timeout", "verbose", "store")

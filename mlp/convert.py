@@ -2,24 +2,15 @@
 once, that `--backend dask --store DIR` reads lazily by chunk (for training sets larger than memory).
 The store format is in `mlp.store`."""
 
-import argparse
 import sys
 
 import numpy as np
 
-from .cli import Parser, add_data_flags, non_negative_int, positive_int, run, seed_int
+from .cli import Parser, add_data_flags, non_negative_int, number, positive_int, run, setting_flag
 from .data import default_data_dir
 from .errors import UserError
 from .outputs import check_output_dir
 from .store import convert
-
-
-def digit(text: str) -> int:
-    """--classes A B: an MNIST digit, 0 to 9."""
-    value = non_negative_int(text)
-    if value > 9:
-        raise argparse.ArgumentTypeError(f"must be a digit from 0 to 9, got {text}")
-    return value
 
 
 def build_parser() -> Parser:
@@ -27,27 +18,27 @@ def build_parser() -> Parser:
                description="Convert the MNIST IDX files of a class pair, once, into a store of uint8 rows on disk "
                            "(X.npy, y.npy, meta.json) that --backend dask reads lazily by chunk.")
     add_data_flags(p)
-    p.add_argument("--classes", nargs=2, type=digit, default=(3, 7), metavar=("A", "B"),
-                   help="the pair: two different digits (default: 3 7)")
+    p.add_argument("--classes", nargs="+", type=number(0, 9), default=[3, 7], metavar="C",
+                   help="2 to 10 different digits, in label order (default: 3 7)")
     p.add_argument("--out", required=True, metavar="DIR", help="the store folder to create (must not exist)")
     p.add_argument("--rows", type=positive_int, metavar="N",
                    help="a larger synthetic-but-real set: N rows drawn with replacement from the real ones")
     p.add_argument("--max-shift", type=non_negative_int, default=2, metavar="K",
                    help="with --rows: move each drawn digit by up to K pixels in x and y, less than the image's "
                         "size (default: 2)")
-    p.add_argument("--seed", type=seed_int, default=0, help="with --rows: seed of the draw (default: 0)")
+    setting_flag(p, "seed", default=0, help="with --rows: seed of the draw (default: 0)")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.classes[0] == args.classes[1]:
-        raise UserError(f"--classes {args.classes[0]} {args.classes[1]}: give two different digits, e.g. 3 7")
+    if len(args.classes) < 2 or len(set(args.classes)) != len(args.classes):
+        raise UserError(f"--classes {' '.join(map(str, args.classes))}: give 2 to 10 different digits, e.g. 3 7")
     check_output_dir(args.out, "--out", {"--data-dir": args.data_dir or default_data_dir()})   # docs/outputs.md
     info = convert(args.data_dir, args.out, tuple(args.classes), rows=args.rows,
                    max_shift=args.max_shift if args.rows else 0, seed=args.seed, download=not args.no_download)
     size = info["n"] * int(np.prod(info["image_shape"]))
-    print(f"wrote {args.out}: {info['n']:,} rows of classes {info['classes'][0]} vs {info['classes'][1]} "
+    print(f"wrote {args.out}: {info['n']:,} rows of classes {' '.join(map(str, info['classes']))} "
           f"({size / 1e6:,.1f} MB of uint8 pixels); train on it with --backend dask --store {args.out}")
     return 0
 

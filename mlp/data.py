@@ -161,7 +161,7 @@ def _download(url: str, dest: Path, sha256: str, size: int, quiet: bool) -> Path
 @dataclass
 class Split:
     X: np.ndarray       # (N, D) float, normalised
-    y: np.ndarray       # (N,)  float64 in {0, 1}: 1 means classes[1]
+    y: np.ndarray       # (N,)  float64: the position of each row's class in the list of classes
     digits: np.ndarray  # (N,)  the original labels
     image_shape: tuple  # e.g. (28, 28)
 
@@ -170,7 +170,7 @@ class Split:
 class Dataset:
     train: Split
     test: Split
-    classes: tuple[int, int]
+    classes: tuple      # the labels, in label order: y == i means classes[i]
     image_shape: tuple[int, ...]
     data_dir: Path
 
@@ -188,19 +188,21 @@ def normalise(pixels, dtype="float64", *, mean: float = MNIST_MEAN, std: float =
     return x.astype(dtype, copy=False)
 
 
-def select_pair(images: np.ndarray, labels: np.ndarray, classes, name: str):
-    """Rows whose label is classes[0] or classes[1], in file order, and y = (label == classes[1])."""
-    a, b = classes
-    present = set(np.unique(labels).tolist())
-    for c in (a, b):
+def select_classes(images: np.ndarray, labels: np.ndarray, classes, name: str):
+    """Rows whose label is one of `classes`, in file order: (their images, y = the position of each
+    one's label in `classes` (float64; for two classes, 1 = the second), their labels)."""
+    present = np.unique(labels).tolist()
+    for c in classes:
         if c not in present:
-            shown = ", ".join(str(v) for v in sorted(present)[:20])
+            shown = ", ".join(str(v) for v in present[:20])
             raise DataError(f"class {c} is absent from {name} (labels present: {shown}); choose --classes among them")
-    keep = (labels == a) | (labels == b)
-    return images[keep], (labels[keep] == b).astype(np.float64), labels[keep]
+    keep = np.isin(labels, classes)
+    order = np.argsort(classes)
+    position = order[np.searchsorted(np.asarray(classes)[order], labels[keep])]
+    return images[keep], position.astype(np.float64), labels[keep]
 
 
-def load_split(images_path, labels_path, classes, dtype=np.float64) -> Split:
+def load_split(images_path, labels_path, classes, dtype=np.float64, *, mean=MNIST_MEAN, std=MNIST_STD) -> Split:
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim < 2:
         raise DataError(f"{images_path}: expected images (N, rows, cols), got shape {images.shape}; "
@@ -217,8 +219,8 @@ def load_split(images_path, labels_path, classes, dtype=np.float64) -> Split:
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{images_path} holds {images.shape[0]:,} images but {labels_path} holds "
                         f"{labels.shape[0]:,} labels; the two files do not belong together")
-    images, y, digits = select_pair(images, labels, classes, str(labels_path))
-    X = normalise(images, dtype)
+    images, y, digits = select_classes(images, labels, classes, str(labels_path))
+    X = normalise(images, dtype, mean=mean, std=std)
     if not np.isfinite(X).all():
         bad = int(np.count_nonzero(~np.isfinite(X).all(axis=1)))
         raise DataError(f"{images_path}: {bad:,} of {len(X):,} images hold NaN or inf values; fix or replace the file")
@@ -229,18 +231,25 @@ def load_split(images_path, labels_path, classes, dtype=np.float64) -> Split:
 
 
 def load_dataset(data_dir=None, classes=(3, 7), *, download: bool = True, quiet: bool = False,
-                 dtype=np.float64) -> Dataset:
-    """Train and test splits of the class pair, normalised, as host arrays."""
-    a, b = (int(c) for c in classes)
-    if a == b:
-        raise DataError(f"--classes {a} {b}: the two classes must differ")
+                 dtype=np.float64, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> Dataset:
+    """Train and test splits of the classes (a list of labels, or 'all': every label of the
+    training file), normalised with `mean` and `std`, as host arrays."""
+    if classes != "all":
+        classes = tuple(int(c) for c in classes)
+        if len(set(classes)) != len(classes) or len(classes) < 2:
+            raise DataError(f"--classes {' '.join(map(str, classes))}: give at least two different classes")
     paths = mnist_files(data_dir, download=download, quiet=quiet)
-    train = load_split(paths["train-images"], paths["train-labels"], (a, b), dtype)
-    test = load_split(paths["test-images"], paths["test-labels"], (a, b), dtype)
+    if classes == "all":
+        classes = tuple(np.unique(read_idx(paths["train-labels"])).tolist())
+        if len(classes) < 2:
+            raise DataError(f"--classes all: {paths['train-labels']} holds only the label {classes[0]}; a classifier "
+                            "needs at least two classes")
+    train = load_split(paths["train-images"], paths["train-labels"], classes, dtype, mean=mean, std=std)
+    test = load_split(paths["test-images"], paths["test-labels"], classes, dtype, mean=mean, std=std)
     if train.image_shape != test.image_shape:
         raise DataError(f"train images are {train.image_shape} but test images {test.image_shape}; "
                         "the files come from different data sets")
-    return Dataset(train=train, test=test, classes=(a, b), image_shape=train.image_shape,
+    return Dataset(train=train, test=test, classes=classes, image_shape=train.image_shape,
                    data_dir=Path(paths["train-images"]).parent)
 
 

@@ -7,31 +7,24 @@ floats in [0, 1]); y holds two labels, label 1 being classes_[1]. scikit-learn i
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 
 import numpy as np
 
 from mlp import backends
 
-from . import checkpoint, model
-from .checkpoint import RUN_KEYS
-from .checkpoint_meta import MAX_LABEL
-from .batches import batching
-from .cli import positive_float, positive_int, seed_int, threads_arg
+from . import checkpoint, model, settings
 from .data import MNIST_MEAN, MNIST_STD, Split, fingerprint, normalise
 from .errors import UserError
 from .images import scale_pixels
-from .loop import ENGINES, TrainState, fit, make_engine
-from .scoring import probabilities, size_threads
-from .train import DEFAULTS, batch_size_arg
+from .loop import ENGINES, Run
+from .scoring import outputs, threads_for
+from .settings import DEFAULTS, MAX_LABEL, RUN_KEYS
 
 PARAMS = ("hidden", "activation", "init", "lr", "epochs", "batch_size", "seed", "dtype", "backend", "device", "engine",
           "threads")
 CHOICES = {"activation": model.ACTIVATIONS, "init": (None, *model.INITS), "dtype": model.DTYPES, "engine": ENGINES,
            "backend": (None, *(b for b in backends.BACKENDS if b != "dask"))}   # Dask: the commands'
-CHECKS = {"hidden": positive_int, "epochs": positive_int, "lr": positive_float, "seed": seed_int,
-          "batch_size": batch_size_arg, "threads": threads_arg}                # the flags' own checks
 
 
 class MLPClassifier:
@@ -71,38 +64,33 @@ class MLPClassifier:
         """Train a new model on (X, y), from the seeded initial parameters, for `epochs` epochs."""
         cfg = self._settings()
         rows, shape = _rows(X)
-        classes, y01 = _binary_labels(y, len(rows))
+        classes, labels = _labels(y, len(rows))
         if cfg["batch_size"] != "full" and cfg["batch_size"] > len(rows):
             raise ValueError(f"batch_size={cfg['batch_size']} is larger than the {len(rows):,} rows of X; "
                              f"use at most {len(rows)} or 'full'")
         backend = backends.resolve(self.device, self.backend)
-        with _threads_refused(cfg["threads"]):   # sized as the commands size them: the same count, the same bits
-            backends.choose_threads(backend, batching(len(rows), cfg["batch_size"])[0], rows.shape[1], cfg["hidden"],
-                                    cfg["threads"])
-        state = TrainState.fresh(backend, cfg, rows.shape[1])
-        engine = make_engine(backend, self.engine, cfg, backend.asarray(rows, cfg["dtype"]),
-                             backend.asarray(y01, cfg["dtype"]))
-        fit(backend, engine, state, cfg["epochs"])
-        cfg["classes"] = _class_pair(classes)
-        config = {**{k: cfg[k] for k in RUN_KEYS}, "n_features": rows.shape[1],
-                  "image_shape": list(shape), "mean": MNIST_MEAN, "std": MNIST_STD, "n_train": len(rows),
-                  "val_split": 0.0, "data_fingerprint": fingerprint(Split(rows, y01, None, shape))}
-        meta = {"saved_on": str(backend), "target_epochs": cfg["epochs"], "engine": engine.name, "validation": None}
-        return self._fitted(state.to_checkpoint(backend, config, meta), classes)
+        cfg["classes"] = _whole_labels(classes) or list(range(len(classes)))
+        with _threads_refused(cfg["threads"]), Run(backend, cfg, backend.asarray(rows, cfg["dtype"]),
+                                                   backend.asarray(labels, cfg["dtype"]), engine=self.engine,
+                                                   threads=cfg["threads"]) as run:
+            run.fit(cfg["epochs"])
+        ckpt = run.checkpoint({"n_features": rows.shape[1], "image_shape": list(shape), "input": "pixels",
+                               "mean": MNIST_MEAN, "std": MNIST_STD, "n_train": len(rows), "val_split": 0.0,
+                               "data_fingerprint": fingerprint(Split(rows, labels, None, shape))}, validation=None)
+        self.saveable_ = _whole_labels(classes) is not None
+        return self._fitted(ckpt, classes)
 
     def predict_proba(self, X) -> np.ndarray:
-        """(n, 2): P(classes_[0]) and P(classes_[1]) for each row or image of X."""
+        """(n, K): the probability of each class of classes_ for each row or image of X."""
         backend, params, cfg = self._device_params()
-        rows, threads = _rows(X, cfg)[0], self._settings()["threads"]
-        with _threads_refused(threads):
-            size_threads(backend, len(rows), cfg, threads)
-        p = probabilities(backend, params, rows, cfg["activation"])
-        return np.stack([1 - p, p], axis=1)
+        rows = _rows(X, cfg)[0]
+        with _threads_refused(self.threads), threads_for(backend, len(rows), cfg, self._settings()["threads"]):
+            return outputs(backend, params, rows, cfg["activation"])["probs"]
 
     def predict(self, X) -> np.ndarray:
-        """The label of each row or image: classes_[1] where its probability is at least 0.5."""
-        label_1 = self.predict_proba(X)[:, 1] >= 0.5
-        return self.classes_[label_1.astype(int)]
+        """The class of each row or image: the one of highest probability."""
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
     def score(self, X, y) -> float:
         """Accuracy on (X, y): the fraction of labels that predict gets right (as mlp.evaluate counts)."""
@@ -111,7 +99,7 @@ class MLPClassifier:
     def save(self, path) -> None:
         """Write the fitted model as an mlp checkpoint (.npz), as mlp.train --save does."""
         self._check_fitted()
-        if self.checkpoint_.config["classes"] is None:
+        if not getattr(self, "saveable_", True):
             raise ValueError(f"save() keeps the labels as whole numbers >= 0 (as mlp.train --classes); these are "
                              f"{self.classes_.tolist()}: map them to such numbers before fit")
         checkpoint.save(path, self.checkpoint_)
@@ -127,14 +115,14 @@ class MLPClassifier:
         return est._fitted(ckpt, np.asarray(ckpt.config["classes"]))
 
     def _settings(self) -> dict:
-        """The hyper-parameters as a run's settings, each checked as its flag is."""
-        cfg = {}
+        """The hyper-parameters as a run's settings, each checked as its flag is (mlp.settings)."""
+        cfg = dict(DEFAULTS)
         for name in PARAMS:
             value = getattr(self, name)
             try:
-                cfg[name] = CHECKS[name](str(value)) if name in CHECKS else value
-            except argparse.ArgumentTypeError as exc:
-                raise ValueError(f"MLPClassifier({name}={value!r}): {exc}") from None
+                cfg[name] = settings.check(name, value) if name in settings.SETTINGS else value
+            except ValueError as exc:
+                raise ValueError(f"MLPClassifier({name}={value!r}): must be {exc}") from None
             if name in CHOICES and value not in CHOICES[name]:
                 raise ValueError(f"MLPClassifier({name}={value!r}): use one of {', '.join(map(repr, CHOICES[name]))}")
         cfg["init"] = cfg["init"] or model.default_init(cfg["activation"])
@@ -165,10 +153,10 @@ def _threads_refused(requested):
         raise ValueError(f"MLPClassifier(threads={requested!r}): {exc}") from None
 
 
-def _class_pair(classes) -> list | None:
+def _whole_labels(classes) -> list | None:
     """The labels as a checkpoint keeps them (as --classes: whole numbers >= 0), or None."""
-    pair = [int(c) for c in classes if classes.dtype.kind in "biuf" and float(c).is_integer() and 0 <= c <= MAX_LABEL]
-    return pair if len(pair) == 2 else None
+    labels = [int(c) for c in classes if classes.dtype.kind in "biuf" and float(c).is_integer() and 0 <= c <= MAX_LABEL]
+    return labels if len(labels) == len(classes) else None
 
 
 def _rows(X, cfg: dict | None = None) -> tuple[np.ndarray, tuple]:
@@ -188,16 +176,13 @@ def _rows(X, cfg: dict | None = None) -> tuple[np.ndarray, tuple]:
     return normalise(pixels, mean=cfg.get("mean", MNIST_MEAN), std=cfg.get("std", MNIST_STD)), X.shape[1:]
 
 
-def _binary_labels(y, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(the two classes, sorted; y as 0/1 floats, 1 = the second class)."""
+def _labels(y, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the classes, sorted; y as the position of each label among them, float64)."""
     y = np.asarray(y)
     y = y[:, 0] if y.ndim == 2 and y.shape[1] == 1 else y
     if y.shape != (n,):
         raise ValueError(f"y must hold one label per row of X ({n}), got shape {y.shape}")
-    classes = np.unique(y)
-    if len(classes) != 2:
-        shown = ", ".join(map(str, classes[:10].tolist())) + (", ..." if len(classes) > 10 else "")
-        raise ValueError(f"MLPClassifier is a binary classifier: y holds {len(classes)} classes ({shown}); "
-                         + ("fit it on rows of two classes" if len(classes) < 2 else
-                            "keep the rows of two of them (one model per pair of classes)"))
-    return classes, (y == classes[1]).astype(np.float64)
+    classes, positions = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"y holds {len(classes)} class; a classifier needs rows of at least two classes")
+    return classes, positions.astype(np.float64)

@@ -6,29 +6,31 @@ import numpy as np
 
 from mlp import backends
 
-from . import checkpoint
+from . import checkpoint, model
 from .cli import Parser, add_data_flags, add_device_flags, dask_options, positive_int, run
 from .data import data_paths, default_data_dir, load_dataset
 from .errors import UserError
-from .outputs import check_outputs
 from .plots import plot_format
 from .progress import fmt_loss
-from .scoring import score, size_threads
+from .scoring import score, threads_for
 from .summary import wrote
 
 
 def format_confusion(m: np.ndarray, classes) -> str:
-    a, b = classes
-    width = max(8, len(str(m.max())) + 2)
-    lines = [f"{'':>10}{'pred ' + str(a):>{width}}{'pred ' + str(b):>{width}}"]
-    for i, c in enumerate((a, b)):
-        lines.append(f"{'true ' + str(c):>10}{m[i, 0]:>{width}}{m[i, 1]:>{width}}")
+    """The K x K confusion matrix (a row per true class) and each class's accuracy (its recall)."""
+    width = max(8, len(str(m.max())) + 2, *(len(str(c)) + 7 for c in classes))
+    lines = [f"{'':>10}" + "".join(f"{'pred ' + str(c):>{width}}" for c in classes) + "    accuracy"]
+    for i, c in enumerate(classes):
+        total = m[i].sum()
+        shown = f"{m[i, i] / total:.2%}" if total else "n/a"
+        lines.append(f"{'true ' + str(c):>10}" + "".join(f"{v:>{width}}" for v in m[i]) + f"{shown:>12}")
     return "\n".join(lines)
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="python -m mlp.evaluate",
-               description="Evaluate a checkpoint on the test split of its class pair.")
+    p = Parser(prog="python -m mlp.evaluate", description="Evaluate a checkpoint on the test split of its classes.",
+               outputs=("--plot",), inputs={"--checkpoint": lambda a: [a.checkpoint],
+                                            "--data-dir": lambda a: data_paths(a.data_dir or default_data_dir())})
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .npz written by mlp.train --save")
     add_device_flags(p)
     add_data_flags(p)
@@ -41,34 +43,38 @@ def build_parser() -> Parser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().checked(argv)
     if args.plot:
-        check_outputs({"--plot": args.plot}, {"--checkpoint": args.checkpoint, **{
-            f"--data-dir's {p.name}": p for p in data_paths(args.data_dir or default_data_dir())}})
         plot_format(args.plot)
     ckpt = checkpoint.load(args.checkpoint)
     cfg = ckpt.config
+    if cfg["input"] != "pixels":
+        raise UserError(f"the checkpoint {args.checkpoint} was fitted by MLPClassifier on features as given, not on "
+                        "images; score it with MLPClassifier.score on the features it was fitted on")
     backend = backends.resolve(args.device, args.backend, dask_options(args))
-    data = load_dataset(args.data_dir, cfg["classes"], download=not args.no_download)
+    data = load_dataset(args.data_dir, cfg["classes"], download=not args.no_download, mean=cfg["mean"],
+                        std=cfg["std"])          # normalised as the model was trained
     split = getattr(data, args.split)
-    if split.X.shape[1] != cfg["n_features"]:
-        raise UserError(f"the checkpoint expects {cfg['n_features']} pixels per image, the data has "
-                        f"{split.X.shape[1]}; evaluate on the data set it was trained on")
-    size_threads(backend, len(split.y), cfg, args.threads)
-    params = {k: backend.asarray(v, cfg["dtype"]) for k, v in ckpt.params.items()}
-    result = score(backend, params, split.X, split.y, cfg["activation"])
-    a, b = cfg["classes"]
+    if list(data.image_shape) != cfg["image_shape"]:
+        raise UserError(f"the checkpoint expects images of {'x'.join(map(str, cfg['image_shape']))} pixels, the data "
+                        f"has {'x'.join(map(str, data.image_shape))}; evaluate on the data set it was trained on")
+    params = {k: backend.asarray(ckpt.params[k], cfg["dtype"]) for k in model.PARAM_NAMES}
+    with threads_for(backend, len(split.y), cfg, args.threads):
+        result = score(backend, params, split.X, split.y, cfg["activation"])
+    classes = cfg["classes"]
     print(f"checkpoint {args.checkpoint}: epoch {ckpt.epoch}, {cfg['hidden']} hidden {cfg['activation']}, "
           f"{cfg['dtype']}; {backend}")
+    labels = (f"classes {classes[0]} (label 0) vs {classes[1]} (label 1)" if len(classes) == 2
+              else f"{len(classes)} classes {' '.join(map(str, classes))}")
     print(f"{args.split} loss {fmt_loss(result['loss'])} | accuracy {result['accuracy']:.2%} "
-          f"({result['correct']}/{result['n']}) | classes {a} (label 0) vs {b} (label 1)")
-    print(format_confusion(result["confusion"], (a, b)))
+          f"({result['correct']}/{result['n']}) | {labels}")
+    print(format_confusion(result["confusion"], classes))
     if args.plot:
         from .plots import plot_misclassified
 
-        wrong = np.flatnonzero((result["probs"] >= 0.5) != (split.y == 1))
-        plot_misclassified(args.plot, split.X, split.digits, result["probs"], wrong, data.image_shape,
-                           (a, b), max_shown=args.max_shown)
+        wrong = np.flatnonzero(result["predicted"] != split.y.astype(np.int64))
+        plot_misclassified(args.plot, split.X, split.digits, result["probs"], result["predicted"], wrong,
+                           data.image_shape, classes, max_shown=args.max_shown)
         wrote(args.plot, f"{min(len(wrong), args.max_shown)} of {len(wrong)} misclassified digits")
     return 0
 

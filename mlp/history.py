@@ -40,12 +40,12 @@ def holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def validation_figures(backend, params, Xv, yv, activation: str) -> tuple[float, float]:
-    """(mean BCE, accuracy) on validation rows already on the device: one host round trip."""
+    """(mean cross-entropy, accuracy) on validation rows already on the device: one host round trip."""
     xp = backend.xp
-    _, _, z2 = model.forward(params, Xv, activation)
-    loss = model.bce_with_logits(z2, yv)
-    correct = xp.sum(xp.astype((z2 >= 0) == (yv > 0.5), z2.dtype))  # sigmoid(z2) >= 0.5 <=> z2 >= 0
-    loss, correct = backend.to_host(xp.stack([loss, correct])).astype(np.float64).tolist()
+    z2 = model.forward(params, Xv, activation)[2]                       # (n, K)
+    truth = xp.astype(xp.reshape(yv, (-1,)), xp.int64)
+    correct = xp.sum(xp.astype(model.predicted(z2) == truth, z2.dtype))
+    loss, correct = backend.to_host(xp.stack([model.mean_loss(z2, yv), correct])).astype(np.float64).tolist()
     return loss, correct / Xv.shape[0]
 
 

@@ -16,9 +16,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import model
+from mlp import backends
+
+from . import model, settings
 from .batches import batch_rows, batching, is_full_batch
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, optimiser
 from .errors import RECEIVED_SIGNALS, ClusterLost, DivergedError, Signalled, StepStopped, UserError
 
 ENGINES = ("auto", "eager", "compiled")
@@ -28,7 +30,7 @@ ENGINES = ("auto", "eager", "compiled")
 class TrainState:
     """Where a run stands: the parameters (on the device), the host generator and the position."""
 
-    params: dict                       # on the device
+    params: dict                       # on the device: the parameters and the optimiser's slots
     rng: np.random.Generator           # host generator: init, then one permutation per epoch
     epoch: int = 0                     # completed epochs
     step: int = 0                      # completed steps
@@ -39,16 +41,20 @@ class TrainState:
     partial_epoch_seconds: float = 0.0
 
     @classmethod
-    def fresh(cls, backend, cfg: dict, n_features: int) -> TrainState:
+    def fresh(cls, backend, cfg: dict, n_features: int, params: dict | None = None) -> TrainState:
         """A new run: parameters drawn on the host from the seeded generator (the same on every
-        backend), then moved to the device in the run's dtype."""
+        backend), or the host `params` given (a warm start), moved to the device in the run's
+        dtype; the optimiser's slots start at zero. `cfg`: settings.DEFAULTS for what it leaves out."""
+        cfg = {**settings.DEFAULTS, **cfg}
         rng = np.random.default_rng(cfg["seed"])
-        host = model.init_params(n_features, cfg["hidden"], rng, init=cfg["init"], activation=cfg["activation"])
-        return cls(params={k: backend.asarray(v, cfg["dtype"]) for k, v in host.items()}, rng=rng)
+        host = params or model.init_params(n_features, cfg["hidden"], rng, init=cfg["init"],
+                                           activation=cfg["activation"], n_out=model.outputs(len(cfg["classes"])))
+        params = {k: backend.asarray(host[k], cfg["dtype"]) for k in model.PARAM_NAMES}
+        return cls(params={**params, **optimiser(cfg).slots(params)}, rng=rng)
 
     @classmethod
     def from_checkpoint(cls, backend, ckpt: Checkpoint) -> TrainState:
-        """The state a checkpoint holds, its parameters on the device in its dtype."""
+        """The state a checkpoint holds, its parameters (and slots) on the device in its dtype."""
         rng = np.random.default_rng()
         rng.bit_generator.state = ckpt.rng_state
         return cls(params={k: backend.asarray(v, ckpt.config["dtype"]) for k, v in ckpt.params.items()}, rng=rng,
@@ -133,8 +139,9 @@ class EagerEngine:
     name = "eager"
     segment = 1
 
-    def __init__(self, backend, step, X, y, batch: int):
-        self.backend, self.step, self.X, self.y, self.batch = backend, step, X, y, batch
+    def __init__(self, backend, step, X, y, batch: int, w=None):
+        self.backend, self.step, self.batch = backend, step, batch
+        self.rows = (X, y) if w is None else (X, y, w)   # what a step takes of each row: features, label, weight
         self.n = X.shape[0]
         self.perm = None
 
@@ -146,38 +153,85 @@ class EagerEngine:
         losses = []                                   # 0-d, on the device: no sync per step
         for i in range(first, last):
             if self.perm is None:
-                Xb, yb = self.X, self.y
+                batch = self.rows
             else:
                 rows = self.perm[batch_rows(i, self.batch, self.n)]
-                Xb, yb = xp.take(self.X, rows, axis=0), xp.take(self.y, rows, axis=0)
-            params, loss = self.step(params, Xb, yb)
+                batch = [xp.take(a, rows, axis=0) for a in self.rows]
+            params, loss = self.step(params, *batch)
             losses.append(loss)
         return params, xp.stack(losses)
 
 
-def make_engine(backend, name: str, cfg: dict, X, y) -> Engine:
-    """The engine `name` ('auto', 'eager' or 'compiled') for this backend and run; `cfg` gives
-    batch_size, lr and activation.
+def make_engine(backend, name: str, cfg: dict, X, y, w=None) -> Engine:
+    """The engine `name` ('auto', 'eager' or 'compiled') for this backend and run: steps of the
+    optimiser of `cfg` (settings.DEFAULTS for what it leaves out) on the rows X, labels y and row
+    weights w (None: every row counts once).
 
     'auto' is the compiled engine where the backend has one that pays for its compiling, else
     eager (torch on the CPU: compiling takes longer than a usual run saves). Asking for
     'compiled' where there is none is a UserError. The labels are checked here, once (the steps
-    leave that to their caller: see model.loss_and_grads); on Dask the workers make them 0/1."""
+    leave that to their caller: see model.loss_and_grads); on Dask the workers make them."""
     if name not in ENGINES:
         raise UserError(f"unknown engine {name!r}: use one of {', '.join(ENGINES)}")
+    cfg = {**settings.DEFAULTS, **cfg}
     batch, _ = batching(X.shape[0], cfg["batch_size"])
     compiled = backend.compiled_engine
     if name == "compiled" and compiled is None:
         raise UserError(f"--engine compiled: the {backend.name} backend on {backend.device} has no compiled "
                         f"engine; use --engine eager (or auto), or a backend that has one")
+    opt = optimiser(cfg)
     dask = getattr(backend, "eager_engine", None)   # Dask: a step is chunk tasks on the cluster
     if dask is not None:
-        return dask(backend, X, y, batch, lr=cfg["lr"], activation=cfg["activation"])
-    model.check_binary(y)
-    step = functools.partial(model.train_step, lr=cfg["lr"], activation=cfg["activation"])
+        return dask(backend, X, y, batch, opt=opt, activation=cfg["activation"], alpha=cfg["alpha"])
+    model.check_labels_fit(y, model.outputs(len(cfg["classes"])))
+    step = functools.partial(model.train_step, opt=opt, activation=cfg["activation"], alpha=cfg["alpha"])
     if compiled is not None and (name == "compiled" or name == "auto" and backend.auto_compiles):
-        return compiled(step, X, y, batch)
-    return EagerEngine(backend, step, X, y, batch)
+        return compiled(step, X, y, batch, w=w)
+    return EagerEngine(backend, step, X, y, batch, w)
+
+
+class Run:
+    """One training run, the one way `mlp.train` and `MLPClassifier` set one up: its settings
+    `cfg` (mlp.settings), rows X (N, D), labels y (N,) and row weights w on the backend, and its
+    state (TrainState.fresh when None). Inside `with`, the CPU thread pools are sized for it
+    (backends.thread_limits; put back as they were after) and `engine` is its Engine; `fit`
+    trains it; `checkpoint` is the run as a Checkpoint."""
+
+    def __init__(self, backend, cfg: dict, X, y, w=None, *, state: TrainState | None = None, engine: str = "auto",
+                 threads="auto"):
+        self.backend, self.cfg, self.arrays, self.engine_name = backend, cfg, (X, y, w), engine
+        self.state = state or TrainState.fresh(backend, cfg, X.shape[1])
+        self.threads, self.engine = threads, None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Run:
+        X, y, w = self.arrays
+        batch = batching(X.shape[0], self.cfg["batch_size"])[0]
+        self.threads = self._stack.enter_context(backends.thread_limits(self.backend, batch, X.shape[1],
+                                                                        self.cfg["hidden"], self.threads))
+        self.engine = make_engine(self.backend, self.engine_name, self.cfg, X, y, w)
+        self._stack.callback(self.close_engine)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def fit(self, epochs: int, **kwargs) -> TrainState:
+        """Train until `epochs` epochs are complete (`fit`'s progress, on_epoch_end and stop)."""
+        return fit(self.backend, self.engine, self.state, epochs, **kwargs)
+
+    def close_engine(self) -> None:
+        """Release what the engine holds beyond its arrays (CUDA graphs and their memory)."""
+        getattr(self.engine, "close", lambda: None)()
+
+    def checkpoint(self, data: dict, **meta) -> Checkpoint:
+        """The run as a Checkpoint: its settings and `data` (n_features, image_shape, input, mean,
+        std, n_train, val_split, data_fingerprint) as its config, `meta` beside the device, the
+        engine, the threads and the target epochs."""
+        config = {**{k: self.cfg[k] for k in settings.RUN_KEYS}, **data}
+        return self.state.to_checkpoint(self.backend, config, {
+            "saved_on": str(self.backend), "target_epochs": self.cfg["epochs"], "engine": self.engine.name,
+            "threads": self.threads, **meta})
 
 
 # ----------------------------------------------------------------------------- the loop

@@ -102,7 +102,7 @@ def plot_losses(path, losses, steps_per_epoch: int, title: str, rows=(), test_ac
                 color="tab:green", label="validation loss")
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("binary cross-entropy")
+    ax.set_ylabel("cross-entropy")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     if val:
@@ -125,8 +125,9 @@ def _probability(p: float) -> str:
     return f"{p:.1e}" if p < 0.01 else f"{p:.4f}" if p > 0.99 else f"{p:.2f}"
 
 
-def plot_misclassified(path, X, digits, probs, wrong, image_shape, classes, *, max_shown: int = 64) -> None:
-    """A grid of misclassified images, each titled "true 7, predicted 3, P(7)=0.03"."""
+def plot_misclassified(path, X, digits, probs, predicted, wrong, image_shape, classes, *, max_shown: int = 64) -> None:
+    """A grid of misclassified images, each titled "true 7, predicted 3, P(3)=0.97" (the probability
+    of the class predicted)."""
     plt = pyplot()
     shown = wrong[:max_shown]
     cols = max(1, min(8, len(shown)))
@@ -136,9 +137,11 @@ def plot_misclassified(path, X, digits, probs, wrong, image_shape, classes, *, m
         ax.axis("off")
     for ax, i in zip(axes.flat, shown):
         ax.imshow(X[i].reshape(image_shape), cmap="gray")
-        predicted = classes[1] if probs[i] >= 0.5 else classes[0]
-        ax.set_title(f"true {digits[i]}, predicted {predicted},\nP({classes[1]})={_probability(probs[i])}", fontsize=7)
+        label = classes[predicted[i]]
+        ax.set_title(f"true {digits[i]}, predicted {label},\nP({label})={_probability(probs[i, predicted[i]])}",
+                     fontsize=7)
     if not len(shown):
         axes[0, 0].text(0.5, 0.5, "no misclassified digits", ha="center", va="center")
-    fig.suptitle(f"{len(wrong)} misclassified ({classes[0]} vs {classes[1]}), {len(shown)} shown", fontsize=9)
+    which = f"{classes[0]} vs {classes[1]}" if len(classes) == 2 else f"{len(classes)} classes"
+    fig.suptitle(f"{len(wrong)} misclassified ({which}), {len(shown)} shown", fontsize=9)
     save_figure(fig, path)

@@ -10,14 +10,13 @@ import numpy as np
 
 from mlp import backends
 
-from . import checkpoint
+from . import checkpoint, model
 from .cli import Parser, add_device_flags, dask_options, run
-from .data import MNIST_MEAN, MNIST_STD, normalise
+from .data import normalise
 from .errors import UserError
 from .files import atomic_write
 from .images import load_image, looks_wrong, scale_pixels
-from .scoring import probabilities, size_threads
-from .outputs import check_outputs
+from .scoring import outputs, threads_for
 from .summary import wrote
 
 #: the files a directory given as IMAGE contributes (others in it are left alone)
@@ -83,21 +82,24 @@ def probability(p) -> str:
     return f"{float(p):.4f}" if p >= 1e-3 else f"{float(p):.2g}"
 
 
-def write_csv(path, names, probs, classes) -> None:
-    """UTF-8; a file name that is not valid UTF-8 is written as its own bytes (surrogateescape),
-    so that the name in the CSV is the name on disk (`os.fsencode` of it)."""
-    a, b = classes
+def write_csv(path, names, probs, predicted, classes) -> None:
+    """UTF-8, a row per image: its name, the probability of each class, the class predicted. A file
+    name that is not valid UTF-8 is written as its own bytes (surrogateescape), so that the name in
+    the CSV is the name on disk (`os.fsencode` of it). Two classes keep the one column P(B)."""
+    shown = classes[1:] if len(classes) == 2 else classes
     with atomic_write(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["input", f"p_{b}", "predicted"])
-        for name, p in zip(names, probs):
-            writer.writerow([name, f"{float(p):.6g}", b if p >= 0.5 else a])
+        writer.writerow(["input", *(f"p_{c}" for c in shown), "predicted"])
+        for name, p, k in zip(names, probs, predicted):
+            writer.writerow([name, *(f"{float(v):.6g}" for v in p[-len(shown):]), classes[k]])
     wrote(path, f"{len(names)} rows")
 
 
 def build_parser() -> Parser:
     p = Parser(prog="python -m mlp.predict",
-               description="Print P(class B) for each image, with the model in a checkpoint.")
+               description="Print the class of each image and its probability, with the model in a checkpoint.",
+               outputs=("--csv",), inputs={"--checkpoint": lambda a: [a.checkpoint],
+                                          "IMAGE": lambda a: expand_inputs(a.images)})
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a .npz written by mlp.train --save")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="PNG/JPEG (8-bit grayscale) or .npy files, directories of them, or a stacked .npy "
@@ -107,39 +109,38 @@ def build_parser() -> Parser:
                         "default: refuse them")
     p.add_argument("--invert", action="store_true", help="invert the pixels (for a dark digit on a light background)")
     p.add_argument("--csv", metavar="PATH",
-                   help="write one row per image (input, P(B), predicted class) to PATH, and print only a count")
+                   help="write one row per image (input, the probability of each class (of the second of two), "
+                        "predicted class) to PATH, and print only a count")
     add_device_flags(p)
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.csv:
-        check_outputs({"--csv": args.csv}, {"--checkpoint": args.checkpoint,
-                                            **{f"IMAGE {p}": p for p in expand_inputs(args.images)}})
+    args = build_parser().checked(argv)
     ckpt = checkpoint.load(args.checkpoint)
     cfg = ckpt.config
-    shape = tuple(cfg.get("image_shape") or (int(cfg["n_features"]),))
-    if int(np.prod(shape)) != cfg["n_features"]:
-        raise UserError(f"checkpoint {args.checkpoint}: image shape {shape} does not match its "
-                        f"{cfg['n_features']} features; the file is corrupt")
+    if cfg["input"] != "pixels":
+        raise UserError(f"the checkpoint {args.checkpoint} was fitted by MLPClassifier on features as given, not on "
+                        "images; predict with MLPClassifier.predict on such features")
+    shape = tuple(cfg["image_shape"])
     names, X = collect(args.images, shape, resize=args.resize, invert=args.invert)
     if not names:
         raise UserError(f"no images to predict: {', '.join(map(str, args.images))[:200]} "
                         "holds none (an empty stack of shape (0, ...)?); give at least one image")
-    X = normalise(X, mean=cfg.get("mean", MNIST_MEAN), std=cfg.get("std", MNIST_STD))   # pixels in [0, 1]
+    X = normalise(X, mean=cfg["mean"], std=cfg["std"])   # pixels in [0, 1], as the model was trained
     backend = backends.resolve(args.device, args.backend, dask_options(args))
-    size_threads(backend, len(X), cfg, args.threads)
-    params = {k: backend.asarray(v, cfg["dtype"]) for k, v in ckpt.params.items()}
-    probs = probabilities(backend, params, X, cfg["activation"])
-    a, b = cfg["classes"]
+    params = {k: backend.asarray(ckpt.params[k], cfg["dtype"]) for k in model.PARAM_NAMES}
+    with threads_for(backend, len(X), cfg, args.threads):
+        out = outputs(backend, params, X, cfg["activation"])
+    probs, predicted, classes = out["probs"], out["predicted"], cfg["classes"]
     if args.csv:
-        write_csv(args.csv, names, probs, (a, b))
-        n_b = int(np.sum(probs >= 0.5))
-        print(f"{len(names)} images: {len(names) - n_b} predicted {a}, {n_b} predicted {b}")
+        write_csv(args.csv, names, probs, predicted, classes)
+        counts = np.bincount(predicted, minlength=len(classes))
+        print(f"{len(names)} images: " + ", ".join(f"{n} predicted {c}" for c, n in zip(classes, counts)))
         return 0
-    for name, p in zip(names, probs):
-        print(f"{name}: P({b}) = {probability(p)} -> {b if p >= 0.5 else a}")
+    for name, p, k in zip(names, probs, predicted):
+        shown = f"P({classes[1]}) = {probability(p[1])}" if len(classes) == 2 else f"P = {probability(p[k])}"
+        print(f"{name}: {shown} -> {classes[k]}")
     return 0
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from .data import fingerprint, mnist_files
 from .errors import UserError
-from .store import idx_rows, open_store, store_fingerprint
+from .store import FILES as STORE_FILES, idx_rows, open_store, store_fingerprint  # noqa: F401
 
 
 def open_training_store(path, classes) -> tuple:

@@ -1,62 +1,53 @@
-"""Scoring a trained model on held-out rows: loss, accuracy, confusion matrix (a library module:
-`mlp.train` and `mlp.evaluate` both use it)."""
+"""Scoring a trained model on held-out rows: loss, accuracy, confusion matrix, probabilities (a
+library module: `mlp.train`, `mlp.evaluate`, `mlp.predict` and the estimator use it)."""
 
 import numpy as np
 
-from mlp import backends
-
 from . import model
-
 
 CHUNK_ROWS = 65_536   # rows per device call when scoring or predicting: bounds the device memory
 
 
-def size_threads(backend, n_rows: int, config: dict, requested="auto"):
-    """Size the CPU thread pools for scoring or predicting `n_rows` rows with a model of `config`
-    (the thread policy, from the rows of one device call); the count, or None off the CPU."""
-    return backends.choose_threads(backend, min(n_rows, CHUNK_ROWS), config["n_features"], config["hidden"],
-                                   requested)
+def threads_for(backend, n_rows: int, config: dict, requested="auto"):
+    """The CPU thread pools sized for scoring or predicting `n_rows` rows with a model of `config`
+    (backends.thread_limits, from the rows of one device call): a context manager."""
+    from mlp import backends
+
+    return backends.thread_limits(backend, min(n_rows, CHUNK_ROWS), config["n_features"], config["hidden"], requested)
+
+
+def outputs(backend, params, X, activation, y=None, *, chunk: int = CHUNK_ROWS) -> dict:
+    """For the host rows X (already normalised) and the model `params` on the backend, in chunks
+    of rows to bound memory: 'probs' (n, C) and 'predicted' (n,) labels; with labels y, also
+    the mean cross-entropy 'loss'."""
+    dtype = "float32" if "float32" in str(params["w1"].dtype) else "float64"
+    n, total = X.shape[0], 0.0
+    probs, predicted = [], []
+    for start in range(0, n, chunk):
+        z2 = model.forward(params, backend.asarray(X[start:start + chunk], dtype), activation)[2]   # (rows, K)
+        probs.append(backend.to_host(model.probabilities(z2)))
+        predicted.append(backend.to_host(model.predicted(z2)))
+        if y is not None:
+            yc = backend.asarray(y[start:start + chunk], dtype)
+            total += float(backend.to_host(model.mean_loss(z2, yc))) * z2.shape[0]
+    out = {"probs": np.concatenate(probs).astype(np.float64), "predicted": np.concatenate(predicted).astype(np.int64)}
+    if y is not None:
+        out["loss"] = total / n
+    return out
 
 
 def score(backend, params, X, y, activation, *, chunk: int = CHUNK_ROWS) -> dict:
-    """Mean BCE, accuracy and P(label 1) over (X, y), in chunks of rows to bound memory.
-
-    X and y are host arrays; params live on the backend's device."""
-    xp = backend.xp
-    n = X.shape[0]
-    total_loss = 0.0
-    probs = np.empty(n, dtype=np.float64)
-    dtype = _dtype_name(params["w1"])
-    for start in range(0, n, chunk):
-        Xc = backend.asarray(X[start:start + chunk], dtype)
-        yc = backend.asarray(y[start:start + chunk].reshape(-1, 1), dtype)
-        _, _, z2 = model.forward(params, Xc, activation)
-        total_loss += float(backend.to_host(model.bce_with_logits(z2, yc))) * Xc.shape[0]
-        probs[start:start + chunk] = backend.to_host(xp.reshape(model.sigmoid(z2), (-1,)))
-    predicted = (probs >= 0.5).astype(np.float64)
-    return {
-        "loss": total_loss / n,
-        "accuracy": float(np.mean(predicted == y)),
-        "correct": int(np.sum(predicted == y)),
-        "n": int(n),
-        "probs": probs,
-        "confusion": confusion_matrix(y, predicted),
-    }
+    """Mean cross-entropy, accuracy, the confusion matrix and the probabilities over (X, y)."""
+    out = outputs(backend, params, X, activation, y, chunk=chunk)
+    truth = y.astype(np.int64)
+    correct = int(np.sum(out["predicted"] == truth))
+    n_classes = out["probs"].shape[1]
+    return {**out, "accuracy": correct / len(y), "correct": correct, "n": len(y),
+            "confusion": confusion_matrix(truth, out["predicted"], n_classes)}
 
 
-def probabilities(backend, params, X, activation, *, chunk: int = CHUNK_ROWS) -> np.ndarray:
-    """P(label 1) of each host row of X (already normalised), in chunks of rows to bound memory."""
-    dtype = _dtype_name(params["w1"])
-    return np.concatenate([backend.to_host(model.predict_proba(params, backend.asarray(X[i:i + chunk], dtype),
-                                                               activation)) for i in range(0, len(X), chunk)])
-
-
-def _dtype_name(array) -> str:
-    return "float32" if "float32" in str(array.dtype) else "float64"
-
-
-def confusion_matrix(y, predicted) -> np.ndarray:
-    """2x2 counts: rows are the true class (A, B), columns the predicted class (A, B)."""
-    m = np.zeros((2, 2), dtype=np.int64)
+def confusion_matrix(y, predicted, n_classes: int = 2) -> np.ndarray:
+    """K x K counts: rows are the true class, columns the predicted class (in label order)."""
+    m = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(m, (y.astype(int), predicted.astype(int)), 1)
     return m

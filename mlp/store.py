@@ -3,7 +3,7 @@
 A *store* is a folder written once by `python -m mlp.convert`:
 
     X.npy      uint8 (N, D)  the pixels as the IDX file holds them (1 byte per pixel)
-    y.npy      uint8 (N,)    1 where the digit is classes[1], else 0
+    y.npy      uint8 (N,)    the position of each row's class in `classes` (for two: 1 = classes[1])
     meta.json  format, classes, image shape, row count, how it was made
 
 A `.npy` file is a small header followed by the rows in C order, so a chunk of rows is one
@@ -27,13 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint_meta import MAX_COUNT, MAX_DIM, MAX_LABEL
-from .data import mnist_files, read_idx, select_pair
+from . import settings
+from .data import mnist_files, read_idx, select_classes
+from .settings import MAX_COUNT, MAX_DIM
 from .errors import DataError, UserError
 from .files import check_input_file, process_alive
 from .npz import read_npy_header
 
 FORMAT = "mlp-rows/1"
+FILES = ("X.npy", "y.npy", "meta.json")
 BLOCK_ROWS = 65_536          # rows written at a time: bounded memory however large the store
 LABEL_BLOCK = 1 << 24        # labels checked at a time (16 MB)
 MAX_META_BYTES = 1 << 16
@@ -85,15 +87,15 @@ class NpyRows:
 
 @functools.lru_cache(maxsize=2)
 def _pair_rows(images_path: str, labels_path: str, classes: tuple, mtime: float):
-    """The class pair's uint8 images (N, D) and labels (N,) (0/1), read once per process."""
+    """The classes' uint8 images (N, D) and labels (N,) (class positions), read once per process."""
     images, labels = read_idx(images_path), read_idx(labels_path)
-    images, y, _ = select_pair(images, labels, classes, labels_path)
+    images, y, _ = select_classes(images, labels, classes, labels_path)
     return np.ascontiguousarray(images.reshape(images.shape[0], -1)), y.astype(np.uint8)
 
 
 class IdxRows:
-    """The class pair's rows of an IDX images file (`part='X'`, uint8 (N, D)) or its 0/1
-    labels (`part='y'`, uint8 (N,)). The files are read once per process on first use."""
+    """The classes' rows of an IDX images file (`part='X'`, uint8 (N, D)) or their labels
+    (`part='y'`, uint8 (N,)). The files are read once per process on first use."""
 
     def __init__(self, images_path, labels_path, classes, part: str, shape):
         self.images_path, self.labels_path = str(images_path), str(labels_path)
@@ -109,7 +111,7 @@ class IdxRows:
 
 
 def idx_rows(images_path, labels_path, classes) -> tuple[IdxRows, IdxRows]:
-    """(X, y) lazy rows of a class pair in IDX files (reads them here once, for the shape)."""
+    """(X, y) lazy rows of the classes in IDX files (reads them here once, for the shape)."""
     X, y = _pair_rows(str(images_path), str(labels_path), tuple(int(c) for c in classes),
                       os.path.getmtime(images_path))
     return (IdxRows(images_path, labels_path, classes, "X", X.shape),
@@ -121,7 +123,8 @@ def idx_rows(images_path, labels_path, classes) -> tuple[IdxRows, IdxRows]:
 
 def open_store(folder, classes=None) -> tuple[NpyRows, NpyRows, dict]:
     """(X, y, meta) of a store folder, every part checked before use: meta.json field by field, X and
-    y against it, and the labels (each 0 or 1, both present). `classes`, when given, must be the store's."""
+    y against it, and the labels (one per class, each class present). `classes`, when given, must be
+    the store's."""
     folder = Path(folder)
     meta = read_meta(folder)
     X, y = NpyRows(folder / "X.npy"), NpyRows(folder / "y.npy")
@@ -133,9 +136,9 @@ def open_store(folder, classes=None) -> tuple[NpyRows, NpyRows, dict]:
                         "convert the data again")
     check_labels(y, folder, meta["classes"])
     if classes is not None and tuple(meta["classes"]) != tuple(classes):
-        a, b = meta["classes"]
-        raise UserError(f"the store {folder} holds classes {a} vs {b}, the run asks for {classes[0]} vs {classes[1]}; "
-                        f"use --classes {a} {b}, or convert the pair you want")
+        held, asked = " ".join(map(str, meta["classes"])), " ".join(map(str, classes))
+        raise UserError(f"the store {folder} holds the classes {held}, the run asks for {asked}; "
+                        f"use --classes {held}, or convert the classes you want")
     return X, y, meta
 
 
@@ -171,10 +174,11 @@ def read_meta(folder: Path) -> dict:
     for field in ("n", "n_features"):
         if not _whole(meta.get(field), 1):
             raise bad(field, "a whole number of at least 1")
-    classes = meta.get("classes")
-    if not (isinstance(classes, list) and len(classes) == 2 and all(_whole(c, 0, MAX_LABEL) for c in classes)
-            and classes[0] != classes[1]):
-        raise bad("classes", "two different labels (whole numbers from 0)")
+    try:
+        if len(settings.check("classes", meta.get("classes"))) > 256:
+            raise ValueError("at most 256 classes (a store's labels are bytes)")
+    except ValueError as exc:
+        raise bad("classes", str(exc)) from None
     shape = meta.get("image_shape")
     if not (isinstance(shape, list) and 1 <= len(shape) <= 2 and all(_whole(s, 1, MAX_DIM) for s in shape)
             and int(np.prod(shape)) == meta["n_features"]):
@@ -186,18 +190,20 @@ def read_meta(folder: Path) -> dict:
 
 
 def check_labels(y: NpyRows, folder, classes) -> None:
-    """Every label 0 or 1 and both present (read in blocks: bounded memory however large the store)."""
+    """Every label the position of a class, and each class present (read in blocks: bounded
+    memory however large the store)."""
     counts = np.zeros(256, dtype=np.int64)
     for start in range(0, y.shape[0], LABEL_BLOCK):
         counts += np.bincount(y[start:start + LABEL_BLOCK], minlength=256)
-    other = np.flatnonzero(counts[2:])
+    K = len(classes)
+    other = np.flatnonzero(counts[K:])
     if other.size:
-        raise DataError(f"{folder}/y.npy holds the label {other[0] + 2} ({counts[other[0] + 2]:,} rows); a store's "
-                        f"labels are 0 (class {classes[0]}) and 1 (class {classes[1]}) only: convert the data again")
-    for label in (0, 1):
+        raise DataError(f"{folder}/y.npy holds the label {other[0] + K} ({counts[other[0] + K]:,} rows); a store of "
+                        f"{K} classes holds the labels 0 to {K - 1} only: convert the data again")
+    for label in range(K):
         if counts[label] == 0:
             raise DataError(f"{folder}/y.npy holds no row of class {classes[label]} (label {label}); a store needs "
-                            "both classes: convert the data again")
+                            "every class: convert the data again")
 
 
 def store_fingerprint(folder) -> str:
@@ -290,7 +296,7 @@ def convert(data_dir, out, classes=(3, 7), *, rows: int | None = None, max_shift
     with `rows`, that many rows resampled from them with shifts of up to `max_shift` pixels."""
     paths = mnist_files(data_dir, download=download, quiet=True)
     images, labels = read_idx(paths["train-images"]), read_idx(paths["train-labels"])
-    images, y, _ = select_pair(images, labels, tuple(classes), str(paths["train-labels"]))
+    images, y, _ = select_classes(images, labels, tuple(classes), str(paths["train-labels"]))
     y = y.astype(np.uint8)
     n_features = int(np.prod(images.shape[1:]))
     if rows is not None and max_shift >= min(images.shape[1:]):

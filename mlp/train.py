@@ -1,7 +1,7 @@
-"""`python -m mlp.train`: train the two-layer MLP on an MNIST class pair (default 3 vs 7).
+"""`python -m mlp.train`: train the two-layer MLP on MNIST classes (default 3 vs 7; any 2 to 10).
 
-The data goes to the device once; the steps are mlp.loop's; the files are written at the end,
-on Ctrl-C and every --checkpoint-every epochs.
+The data goes to the device once; the run is mlp.loop's `Run` (as MLPClassifier's); the files
+are written at the end, on Ctrl-C and every --checkpoint-every epochs.
 """
 
 import os
@@ -9,69 +9,58 @@ import signal
 import sys
 import tempfile
 import warnings
+from pathlib import Path
 
 from mlp import backends
 
 from . import checkpoint, model
-from .checkpoint import RUN_KEYS, Checkpoint
-from .checkpoint_meta import MAX_COUNT, MAX_DIM, MAX_LABEL
-from .cli import (EXIT_CLUSTER_LOST, Parser, add_data_flags, add_device_flags, bounded_int, dask_options, exit_code,
-                  positive_float, positive_int, run, seed_int, val_fraction)
+from .checkpoint import Checkpoint
+from .cli import (EXIT_CLUSTER_LOST, Parser, add_data_flags, add_device_flags, classes_arg, dask_options, exit_code,
+                  positive_int, run, setting_flag)
 from .data import MNIST_MEAN, MNIST_STD, data_paths, default_data_dir, load_dataset
 from .errors import CheckpointError, ClusterLost, DivergedError, UserError
 from .files import write_failure
 from .history import EarlyStopped, History, holdout, resolve_val_split
 from .batches import batching
-from .loop import ENGINES, Interrupted, StopOnSignals, TrainState, fit, make_engine, params_finite
-from .outputs import check_outputs
+from .loop import ENGINES, Interrupted, Run, StopOnSignals, TrainState, params_finite
 from .plots import plot_format
 from .progress import Progress, epoch_train_loss, fmt_loss
 from .saver import Saver
-from .rows import open_training_store, training_arrays
+from .rows import STORE_FILES, open_training_store, training_arrays
 from .runlog import EpochLog
 from .scoring import score
+from .settings import DEFAULTS, OPTIMISER, RUN_KEYS, flag, optimiser_conflicts
 from .summary import continue_command, metrics, summary_line, write_loss_plot, write_metrics, wrote
-
-#: what a plain `python -m mlp.train` does (the README shows what it reaches); init None: model.default_init
-DEFAULTS = {"hidden": 128, "activation": "relu", "init": None, "lr": 0.1, "batch_size": 64, "seed": 0,
-            "dtype": "float32", "classes": (3, 7), "epochs": 10}
-
-
-def batch_size_arg(text: str):
-    return "full" if text.strip().lower() == "full" else bounded_int(1, MAX_COUNT)(text)
 
 
 def build_parser() -> Parser:
-    d = DEFAULTS
     p = Parser(
         prog="python -m mlp.train",
-        description="Train a two-layer MLP, written by hand, to tell two MNIST digits apart "
-                    "(label 1 = the second class). Model settings left out are taken from --resume's "
-                    "checkpoint, else from the defaults shown.",
+        description="Train a two-layer MLP, written by hand, to tell MNIST digits apart (two, with label 1 = the "
+                    "second class, or up to ten). Model settings left out are taken from --resume's checkpoint, "
+                    "else from the defaults shown.",
+        outputs=("--save", "--save-best", "--metrics-json", "--plot", "--log"), in_place=(("--save", "--resume"),),
+        inputs={"--resume": lambda a: [a.resume], "--data-dir": lambda a: data_paths(a.data_dir or default_data_dir()),
+                "--store": lambda a: [Path(a.store) / f for f in STORE_FILES] if a.store else []},
     )
     add_device_flags(p)
     add_data_flags(p)
-    g = p.add_argument_group("model and optimiser")
-    g.add_argument("--classes", nargs=2, type=bounded_int(0, MAX_LABEL), metavar=("A", "B"),
-                   help=f"the two digits; label 1 = B (default: {d['classes'][0]} {d['classes'][1]})")
-    g.add_argument("--hidden", type=bounded_int(1, MAX_DIM), metavar="H", help=f"hidden units (default: {d['hidden']})")
-    g.add_argument("--activation", choices=model.ACTIVATIONS, help=f"hidden activation (default: {d['activation']})")
-    g.add_argument("--init", choices=model.INITS,
-                   help="weights: classic = 0.01*uniform[0,1) (the exercise's), normal = 0.01*N(0,1), "
-                        "he = N(0, 2/fan_in), xavier = N(0, 2/(fan_in+fan_out)) "
-                        "(default: he for relu, xavier for tanh)")
-    g.add_argument("--lr", type=positive_float, help=f"learning rate of plain gradient descent (default: {d['lr']})")
-    g.add_argument("--epochs", type=bounded_int(1, MAX_COUNT),
-                   help=f"total epochs of the run, counting those in --resume's checkpoint (default: {d['epochs']})")
-    g.add_argument("--batch-size", type=batch_size_arg, metavar="N|full",
-                   help=f"rows per step, or 'full' for the whole training set (default: {d['batch_size']})")
-    g.add_argument("--seed", type=seed_int,
-                   help=f"seed of the NumPy generator for init and shuffling (default: {d['seed']})")
-    g.add_argument("--dtype", choices=backends.DTYPES, help=f"floating-point type (default: {d['dtype']})")
+    g = p.add_argument_group("model")
+    g.add_argument("--classes", nargs="+", type=classes_arg, metavar="C",
+                   help="the digits to tell apart, 2 to 10 of them, in label order (label 1 = the second of two), "
+                        "or 'all' for every label in the data (default: 3 7)")
+    for name, metavar in (("hidden", "H"), ("activation", None), ("init", None), ("epochs", "N"),
+                          ("batch_size", "N|full"), ("seed", "S"), ("dtype", None)):
+        setting_flag(g, name, **({"metavar": metavar} if metavar else {}))
     g.add_argument("--engine", choices=ENGINES, default="auto",
                    help="how steps run: eager = one model.train_step call per step from Python; compiled = "
                         "the epoch's steps as one device program, where the backend has one; auto = compiled "
                         "where available, else eager (default: auto)")
+    o = p.add_argument_group("optimiser (docs/training.md: the update rules)")
+    for name in OPTIMISER:
+        setting_flag(o, name)
+        if name == "solver":
+            setting_flag(o, "lr")
     o = p.add_argument_group("output")
     o.add_argument("--save", metavar="PATH",
                    help="write a checkpoint (.npz) at the end, on Ctrl-C and every --checkpoint-every epochs")
@@ -85,9 +74,7 @@ def build_parser() -> Parser:
                                                  "seconds), flushed as it goes: CSV, or JSON lines for .jsonl")
     o.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines; only the summary")
     v = p.add_argument_group("validation (held-out training rows; the test set is only used at the end)")
-    v.add_argument("--val-split", type=val_fraction, metavar="F",
-                   help="hold out a seeded fraction F of the training rows and report their loss and accuracy "
-                        "every epoch (default: 0, none; with --resume, the checkpoint's)")
+    setting_flag(v, "val_split", metavar="F")
     v.add_argument("--early-stop", type=positive_int, metavar="PATIENCE",
                    help="stop when the validation loss has not improved for PATIENCE epochs (needs --val-split)")
     v.add_argument("--save-best", metavar="PATH",
@@ -98,63 +85,88 @@ def build_parser() -> Parser:
 # ----------------------------------------------------------------------------- settings
 
 
+def classes_given(words) -> list | str | None:
+    """--classes: a list of 2 to 10 different digits, or 'all' (None: not given)."""
+    if words is None:
+        return None
+    if "all" in words:
+        if len(words) > 1:
+            raise UserError(f"--classes {' '.join(map(str, words))}: 'all' stands alone (every label in the data)")
+        return "all"
+    if len(words) < 2 or len(set(words)) != len(words):
+        raise UserError(f"--classes {' '.join(map(str, words))}: give 2 to 10 different digits in label order, "
+                        "e.g. 3 7 or 0 1 2 3 4 5 6 7 8 9, or 'all'")
+    return list(words)
+
+
 def resolve_config(args, ckpt: Checkpoint | None) -> dict:
     """Flags given > the checkpoint's settings > DEFAULTS; a flag that contradicts the
     checkpoint is an error, since the run would no longer be the one saved."""
-    cfg = {}
+    cfg, given = {}, {k: getattr(args, k) for k in RUN_KEYS if getattr(args, k) is not None}
+    if "classes" in given:
+        given["classes"] = classes_given(given["classes"])
     for key in RUN_KEYS:
-        given = getattr(args, key)
-        if key == "classes" and given is not None:
-            given = tuple(given)
         if ckpt is None:
-            cfg[key] = DEFAULTS[key] if given is None else given
+            cfg[key] = given.get(key, DEFAULTS[key])
             continue
-        saved = tuple(ckpt.config[key]) if key == "classes" else ckpt.config[key]
-        if given is not None and given != saved:
-            flag = "--" + key.replace("_", "-")
-            raise CheckpointError(
-                f"{flag} {_show(given)} contradicts the checkpoint {args.resume}, which was trained with "
-                f"{flag} {_show(saved)}; drop the flag to continue that run, or start a new one without --resume"
-            )
+        saved = ckpt.config[key]
+        if key in given and given[key] != saved and given[key] != "all":   # 'all': checked once the data is read
+            raise CheckpointError(f"{flag(key)} {_show(given[key])} contradicts the checkpoint {args.resume}, which "
+                                  f"was trained with {flag(key)} {_show(saved)}; drop the flag to continue that run, "
+                                  "or start a new one without --resume")
         cfg[key] = saved
     cfg["init"] = cfg["init"] or model.default_init(cfg["activation"])
+    why = optimiser_conflicts(cfg, [k for k in OPTIMISER if k in given])
+    if why:
+        raise UserError(f"{why}: drop it, or choose the solver it belongs to")
     cfg["epochs"] = args.epochs or (int(ckpt.meta.get("target_epochs", ckpt.epoch)) if ckpt else DEFAULTS["epochs"])
     cfg["val_split"] = resolve_val_split(args.val_split, ckpt, args.resume)
     if ckpt is not None and ckpt.epoch >= cfg["epochs"]:
         raise UserError(f"the checkpoint {args.resume} already holds {ckpt.epoch} epochs; "
                         f"ask for more with --epochs N (N > {ckpt.epoch})")
+    if ckpt is not None and ckpt.config["input"] != "pixels":
+        raise CheckpointError(f"the checkpoint {args.resume} was fitted by MLPClassifier on features as given, not "
+                              "on images: continue it with MLPClassifier (warm_start or partial_fit)")
+    if given.get("classes") == "all" and ckpt is not None:
+        cfg["classes_all"] = True
     return cfg
 
 
 def _show(value) -> str:
-    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def describe(cfg: dict) -> str:
+    """The run's model and optimiser in a few words, as the start line shows them."""
+    classes = cfg["classes"]
+    shown = f"classes {classes[0]} vs {classes[1]}" if len(classes) == 2 else f"{len(classes)} classes {_show(classes)}"
+    opt = f"lr {cfg['lr']}"
+    if cfg["solver"] == "adam":
+        opt = f"adam ({cfg['beta1']}, {cfg['beta2']}, eps {cfg['epsilon']}), {opt}"
+    elif cfg["momentum"]:
+        opt = f"{'nesterov ' * cfg['nesterov']}momentum {cfg['momentum']}, {opt}"
+    return (f"{shown}; H={cfg['hidden']} {cfg['activation']} {cfg['init']} init, {opt}"
+            + (f", alpha {cfg['alpha']}" if cfg["alpha"] else ""))
 
 
 # ----------------------------------------------------------------------------- the run
 
 
-def check_flags(args) -> None:
-    """Everything that can be checked before any work: nothing is written yet. Each output is
-    then locked: a second run writing the same file is refused; released at exit."""
-    if args.checkpoint_every and not args.save:
-        raise UserError("--checkpoint-every needs --save PATH to know where to write")
-    inputs = {"--resume": args.resume, **{f"--data-dir's {p.name}": p  # --resume x --save x: in place
-                                          for p in data_paths(args.data_dir or default_data_dir())}}
-    outputs = {"--save": args.save, "--save-best": args.save_best, "--metrics-json": args.metrics_json,
-               "--plot": args.plot, "--log": args.log}
-    check_outputs(outputs, inputs, allowed={("--save", "--resume")})
-    if args.plot:
-        plot_format(args.plot)
-
-
 def load_rows(args, cfg: dict, ckpt: Checkpoint | None):
-    """The data set, and the host rows to train on and to validate on ((X, y) pairs; val is None
-    without a split)."""
+    """The data set (its classes resolved: 'all' becomes the list), and the host rows to train on
+    and to validate on ((X, y) pairs; val is None without a split). A resumed run's rows are
+    normalised with its checkpoint's mean and std."""
     if (args.early_stop or args.save_best) and not cfg["val_split"]:
-        flag = "--early-stop" if args.early_stop else "--save-best"
-        raise UserError(f"{flag} watches the validation loss, so it needs --val-split F (e.g. 0.1): "
+        which = "--early-stop" if args.early_stop else "--save-best"
+        raise UserError(f"{which} watches the validation loss, so it needs --val-split F (e.g. 0.1): "
                         "held-out training rows, never the test set")
-    data = load_dataset(args.data_dir, cfg["classes"], download=not args.no_download, quiet=args.quiet)
+    norm = {"mean": ckpt.config["mean"], "std": ckpt.config["std"]} if ckpt else {"mean": MNIST_MEAN, "std": MNIST_STD}
+    data = load_dataset(args.data_dir, "all" if cfg.pop("classes_all", False) else cfg["classes"],
+                        download=not args.no_download, quiet=args.quiet, **norm)
+    if ckpt is not None and list(data.classes) != cfg["classes"]:
+        raise CheckpointError(f"--classes all is {_show(data.classes)} in this data, but the checkpoint {args.resume} "
+                              f"was trained on {_show(cfg['classes'])}; drop --classes to continue that run")
+    cfg["classes"] = list(data.classes)
     X, y = data.train.X, data.train.y
     if ckpt is not None and ckpt.config["n_features"] != X.shape[1]:
         raise CheckpointError(f"the checkpoint {args.resume} was trained on {ckpt.config['n_features']} pixels "
@@ -166,7 +178,7 @@ def load_rows(args, cfg: dict, ckpt: Checkpoint | None):
     if cfg["batch_size"] != "full" and cfg["batch_size"] > X.shape[0]:
         raise UserError(f"--batch-size {cfg['batch_size']} is larger than the {X.shape[0]:,} training rows; "
                         f"use at most {X.shape[0]} or 'full'")
-    return data, (X, y), val
+    return data, (X, y), val, norm
 
 
 def announce(args, cfg, backend, engine, n: int, n_val: int, n_features: int, ckpt, steps_per_epoch: int) -> None:
@@ -177,8 +189,7 @@ def announce(args, cfg, backend, engine, n: int, n_val: int, n_features: int, ck
     where = f"resuming {args.resume} at epoch {ckpt.epoch}" + (
         f", step {ckpt.step_in_epoch} of {steps_per_epoch}" if ckpt.step_in_epoch else "") if ckpt else "training"
     val = f" (+ {n_val:,} held out for validation)" if n_val else ""
-    print(f"{where}: {backend}; {n:,} rows{val} of {n_features} features, classes {cfg['classes'][0]} vs "
-          f"{cfg['classes'][1]}; H={cfg['hidden']} {cfg['activation']} {cfg['init']} init, lr {cfg['lr']}, "
+    print(f"{where}: {backend}; {n:,} rows{val} of {n_features} features, {describe(cfg)}, "
           f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, {cfg['dtype']}"
           + ("" if cfg["threads"] is None else f", {cfg['threads']} thread{'s' * (cfg['threads'] > 1)}"),
           file=sys.stderr, flush=True)
@@ -232,31 +243,43 @@ def diverged(exc, cfg, save: Saver) -> DivergedError:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    check_flags(args)
+    args = build_parser().checked(argv)     # every output checked and locked: a second run writing one is refused
+    if args.checkpoint_every and not args.save:
+        raise UserError("--checkpoint-every needs --save PATH to know where to write")
+    if args.plot:
+        plot_format(args.plot)
     ckpt = checkpoint.load(args.resume) if args.resume else None
     cfg = resolve_config(args, ckpt)
     log = EpochLog(args.log, keep_until=ckpt.epoch if ckpt else 0) if args.log else None  # a resumed log: checked now
     cluster = dask_options(args)
-    store = open_training_store(args.store, cfg["classes"]) if args.store and cluster else None  # checked now
+    store = (open_training_store(args.store, None if cfg["classes"] == "all" else cfg["classes"])
+             if args.store and cluster else None)   # checked now
     backend = backends.resolve(args.device, args.backend, cluster)
-    data, rows, val = load_rows(args, cfg, ckpt)
-    batch = batching(len(rows[0]), cfg["batch_size"])[0]   # CPU thread pools: sized from the run, never the load
-    cfg["threads"] = backends.choose_threads(backend, batch, rows[0].shape[1], cfg["hidden"], args.threads)
+    data, rows, val, norm = load_rows(args, cfg, ckpt)
     X, y, data_fingerprint = training_arrays(backend, data, rows, cfg["dtype"], store=store)  # to the device, once
     (n, n_features), n_val = X.shape, 0 if val is None else len(val[1])
     steps_per_epoch = batching(n, cfg["batch_size"])[1]
     note = ckpt and checkpoint.check_same_data(ckpt, args.resume, n, data_fingerprint, steps_per_epoch)
     if note:   # a resumed run on data it was trained on, checked as far as the checkpoint allows
         print(f"note: {note}", file=sys.stderr)
-    data_cfg = {"n_features": n_features, "image_shape": list(data.image_shape), "mean": MNIST_MEAN, "std": MNIST_STD,
+    data_cfg = {"n_features": n_features, "image_shape": list(data.image_shape), "input": "pixels", **norm,
                 "n_train": n, "val_split": cfg["val_split"], "data_fingerprint": data_fingerprint}
     state = TrainState.fresh(backend, cfg, n_features) if ckpt is None else TrainState.from_checkpoint(backend, ckpt)
-    engine = make_engine(backend, args.engine, cfg, X, y)   # a backend without the engine asked for: refused first
-    announce(args, cfg, backend, engine, n, n_val, n_features, ckpt, steps_per_epoch)
-    save = Saver(backend, cfg, data_cfg, ckpt, args.resume, engine.name)
+    # the thread pools sized for the run (put back after), the engine (a backend without the one asked for: refused)
+    with Run(backend, cfg, X, y, state=state, engine=args.engine, threads=args.threads) as run:
+        cfg["threads"] = run.threads
+        announce(args, cfg, backend, run.engine, n, n_val, n_features, ckpt, steps_per_epoch)
+        save = Saver(run, data_cfg, ckpt, args.resume)
+        return train(args, argv, cfg, run, save, history_of=lambda: watch(args, backend, cfg, val, save, log, ckpt),
+                     data=data, n=n, n_val=n_val, steps_per_epoch=steps_per_epoch)
+
+
+def train(args, argv, cfg, run: Run, save: Saver, *, history_of, data, n, n_val, steps_per_epoch) -> int:
+    """The epochs, then the test set and the outputs; a stop (Ctrl-C, SIGTERM, SIGHUP), a lost
+    cluster or a diverging run each end as docs/errors.md says."""
+    backend, state = run.backend, run.state
     progress = Progress(cfg["epochs"], steps_per_epoch, state, enabled=not args.quiet)
-    history = watch(args, backend, cfg, val, save, log, ckpt)   # checks are done: from here on, files are written
+    history = history_of()   # checks are done: from here on, files are written
 
     def on_epoch_end(state: TrainState):
         progress.epoch_line(state, history.epoch_end(state, epoch_train_loss(state, steps_per_epoch)))
@@ -270,7 +293,7 @@ def main(argv=None) -> int:
         with StopOnSignals() as stop, warnings.catch_warnings():
             # a diverging run overflows; that is reported below in one line, not as warnings
             warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero)", RuntimeWarning)
-            fit(backend, engine, state, cfg["epochs"], progress=progress, on_epoch_end=on_epoch_end, stop=stop)
+            run.fit(cfg["epochs"], progress=progress, on_epoch_end=on_epoch_end, stop=stop)
     except EarlyStopped as exc:
         stopped = str(exc)
     except Interrupted:
@@ -285,7 +308,7 @@ def main(argv=None) -> int:
     finally:
         progress.close()
         history.close()
-        getattr(engine, "close", lambda: None)()   # CUDA graphs' memory, before the test set is scored
+        run.close_engine()   # CUDA graphs' memory, before the test set is scored
     try:   # the test set is scored on the cluster too: losing it then loses nothing trained
         if not params_finite(backend, state.params):
             raise DivergedError(f"the parameters became non-finite in the last step ({state.step}); "
@@ -314,10 +337,10 @@ def finish(args, cfg, backend, state, history, data, n, n_val, steps_per_epoch, 
     elif log is not None and log.rows:
         written.append((args.log, f"{len(log.rows)} epochs"))
     test = score(backend, state.params, data.test.X, data.test.y, cfg["activation"])
-    m = metrics(backend, cfg, state, test, history, engine=save.engine, n_train=n, n_val=n_val,
+    m = metrics(backend, cfg, state, test, history, engine=save.run.engine.name, n_train=n, n_val=n_val,
                 train_loss=epoch_train_loss(state, steps_per_epoch), stopped=stopped)
     print(summary_line(m, test, backend))
-    for flag, path, write in (("--metrics-json", args.metrics_json, lambda: write_metrics(args.metrics_json, m)),
+    for name, path, write in (("--metrics-json", args.metrics_json, lambda: write_metrics(args.metrics_json, m)),
                               ("--plot", args.plot, lambda: write_loss_plot(args.plot, m, steps_per_epoch, backend))):
         try:
             if path:
@@ -325,7 +348,7 @@ def finish(args, cfg, backend, state, history, data, n, n_val, steps_per_epoch, 
                 written.append((path, None))
         except (OSError, ValueError, RuntimeError) as exc:   # never costs the model: it is saved by now
             why = write_failure(exc) if isinstance(exc, OSError) else f"cannot write {path} ({exc})"
-            failed.append(f"{flag}: {why}")
+            failed.append(f"{name}: {why}")
     if failed:
         kept = ", ".join(f"{p}" + (f" ({d})" if d else "") for p, d in written) or "nothing else was asked for"
         raise UserError(f"{'; '.join(failed)}; written: {kept}")

@@ -189,7 +189,7 @@ def problem(backend, dtype="float64"):
 
 
 def step(params, X, y):
-    return model.train_step(params, X, y, LR, "relu")
+    return model.train_step(params, X, y, opt=model.Optimiser(lr=LR), activation="relu")
 
 
 def host(backend, params):

@@ -323,7 +323,7 @@ def test_flag_errors_are_one_line(data_dir, small_store, tmp_path):
     for args, message in cases:
         code, _, err = call_cli(train_cmd.main, "--data-dir", data_dir, *args)
         assert code == 2 and message in err and err.count("\n") == 1, err
-    with pytest.raises(UserError, match="holds classes 3 vs 7, the run asks for 1 vs 2"):
+    with pytest.raises(UserError, match="holds the classes 3 7, the run asks for 1 2"):
         open_store(small_store, (1, 2))
     with pytest.raises(UserError, match="not a converted data store"):
         open_store(tmp_path)

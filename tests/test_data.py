@@ -122,7 +122,7 @@ def test_nan_in_float_images_is_rejected(tmp_path):
 
 def test_class_pair_checks(tmp_path):
     make_dataset(tmp_path, labels=[3, 7])
-    with pytest.raises(DataError, match="must differ"):
+    with pytest.raises(DataError, match="at least two different classes"):
         data.load_dataset(tmp_path, (3, 3), download=False)
     with pytest.raises(DataError, match=r"class 1 is absent .*\(labels present: 3, 7\)"):
         data.load_dataset(tmp_path, (1, 7), download=False)

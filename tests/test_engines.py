@@ -5,8 +5,9 @@ its capture logic on the CPU with a stand-in for torch.cuda (tests/test_cuda_gra
 
 from __future__ import annotations
 
-import json
+import functools
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -231,10 +232,18 @@ FORBIDDEN = ("aten.lift_fresh", "aten.lift_fresh_copy", "aten._local_scalar_dens
 # tensor on the host; a value read back to the host
 
 
+STEPS = {   # (classes, optimiser, L2): the exercise's step, and each optimiser and head a step may carry
+    "plain": (2, model.Optimiser(lr=0.1), 0.0),
+    "nesterov-l2": (2, model.Optimiser(lr=0.1, momentum=0.9, nesterov=True), 1e-3),
+    "adam-4-classes": (4, model.Optimiser(solver="adam", lr=1e-3), 0.0),
+}
+
+
 @needs["torch"]
+@pytest.mark.parametrize("step", list(STEPS))
 @pytest.mark.parametrize("activation", model.ACTIVATIONS)
 @pytest.mark.parametrize("device", ["cpu", "meta"])
-def test_a_torch_step_makes_no_host_tensor(device, activation):
+def test_a_torch_step_makes_no_host_tensor(device, activation, step):
     """Every op of a step, as PyTorch dispatches it: none lifts a Python number into a host
     tensor, reads a value back, or copies between devices (a dtype cast on the device is
     fine), and on the 'meta' device (where a host tensor would stand out) every tensor stays
@@ -262,12 +271,16 @@ def test_a_torch_step_makes_no_host_tensor(device, activation):
             return out
 
     rng = np.random.default_rng(0)
-    params = {k: torch.tensor(v, device=device) for k, v in model.init_params(20, 8, rng).items()}
+    K, opt, alpha = STEPS[step]
+    host = model.init_params(20, 8, rng, n_out=model.outputs(K))
+    params = {k: torch.tensor(v, device=device) for k, v in host.items()}
+    state = {**params, **opt.slots(params)}
     X = torch.tensor(rng.standard_normal((16, 20)), device=device)
-    y = torch.tensor((rng.random(16) > 0.5).astype(np.float64), device=device)
-    model.train_step(params, X, y, 0.1, activation)          # any first-call set-up happens outside
+    y = torch.tensor(rng.integers(0, K, 16).astype(np.float64), device=device)
+    run = functools.partial(model.train_step, opt=opt, activation=activation, alpha=alpha)
+    state, _ = run(state, X, y)          # any first-call set-up happens outside
     with Record() as seen:
-        model.train_step(params, X, y, 0.1, activation)
+        run(state, X, y)
     assert "aten.mm" in seen.ops, "the recorder must see the step's ops"
     assert not [op for op in seen.ops if op in FORBIDDEN]
     assert not seen.cross_device

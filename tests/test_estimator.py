@@ -53,23 +53,27 @@ def test_fit_is_the_train_command(pair, tmp_path):
     assert loaded.get_params() == est.get_params() | {"init": "xavier"}
 
 
-def test_fit_and_predict_size_the_thread_pools_as_the_commands(pair):
-    """The commands' thread policy (1 thread at B = 16 here), whatever the process had before (a
-    notebook's BLAS default: here 2 threads), and threads=N as --threads N."""
+def test_fit_and_predict_size_the_thread_pools_as_the_commands(pair, monkeypatch):
+    """The commands' thread policy while fitting (1 thread at B = 16 here), whatever the process had
+    before (a notebook's BLAS default: here 2 threads), threads=N as --threads N; and afterwards
+    the pools are as they were."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
+    from mlp import loop
     from mlp.backends import threads
 
     _, raw = pair
     backend = backends.resolve("cpu", "numpy")
+    during, fit = [], loop.fit
+    monkeypatch.setattr(loop, "fit", lambda *a, **k: during.append(threads.current(backend)) or fit(*a, **k))
     with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
-        assert threads.current(backend) == 2 or threads.usable_cores() == 1
+        before = threads.current(backend)
+        assert before == 2 or threads.usable_cores() == 1
         est = MLPClassifier(epochs=1, batch_size=16, hidden=4).fit(raw["train-images"], raw["train-labels"])
-        assert threads.current(backend) == 1
-        threadpoolctl.threadpool_limits(limits=2, user_api="blas")
+        assert during == [1] and threads.current(backend) == before
         est.predict(raw["test-images"])
-        assert threads.current(backend) == 1
+        assert threads.current(backend) == before
         est.set_params(threads=2).fit(raw["train-images"], raw["train-labels"])
-        assert threads.current(backend) == 2
+        assert during == [1, 2] and threads.current(backend) == before
     with pytest.raises(ValueError, match=r"MLPClassifier\(threads=0\)"):
         MLPClassifier(threads=0).fit(raw["train-images"], raw["train-labels"])
 
@@ -94,12 +98,11 @@ def test_labels_inputs_and_refusals(pair, tmp_path):
         (lambda: est.predict(X[:5, :14]), "392 features per row"),
         (lambda: est.predict(X[:5, None]), "rows .n, D. or images"),
         (lambda: MLPClassifier().predict(X), "not fitted yet"),
-        (lambda: MLPClassifier().fit(X, np.arange(len(X)) % 3), "binary classifier: y holds 3 classes"),
-        (lambda: MLPClassifier().fit(X, np.zeros(len(X))), "y holds 1 classes .0.0.; fit it on rows of two"),
+        (lambda: MLPClassifier().fit(X, np.zeros(len(X))), "y holds 1 class; a classifier needs rows of at least two"),
         (lambda: MLPClassifier().fit(X, digits[:-1]), "one label per row"),
-        (lambda: MLPClassifier(hidden=0).fit(X, digits), r"hidden=0\): must be at least 1"),
+        (lambda: MLPClassifier(hidden=0).fit(X, digits), r"hidden=0\): must be a whole number from 1"),
         (lambda: MLPClassifier(lr=float("nan")).fit(X, digits), "lr=nan"),
-        (lambda: MLPClassifier(init="he-normal").fit(X, digits), "init='he-normal'.: use one of None"),
+        (lambda: MLPClassifier(init="he-normal").fit(X, digits), "init='he-normal'.: must be one of classic"),
         (lambda: MLPClassifier(backend="dask").fit(X, digits), "backend='dask'"),
         (lambda: MLPClassifier(batch_size=1000).fit(X, digits), "larger than the 160 rows"),
         (lambda: MLPClassifier().set_params(widht=3), "no parameter 'widht'"),
@@ -114,21 +117,21 @@ def test_model_checks_what_it_is_given():
     other than 0 and 1 (train_step leaves that to its caller, so that no step waits on the device)."""
     params = model.init_params(784, 4, np.random.default_rng(0))
     images = np.zeros((3, 28, 28), np.uint8)
-    with pytest.raises(ValueError, match="X must be 2-D .* or use mlp.MLPClassifier"):
+    with pytest.raises(ValueError, match="X must be 2-D .* flatten images first"):
         model.predict_proba(params, images)
     with pytest.raises(ValueError, match="X must be float32 or float64, got uint8"):
         model.predict_proba(params, images.reshape(3, -1))
     with pytest.raises(ValueError, match="w1 is float64 but X is float32"):
         model.predict_proba(params, np.zeros((3, 784), np.float32))
     X = np.zeros((3, 784))
-    with pytest.raises(ValueError, match="y must hold only the labels 0 and 1"):
+    with pytest.raises(ValueError, match="y must hold only the labels 0 to 1"):
         model.loss_and_grads(params, X, np.array([0.0, 1.0, 2.0]))
     model.loss_and_grads(params, X, np.array([0.0, 1.0, 1.0]))
-    model.train_step(params, X, np.array([0.0, 1.0, 2.0]), 0.1)    # unchecked: the engines check once
+    model.train_step(params, X, np.array([0.0, 1.0, 2.0]), opt=model.Optimiser())   # unchecked: the engines check once
     from mlp.backends import resolve
     from mlp.loop import make_engine
 
-    with pytest.raises(ValueError, match="y must hold only the labels 0 and 1"):
+    with pytest.raises(ValueError, match="y must hold only the labels 0 to 1"):
         make_engine(resolve("cpu"), "auto", {"batch_size": 2, "lr": 0.1, "activation": "relu"}, X, X[:, 0] + 2)
 
 

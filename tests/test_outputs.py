@@ -150,47 +150,6 @@ def test_a_read_only_output_is_refused_before_training(tiny):
     top.cleanup()
 
 
-# ----------------------------------------------------------------------------- flags and checkpoints agree
-
-
-@pytest.mark.parametrize("flag, key, top, beyond", [
-    ("--epochs", "target_epochs", checkpoint_meta.MAX_COUNT, checkpoint_meta.MAX_COUNT + 1),
-    ("--hidden", "config.hidden", checkpoint_meta.MAX_DIM, checkpoint_meta.MAX_DIM + 1),
-    ("--batch-size", "config.batch_size", checkpoint_meta.MAX_COUNT, checkpoint_meta.MAX_COUNT + 1),
-    ("--seed", "config.seed", checkpoint_meta.MAX_SEED, checkpoint_meta.MAX_SEED + 1),
-    ("--lr", "config.lr", 1.7976931348623157e308, float("inf")),
-    ("--val-split", "config.val_split", 0.9999999999999999, 1.0),
-    ("--classes", "config.classes", checkpoint_meta.MAX_LABEL, checkpoint_meta.MAX_LABEL + 1),
-])
-def test_what_the_flags_accept_the_checkpoint_reader_accepts(tiny, flag, key, top, beyond):
-    """For each flag a checkpoint stores: its largest accepted value is one the reader accepts,
-    and the next value, which the reader refuses, the parser refuses too."""
-    parser = train.build_parser()
-
-    def parses(value) -> bool:
-        argv = [flag, str(value)] + (["3"] if flag == "--classes" else [])
-        try:
-            parser.parse_args(argv)
-        except SystemExit:
-            return False
-        return True
-
-    def loads(value) -> bool:
-        ckpt = checkpoint.load(tiny / "c.npz")
-        meta = {"format": checkpoint_meta.FORMAT, "config": dict(ckpt.config), "epoch": 1, "step": 5,
-                "step_in_epoch": 0, "rng_state": ckpt.rng_state, "target_epochs": 1}
-        holder, name = (meta["config"], key[7:]) if key.startswith("config.") else (meta, key)
-        holder[name] = [value, 3] if name == "classes" else value
-        try:
-            checkpoint_meta.validate_config(checkpoint_meta.parse_meta(json.dumps(meta), "c.npz")["config"], "c.npz")
-        except checkpoint.CheckpointError:
-            return False
-        return True
-
-    assert parses(top) and loads(top)
-    assert not parses(beyond) and not loads(beyond)
-
-
 # ----------------------------------------------------------------------------- bench, convert, archives
 
 

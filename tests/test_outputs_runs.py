@@ -58,7 +58,7 @@ def test_a_failed_or_stopped_run_keeps_the_previous_log(tiny, tmp_path, monkeypa
     def stopped(*args, **kwargs):   # SIGTERM before the first epoch ends
         raise Signalled(signal.SIGTERM)
 
-    monkeypatch.setattr(train, "fit", stopped)
+    monkeypatch.setattr(train.Run, "fit", stopped)
     assert run_train(tiny, "--log", log)[0] == 143
     assert log.read_bytes() == before and files_in(tmp_path) == ["log.csv"]
 

@@ -91,11 +91,11 @@ def test_convert_flags_and_outputs_are_checked_before_any_work(data_dir, tmp_pat
     (tmp_path / "exists").mkdir()
     os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
     cases = [
-        (["--classes", 3, 3], "--classes 3 3: give two different digits"),
-        (["--classes", 3, 12], "must be a digit from 0 to 9, got 12"),
+        (["--classes", 3, 3], "--classes 3 3: give 2 to 10 different digits"),
+        (["--classes", 3, 12], "must be a whole number from 0 to 9, got 12"),
         (["--rows", 100, "--max-shift", 28], "--max-shift 28 would move a digit off its 28x28 image; give at most 27"),
         (["--rows", 10 ** 13], "free; free some space"),
-        (["--rows", "1e12"], "expected a whole number"),
+        (["--rows", "1e12"], "must be a whole number from 1 to 2^62"),
         (["--out", tmp_path / "exists"], "already exists"),
         (["--out", tmp_path / "dangling"], "already exists"),
         (["--out", tmp_path / "missing" / "store"], "does not exist"),
