@@ -1,0 +1,135 @@
+"""Hostile probes of the ground layer: output paths resolved as the kernel resolves them (`..`
+after a link), write protection and mount points judged rightly (also as root, also on
+overlayfs), a store flushed to disk before it is renamed into place, IDX headers, the download's
+bounds and causes, a refused Dask scheduler, --help/--version into a full stdout, stacked .npy
+inputs, and the one helper each for steps per epoch and usable cores."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+
+import pytest
+
+from mlp import convert, files, outputs, train
+
+from .conftest import call_cli, make_dataset, tiny_run
+from .test_reliability import assert_refused
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_run(tmp_path_factory.mktemp("tiny"))
+
+
+def short_run(tiny, *args):
+    """A run on tiny's data (fresh runs: one epoch of H = 4; with --resume: the checkpoint's settings)."""
+    fresh = () if "--resume" in args else ("--epochs", "1", "--batch-size", "8", "--hidden", "4")
+    return call_cli(train.main, "--data-dir", tiny / "data", "--quiet", *fresh, *args)
+
+
+# ----------------------------------------------------------------------------- `..` after a link
+
+
+@pytest.fixture
+def linked(tmp_path):
+    """tmp/a/b, and tmp/link -> a/b (relative): `link/..` is tmp/a for the kernel, not tmp."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    os.symlink("a/b", tmp_path / "link")
+    return tmp_path
+
+
+def test_written_path_resolves_as_the_kernel_does(linked):
+    """For each path, the file written_path names is the one the kernel creates when it is opened:
+    links followed before a `..` after them, relative links from their folder, chains of links,
+    a dangling last link written through; /proc links not followed; loops are ELOOP."""
+    root = linked
+    os.symlink("link", root / "link2")                            # a link to a link
+    os.symlink(root / "link", root / "abs")                       # absolute
+    (root / "c").mkdir()
+    os.symlink("../../c/x/../new", root / "a" / "b" / "dangling")  # dangling, with its own `..`
+    (root / "c" / "x").mkdir()
+    os.symlink("../link/..", root / "c" / "up")                   # `..` inside a link's text
+    for given in ["link/../m1", "link2/../m2", "abs/../m3", "link/dangling", "c/up/m4", "link/../b/../../m5"]:
+        expected = files.written_path(root / given)
+        with open(root / given, "w"):                              # what the kernel creates
+            pass
+        assert os.path.samefile(expected, root / given), given
+    assert files.written_path(root / "link" / ".." / "m1") == root / "a" / "m1"
+    assert files.written_path("/dev/stdout").parts[1] == "proc"
+    os.symlink("loop2", root / "loop1")
+    os.symlink("loop1", root / "loop2")
+    for looped in ("loop1", "loop1/m"):
+        with pytest.raises(OSError) as info:
+            files.written_path(root / looped)
+        assert info.value.errno == errno.ELOOP
+
+
+def test_save_and_log_after_a_link_then_dotdot_write_where_the_kernel_does(tiny, linked):
+    """`--save link/../m.npz` writes a/m.npz, as `open` would; ./m.npz (another file) is left alone."""
+    root = linked
+    for name in ("m.npz", "log.csv"):
+        (root / name).write_bytes(b"not this one")
+    code, _, err = short_run(tiny, "--save", root / "link/../m.npz", "--log", root / "link/../log.csv")
+    assert code == 0, err
+    assert (root / "m.npz").read_bytes() == (root / "log.csv").read_bytes() == b"not this one"
+    assert (root / "a" / "m.npz").read_bytes()[:2] == b"PK"
+    assert (root / "a" / "log.csv").read_text().startswith("epoch,")
+
+
+def test_inputs_and_outputs_after_dotdot_collide_exactly_when_the_kernel_says_so(tiny, linked):
+    root = linked
+    shutil.copy(tiny / "c.npz", root / "a" / "c.npz")
+    shutil.copy(tiny / "c.npz", root / "c.npz")
+    # link/../c.npz is a/c.npz: root/c.npz is another file, so writing it destroys no input
+    code, _, err = short_run(tiny, "--epochs", "2", "--resume", root / "link/../c.npz",
+                             "--metrics-json", root / "c.npz")
+    assert code == 0, err
+    assert (root / "c.npz").read_text().startswith("{")
+    # ...but a/c.npz is that input
+    assert_refused(short_run(tiny, "--epochs", "2", "--resume", root / "link/../c.npz",
+                             "--metrics-json", root / "a" / "c.npz"), "is also the input --resume")
+    # two outputs, neither there yet, that the kernel puts in one file
+    assert_refused(short_run(tiny, "--save", root / "link/../new.npz", "--metrics-json", root / "a" / "new.npz"),
+                   "--save and --metrics-json both name")
+    assert not (root / "a" / "new.npz").exists()
+
+
+def test_convert_out_after_a_link_then_dotdot(linked, tmp_path):
+    """`--out link/../store` is a/store: a ./store elsewhere does not make it 'exist'."""
+    make_dataset(tmp_path / "data", labels=[3, 7])
+    (linked / "store").mkdir()
+    code, _, err = call_cli(convert.main, "--data-dir", tmp_path / "data", "--out", linked / "link/../store")
+    assert code == 0, err
+    assert sorted(p.name for p in (linked / "a" / "store").iterdir()) == ["X.npy", "meta.json", "y.npy"]
+    assert list((linked / "store").iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- write protection, mount points
+
+
+def test_a_write_protected_file_is_refused_even_to_root(tiny, tmp_path):
+    """os.access says yes to root for any file: no write bit for anyone still means read-only."""
+    kept = tmp_path / "kept.npz"
+    kept.write_bytes(b"kept")
+    kept.chmod(0o444)
+    assert_refused(short_run(tiny, "--save", kept), f"--save {kept}: is read-only; make it writable")
+    assert kept.read_bytes() == b"kept"
+
+
+def test_a_file_on_another_device_than_its_folder_is_no_mount_point(tmp_path, monkeypatch):
+    """overlayfs gives a file of a container image's lower layer another st_dev than its folder:
+    only /proc/self/mountinfo says what a mount point is."""
+    target = tmp_path / "from-the-image.npz"
+    target.write_bytes(b"old")
+    real_stat = os.stat
+
+    def overlay_stat(path, *args, **kwargs):
+        st = real_stat(path, *args, **kwargs)
+        if os.fspath(path) == str(target):
+            return os.stat_result((st.st_mode, st.st_ino, st.st_dev + 1, *st[3:10]))
+        return st
+
+    monkeypatch.setattr(os, "stat", overlay_stat)
+    assert outputs.check_output_path(target, "--save") == target
