@@ -111,12 +111,13 @@ def atomic_write(path, mode: str = "wb", **open_args):
         if isinstance(exc, OSError):
             exc.output = Path(path)
         raise
-    _fsync_dir(target.parent)
+    fsync(target.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
+def fsync(path) -> None:
+    """Flush a file, or a folder's entries (a rename in it), to disk; a folder that refuses is left so."""
+    with contextlib.suppress(OSError) if os.path.isdir(path) else contextlib.nullcontext():
+        fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:

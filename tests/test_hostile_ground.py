@@ -10,9 +10,10 @@ import errno
 import os
 import shutil
 
+import numpy as np
 import pytest
 
-from mlp import convert, files, outputs, train
+from mlp import convert, files, outputs, store, train
 
 from .conftest import call_cli, make_dataset, tiny_run
 from .test_reliability import assert_refused
@@ -133,3 +134,32 @@ def test_a_file_on_another_device_than_its_folder_is_no_mount_point(tmp_path, mo
 
     monkeypatch.setattr(os, "stat", overlay_stat)
     assert outputs.check_output_path(target, "--save") == target
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+def test_write_store_flushes_files_folder_and_parent_before_and_after_the_rename(tmp_path, monkeypatch):
+    synced, real_fsync = [], os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    X = np.zeros((4, 784), np.uint8)
+    store.write_store(tmp_path / "s", [(X, np.array([0, 1, 0, 1], np.uint8))], 4, 784,
+                      {"classes": [3, 7], "image_shape": [28, 28]})
+    temporary = [p for p in synced if p.endswith(store.TMP_SUFFIX)]
+    assert len(temporary) == 1, synced
+    assert {f"{temporary[0]}/{name}" for name in ("X.npy", "y.npy", "meta.json")} <= set(synced)
+    assert synced[-1] == os.path.realpath(tmp_path), "the parent, after the rename"
+
+
+def test_write_store_refuses_blocks_that_hold_fewer_rows_than_promised(tmp_path):
+    """A real error, not an assert (python -O drops those): no store of zero rows at its end."""
+    X = np.zeros((3, 784), np.uint8)
+    with pytest.raises(ValueError, match="hold 3 rows, not the 5 promised"):
+        store.write_store(tmp_path / "s", [(X, np.array([0, 1, 0], np.uint8))], 5, 784,
+                          {"classes": [3, 7], "image_shape": [28, 28]})
+    assert list(tmp_path.iterdir()) == []
