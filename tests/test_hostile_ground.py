@@ -7,13 +7,15 @@ inputs, and the one helper each for steps per epoch and usable cores."""
 from __future__ import annotations
 
 import errno
+import gzip
 import os
 import shutil
 
 import numpy as np
 import pytest
 
-from mlp import convert, files, outputs, store, train
+from mlp import convert, files, idx, outputs, store, train
+from mlp.errors import DataError
 
 from .conftest import call_cli, make_dataset, tiny_run
 from .test_reliability import assert_refused
@@ -163,3 +165,23 @@ def test_write_store_refuses_blocks_that_hold_fewer_rows_than_promised(tmp_path)
         store.write_store(tmp_path / "s", [(X, np.array([0, 1, 0], np.uint8))], 5, 784,
                           {"classes": [3, 7], "image_shape": [28, 28]})
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- IDX headers
+
+
+@pytest.mark.parametrize("ndim", [17, 64, 65, 255])
+def test_an_idx_header_with_too_many_dimensions_is_a_data_error(tmp_path, ndim):
+    path = tmp_path / "many.idx"
+    path.write_bytes(bytes([0, 0, 0x08, ndim]) + np.ones(ndim, ">u4").tobytes() + b"\x07")
+    with pytest.raises(DataError, match=rf"wrong magic number 0x000008{ndim:02x} \(an IDX file starts 0x0000, a type "
+                                        r"code 0x08-0x0E and a dimension count from 1 to 16\)"):
+        idx.read_idx(path)
+
+
+def test_a_labels_file_with_200_dimensions_is_exit_2(tmp_path):
+    make_dataset(tmp_path / "data", labels=[3, 7])
+    labels = tmp_path / "data" / "train-labels-idx1-ubyte.gz"
+    labels.write_bytes(gzip.compress(bytes([0, 0, 0x08, 200]) + np.ones(200, ">u4").tobytes() + b"\x07"))
+    assert_refused(call_cli(train.main, "--data-dir", tmp_path / "data", "--quiet"),
+                   "wrong magic number 0x000008c8")
