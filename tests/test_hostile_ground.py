@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import errno
 import gzip
+import http.server
 import os
 import shutil
+import socket
+import threading
 
 import numpy as np
 import pytest
 
-from mlp import convert, files, idx, outputs, store, train
+from mlp import convert, data, files, idx, outputs, store, train
 from mlp.errors import DataError
 
-from .conftest import call_cli, make_dataset, tiny_run
+from .conftest import call_cli, make_dataset, tiny_run, trust
+from .dask_procs import free_port
 from .test_reliability import assert_refused
 
 
@@ -185,3 +189,97 @@ def test_a_labels_file_with_200_dimensions_is_exit_2(tmp_path):
     labels.write_bytes(gzip.compress(bytes([0, 0, 0x08, 200]) + np.ones(200, ">u4").tobytes() + b"\x07"))
     assert_refused(call_cli(train.main, "--data-dir", tmp_path / "data", "--quiet"),
                    "wrong magic number 0x000008c8")
+
+
+# ----------------------------------------------------------------------------- the download
+
+
+class _Trickle(http.server.BaseHTTPRequestHandler):
+    """Serves the server's `body` for any path, one byte every 0.1 s, until it is stopped."""
+
+    def do_GET(self):
+        body = self.server.body
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        for i in range(len(body)):
+            if self.server.stopped.wait(0.1):
+                return
+            self.wfile.write(body[i:i + 1])
+
+    def log_message(self, *args):
+        pass
+
+
+class _TrickleServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):   # the client hanging up is the point
+        pass
+
+
+def one_file_missing(tmp_path, monkeypatch):
+    """(the data folder, the name of its one missing file, that file's bytes), the table trusting them."""
+    source = tmp_path / "source"
+    make_dataset(source)
+    trust(source, monkeypatch)
+    target = tmp_path / "mnist"
+    shutil.copytree(source, target)
+    name = "t10k-labels-idx1-ubyte.gz"
+    (target / name).unlink()
+    return target, name, (source / name).read_bytes()
+
+
+def test_a_mirror_that_trickles_is_abandoned_at_the_deadline(tmp_path, monkeypatch):
+    """The deadline is DOWNLOAD_GRACE_S + size / DOWNLOAD_MIN_RATE: here 0.2 s for a file that
+    takes the mirror at least 0.1 s a byte (per-read timeouts never fire: each read gets a byte)."""
+    target, name, body = one_file_missing(tmp_path, monkeypatch)
+    server = _TrickleServer(("127.0.0.1", 0), _Trickle)
+    server.body, server.stopped = body, threading.Event()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("MLP_MNIST_MIRROR", f"http://127.0.0.1:{server.server_address[1]}/")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setattr(data, "DOWNLOAD_GRACE_S", 0.2)
+    monkeypatch.setattr(data, "DOWNLOAD_MIN_RATE", 10 ** 12)
+    try:
+        with pytest.raises(DataError) as info:
+            data.mnist_files(target, quiet=True)
+    finally:
+        server.stopped.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    message = str(info.value)
+    assert f"download of {os.environ['MLP_MNIST_MIRROR']}{name} abandoned: " in message
+    assert (f"of {len(body):,} bytes came, slower than 1,000,000,000,000 bytes/s after a 0.2 s grace; "
+            "nothing was kept") in message
+    assert not (target / name).exists() and len(list(target.iterdir())) == 3
+
+
+def test_download_failures_say_their_cause_in_a_few_words(tmp_path, monkeypatch):
+    """Connection refused, a name that does not resolve, a mirror that never answers: the cause,
+    the URL and the fix, not urllib3's internals."""
+    target, name, _ = one_file_missing(tmp_path, monkeypatch)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,mirror.invalid")
+    monkeypatch.setattr(data, "READ_TIMEOUT_S", 0.5)
+    silent = socket.create_server(("127.0.0.1", 0))    # accepts (the backlog), never answers
+    real_getaddrinfo = socket.getaddrinfo
+
+    def unresolved(host, *args, **kwargs):
+        if host == "mirror.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", unresolved)
+    cases = [(f"http://127.0.0.1:{free_port()}/", "connection refused"),
+             ("http://mirror.invalid/", "name not resolved"),
+             (f"http://127.0.0.1:{silent.getsockname()[1]}/", "timed out")]
+    with silent:
+        for mirror, cause in cases:
+            monkeypatch.setenv("MLP_MNIST_MIRROR", mirror)
+            with pytest.raises(DataError) as info:
+                data.mnist_files(target, quiet=True)
+            message = str(info.value)
+            assert message.startswith(f"could not download {mirror}{name} ({cause}); nothing was kept; put the four "
+                                      "files"), message
+            assert "--data-dir" in message and message.endswith("or set MLP_MNIST_MIRROR to a mirror that works")
+            assert "Pool" not in message and "Errno" not in message and "retries" not in message, message
