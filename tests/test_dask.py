@@ -254,7 +254,7 @@ def test_an_unreachable_scheduler_is_one_line_and_exit_2_within_the_timeout(data
                               "--data-dir", data_dir, "--epochs", 1)
     assert time.monotonic() - started < 10
     assert code == 2 and out == ""
-    assert err.startswith(f"mlp.train: error: cannot reach the Dask scheduler at {address} within 1 s")
+    assert err.startswith(f"mlp.train: error: cannot reach the Dask scheduler at {address} (connection refused")
     assert "dask scheduler" in err and err.count("\n") == 1
 
 

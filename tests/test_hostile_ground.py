@@ -6,6 +6,7 @@ inputs, and the one helper each for steps per epoch and usable cores."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import gzip
 import http.server
@@ -20,7 +21,7 @@ import pytest
 from mlp import convert, data, files, idx, outputs, store, train
 from mlp.errors import DataError
 
-from .conftest import call_cli, make_dataset, tiny_run, trust
+from .conftest import call_cli, make_dataset, run_cli, tiny_run, trust
 from .dask_procs import free_port
 from .test_reliability import assert_refused
 
@@ -283,3 +284,31 @@ def test_download_failures_say_their_cause_in_a_few_words(tmp_path, monkeypatch)
                                       "files"), message
             assert "--data-dir" in message and message.endswith("or set MLP_MNIST_MIRROR to a mirror that works")
             assert "Pool" not in message and "Errno" not in message and "retries" not in message, message
+
+
+# ----------------------------------------------------------------------------- a refused Dask scheduler
+
+
+def test_a_refused_scheduler_fails_at_the_first_refusal(monkeypatch, tmp_path):
+    """Nothing listens on the port: that is known at once, so it is not retried until the
+    --scheduler-timeout (an address that does not answer at all is waited for up to it)."""
+    pytest.importorskip("distributed")
+    from mlp.backends import dask_connect
+
+    attempts, real_open = [], asyncio.open_connection
+
+    async def counted(*args, **kwargs):
+        attempts.append(args)
+        return await real_open(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "open_connection", counted)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    with pytest.raises(dask_connect.ClusterError) as info:
+        asyncio.run(dask_connect.check_scheduler(address, 3))
+    assert len(attempts) == 1
+    assert str(info.value).startswith(f"cannot reach the Dask scheduler at {address} (connection refused: nothing "
+                                      f"listens on port {address.rpartition(':')[2]} there); start it with")
+    make_dataset(tmp_path / "data", labels=[3, 7])    # and the command: one line, exit 2 (in a process of its own:
+    proc = run_cli("mlp.train", "--backend", "dask", "--scheduler", address,    # connecting sets distributed's
+                   "--data-dir", tmp_path / "data", "--quiet")                   # log levels and warning filters)
+    assert_refused((proc.returncode, proc.stdout, proc.stderr), "(connection refused: nothing listens on port")
