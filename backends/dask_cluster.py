@@ -33,7 +33,7 @@ from mlp.errors import BackendError
 
 from .base import Backend
 from .dask_engine import DaskEngine, as_numpy, to_device
-from .dask_connect import connect, environ_kept, restore_environ  # noqa: F401 (environ_kept: for tests)
+from .dask_connect import connect, restore_environ
 from .dask_guard import identity, scatter, wait_result
 from .host import cpu_name
 

@@ -227,13 +227,3 @@ def restore_environ(saved: dict) -> None:
     for key in set(os.environ) - set(saved):
         del os.environ[key]
     os.environ.update(saved)
-
-
-@contextlib.contextmanager
-def environ_kept():
-    """os.environ as it was on entry, again on exit (around a LocalCluster of one's own)."""
-    saved = dict(os.environ)
-    try:
-        yield
-    finally:
-        restore_environ(saved)
