@@ -12,6 +12,7 @@ from mlp.backends import BACKENDS, describe_out_of_memory, is_out_of_memory, par
 from .checkpoint_meta import MAX_SEED
 from .errors import RECEIVED_SIGNALS, ClusterLost, DivergedError, Signalled, UserError
 from .files import DISK_FULL, release_locks, write_failure
+from .versions import version
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -31,21 +32,21 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.add_argument("--version", action="version", version=f"{self.prog.removeprefix('python -m ')} "
-                          f"(mlp-by-hand {package_version()})", help="print the version and exit")
+        self.name = self.prog.removeprefix("python -m ")
+        self.add_argument("--version", action="version", help="print the version and exit",
+                          version=f"{self.name} (mlp-by-hand {version('mlp-by-hand') or 'unknown'})")
 
     def error(self, message):
-        name = self.prog.removeprefix("python -m ")
-        self.exit(EXIT_USER_ERROR, f"{name}: error: {message} (see --help)\n")
+        self.exit(EXIT_USER_ERROR, f"{self.name}: error: {message} (see --help)\n")
 
-
-def package_version() -> str:
-    import importlib.metadata as md
-
-    try:
-        return md.version("mlp-by-hand")
-    except md.PackageNotFoundError:  # a checkout that was never pip-installed
-        return "unknown"
+    def exit(self, status=0, message=None):
+        """After --help or --version, a stdout that failed (argparse ignores it; run's guard keeps it) is exit 2."""
+        if status == 0:
+            sys.stdout.flush()
+            if failed := getattr(sys.stdout, "failed", None):
+                _quiet(sys.stdout)
+                status, message = EXIT_USER_ERROR, f"{self.name}: error: cannot write to stdout ({failed.strerror})\n"
+        super().exit(status, message)
 
 
 def whole_number(text: str, minimum: int, rule: str, maximum: int | None = None) -> int:

@@ -7,21 +7,27 @@ inputs, and the one helper each for steps per epoch and usable cores."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gzip
 import http.server
+import io
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 
 import numpy as np
 import pytest
 
-from mlp import convert, data, files, idx, outputs, store, train
+from mlp import convert, data, evaluate, files, idx, outputs, predict, store, train
+from mlp.bench import cli as bench_cli
+from mlp.cli import run
 from mlp.errors import DataError
 
-from .conftest import call_cli, make_dataset, run_cli, tiny_run, trust
+from .conftest import REPO, call_cli, make_dataset, run_cli, tiny_run, trust
 from .dask_procs import free_port
 from .test_reliability import assert_refused
 
@@ -312,3 +318,24 @@ def test_a_refused_scheduler_fails_at_the_first_refusal(monkeypatch, tmp_path):
     proc = run_cli("mlp.train", "--backend", "dask", "--scheduler", address,    # connecting sets distributed's
                    "--data-dir", tmp_path / "data", "--quiet")                   # log levels and warning filters)
     assert_refused((proc.returncode, proc.stdout, proc.stderr), "(connection refused: nothing listens on port")
+
+
+# ----------------------------------------------------------------------------- --help and --version
+
+
+@pytest.mark.parametrize("main", [train.main, evaluate.main, predict.main, convert.main, bench_cli.main],
+                         ids=["train", "evaluate", "predict", "convert", "bench"])
+@pytest.mark.parametrize("flag", ["--version", "--help"])
+def test_help_and_version_into_a_full_stdout_are_exit_2(main, flag):
+    err = io.StringIO()
+    with open("/dev/full", "w") as full, contextlib.redirect_stdout(full), contextlib.redirect_stderr(err):
+        with pytest.raises(SystemExit) as info:
+            run(main, [flag])
+    assert info.value.code == 2
+    assert err.getvalue() == f"{main.prog}: error: cannot write to stdout (No space left on device)\n"
+
+
+def test_version_into_dev_full_from_the_shell():
+    proc = subprocess.run(f"'{sys.executable}' -m mlp.train --version > /dev/full", shell=True, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr) == (2, "mlp.train: error: cannot write to stdout (No space left on device)\n")
