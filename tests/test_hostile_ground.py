@@ -339,3 +339,16 @@ def test_version_into_dev_full_from_the_shell():
     proc = subprocess.run(f"'{sys.executable}' -m mlp.train --version > /dev/full", shell=True, cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stderr) == (2, "mlp.train: error: cannot write to stdout (No space left on device)\n")
+
+
+# ----------------------------------------------------------------------------- stacked .npy inputs
+
+
+def test_a_stack_over_the_bound_is_refused_before_it_is_read(tiny, tmp_path):
+    """One 28x28 image more than the 67,108,864 pixels documented; the file is sparse, and refused
+    from its header."""
+    n = (1 << 26) // 784 + 1
+    np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.uint8, shape=(n, 28, 28)).flush()
+    assert_refused(call_cli(predict.main, "--checkpoint", tiny / "c.npz", tmp_path / "big.npy"),
+                   f"big.npy: a stack of {n:,} images ({n * 784:,} pixels), more than the 67,108,864 allowed; "
+                   f"predict at most {n - 1:,} per run")
