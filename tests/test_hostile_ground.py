@@ -22,7 +22,7 @@ import threading
 import numpy as np
 import pytest
 
-from mlp import convert, data, evaluate, files, idx, outputs, predict, store, train
+from mlp import batches, convert, data, evaluate, files, idx, outputs, predict, store, train
 from mlp.bench import cli as bench_cli
 from mlp.cli import run
 from mlp.errors import DataError
@@ -352,3 +352,22 @@ def test_a_stack_over_the_bound_is_refused_before_it_is_read(tiny, tmp_path):
     assert_refused(call_cli(predict.main, "--checkpoint", tiny / "c.npz", tmp_path / "big.npy"),
                    f"big.npy: a stack of {n:,} images ({n * 784:,} pixels), more than the 67,108,864 allowed; "
                    f"predict at most {n - 1:,} per run")
+
+
+# ----------------------------------------------------------------------------- one helper each
+
+
+def test_steps_per_epoch_are_exact_for_any_row_count():
+    n = 2 ** 53 + 1                    # float(n) == 2**53: math.ceil(n / 1) was one step short
+    assert batches.batching(n, 1) == (1, n)
+    assert batches.batching(n, 2) == (2, 2 ** 52 + 1)
+    assert batches.batching(10, "full") == (10, 1) and batches.batching(10, 3) == (3, 4)
+
+
+def test_the_cuda_graph_engine_counts_its_steps_with_batching(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from mlp.backends import torch_graph
+
+    monkeypatch.setattr(torch_graph, "batching", lambda n, batch: (batch, 7))
+    engine = torch_graph.TorchGraphEngine("cpu", None, torch.zeros(10, 3), torch.zeros(10), 4, capture=False)
+    assert engine.steps == 7 and engine.losses.shape == (7,)
