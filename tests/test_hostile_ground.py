@@ -25,7 +25,7 @@ import pytest
 from mlp import batches, convert, data, evaluate, files, idx, outputs, predict, store, train
 from mlp.bench import cli as bench_cli
 from mlp.cli import run
-from mlp.errors import DataError
+from mlp.errors import DataError, UserError
 
 from .conftest import REPO, call_cli, make_dataset, run_cli, tiny_run, trust
 from .dask_procs import free_port
@@ -371,3 +371,14 @@ def test_the_cuda_graph_engine_counts_its_steps_with_batching(monkeypatch):
     monkeypatch.setattr(torch_graph, "batching", lambda n, batch: (batch, 7))
     engine = torch_graph.TorchGraphEngine("cpu", None, torch.zeros(10, 3), torch.zeros(10), 4, capture=False)
     assert engine.steps == 7 and engine.losses.shape == (7,)
+
+
+def test_the_dask_cluster_sizes_itself_by_the_cgroup_quota(monkeypatch):
+    pytest.importorskip("distributed")
+    from mlp.backends import dask_cluster, threads
+
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda root="/": 1.0)    # a container given one CPU
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    with pytest.raises(UserError, match="--workers 2 is more than this machine runs: 1 cores"):
+        dask_cluster.check_options(dask_cluster.Options(workers=2), "cpu")
+    assert dask_cluster.check_options(dask_cluster.Options(), "cpu").workers == 1
