@@ -33,9 +33,10 @@ from mlp.errors import BackendError
 
 from .base import Backend
 from .dask_engine import DaskEngine, as_numpy, to_device
-from .dask_connect import connect, environ_kept, restore_environ  # noqa: F401 (environ_kept: for tests)
+from .dask_connect import connect, restore_environ
 from .dask_guard import identity, scatter, wait_result
 from .host import cpu_name
+from .threads import usable_cores
 
 DEFAULT_CHUNK_ROWS = 8192      # 6.4 MB of uint8 pixels per chunk; 51 MB once normalised to float64
 CONNECT_TIMEOUT_S = 10.0
@@ -54,10 +55,6 @@ class Options:
     timeout: float = CONNECT_TIMEOUT_S  # every wait on the cluster (connecting, no worker, no answer)
     verbose: bool = False              # distributed's own logs and warnings on the terminal
     gpu: int | None = None             # --device cuda:N: that GPU only (a local cluster); None: every GPU
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def check_options(o: Options, kind: str) -> Options:

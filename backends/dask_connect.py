@@ -51,25 +51,18 @@ async def check_scheduler(address: str, timeout: float) -> dict:
     def left() -> float:
         return max(0.05, deadline - loop.time())
 
-    last = None
-    while True:        # 1. something accepts TCP connections (refusals retried: a scheduler may be starting)
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), left())
-            writer.close()
-            break
-        except socket.gaierror as exc:
-            raise ClusterError(f"cannot resolve the host of {address} ({exc.strerror}); check --scheduler") from None
-        except asyncio.TimeoutError:
-            last = "no answer: a firewall, or the host is down"
-        except ConnectionRefusedError:
-            last = "connection refused"
-        except OSError as exc:
-            last = exc.strerror or exc.__class__.__name__
-        if deadline - loop.time() <= 0:
-            raise ClusterError(f"cannot reach the Dask scheduler at {address} within {timeout:g} s (nothing accepts "
-                               f"connections: {last}); {START_HINT.replace('ADDRESS', address)}, check the address, "
-                               "or leave out --scheduler (and $DASK_SCHEDULER_ADDRESS) for a local cluster")
-        await asyncio.sleep(min(0.2, left()))
+    try:        # 1. something accepts TCP connections: a refusal (nothing listens there) is known at once
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), left())
+        writer.close()
+    except socket.gaierror as exc:
+        raise ClusterError(f"cannot resolve the host of {address} ({exc.strerror}); check --scheduler") from None
+    except (asyncio.TimeoutError, OSError) as exc:   # OSError: refused, no route to host, ...
+        why = (f"connection refused: nothing listens on port {port} there" if isinstance(exc, ConnectionRefusedError)
+               else os.strerror(exc.errno) if getattr(exc, "errno", None)
+               else str(exc) or f"no answer within {timeout:g} s: a firewall, or the host is down")
+        raise ClusterError(f"cannot reach the Dask scheduler at {address} ({why}); "
+                           f"{START_HINT.replace('ADDRESS', address)}, check the address, or leave out --scheduler "
+                           "(and $DASK_SCHEDULER_ADDRESS) for a local cluster") from None
     from distributed.comm import connect   # 2. the Dask handshake and 'identity', within what is left
 
     comm = None
@@ -234,13 +227,3 @@ def restore_environ(saved: dict) -> None:
     for key in set(os.environ) - set(saved):
         del os.environ[key]
     os.environ.update(saved)
-
-
-@contextlib.contextmanager
-def environ_kept():
-    """os.environ as it was on entry, again on exit (around a LocalCluster of one's own)."""
-    saved = dict(os.environ)
-    try:
-        yield
-    finally:
-        restore_environ(saved)

@@ -19,7 +19,7 @@ import contextlib
 
 import torch
 
-from mlp.batches import batch_rows, is_full_batch, segment_steps
+from mlp.batches import batch_rows, batching, is_full_batch, segment_steps
 
 ROWS_PER_SEGMENT = 65_536    # rows' worth of steps in one graph: a short wait for a stop request...
 STEPS_PER_SEGMENT = 1_024    # ...but no more steps than this (at B=1, 65,536 steps would be one huge graph)
@@ -33,7 +33,7 @@ class TorchGraphEngine:
         self.device, self.step, self.batch = torch.device(device), step, batch
         self.rows = (X, y) if w is None else (X, y, w)                        # static: features, label (weight)
         self.n = X.shape[0]
-        self.steps = -(-self.n // batch)
+        self.steps = batching(self.n, batch)[1]
         self.segment = segment or segment_steps(batch, ROWS_PER_SEGMENT, STEPS_PER_SEGMENT)
         self.capture = capture
         self.perm = torch.arange(self.n, device=X.device)                     # static (N,)

@@ -6,13 +6,10 @@ perm[i*B : min((i+1)*B, N)] of the epoch's permutation: the last step takes the 
 left and averages over the rows it has, exactly as every other step does.
 """
 
-import math
-
-
 def batching(n: int, batch_size) -> tuple[int, int]:
     """(rows per step, steps per epoch) for n rows and a --batch-size (a count or 'full')."""
     batch = n if batch_size == "full" else min(int(batch_size), n)
-    return batch, math.ceil(n / batch)
+    return batch, -(-n // batch)     # ceil(n / batch) in integers: exact for any n
 
 
 def is_full_batch(n: int, batch: int) -> bool:

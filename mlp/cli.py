@@ -15,6 +15,7 @@ from .errors import RECEIVED_SIGNALS, ClusterLost, DivergedError, Signalled, Use
 from .files import DISK_FULL, release_locks, write_failure
 from .outputs import check_outputs
 from .settings import MAX_COUNT, SETTINGS, Setting, flag
+from .versions import version
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -40,12 +41,21 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, outputs=(), inputs=None, in_place=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.outputs, self.inputs, self.in_place = outputs, inputs or {}, in_place
-        self.add_argument("--version", action="version", version=f"{self.prog.removeprefix('python -m ')} "
-                          f"(mlp-by-hand {package_version()})", help="print the version and exit")
+        self.name = self.prog.removeprefix("python -m ")
+        self.add_argument("--version", action="version", help="print the version and exit",
+                          version=f"{self.name} (mlp-by-hand {version('mlp-by-hand') or 'unknown'})")
 
     def error(self, message):
-        name = self.prog.removeprefix("python -m ")
-        self.exit(EXIT_USER_ERROR, f"{name}: error: {message} (see --help)\n")
+        self.exit(EXIT_USER_ERROR, f"{self.name}: error: {message} (see --help)\n")
+
+    def exit(self, status=0, message=None):
+        """After --help or --version, a stdout that failed (argparse ignores it; run's guard keeps it) is exit 2."""
+        if status == 0:
+            sys.stdout.flush()
+            if failed := getattr(sys.stdout, "failed", None):
+                _quiet(sys.stdout)
+                status, message = EXIT_USER_ERROR, f"{self.name}: error: cannot write to stdout ({failed.strerror})\n"
+        super().exit(status, message)
 
     def checked(self, argv=None) -> argparse.Namespace:
         args = self.parse_args(argv)
@@ -57,15 +67,6 @@ class Parser(argparse.ArgumentParser):
         outputs = {name: getattr(args, name.lstrip("-").replace("-", "_")) for name in self.outputs}
         check_outputs(outputs, inputs, allowed=self.in_place)
         return args
-
-
-def package_version() -> str:
-    import importlib.metadata as md
-
-    try:
-        return md.version("mlp-by-hand")
-    except md.PackageNotFoundError:  # a checkout that was never pip-installed
-        return "unknown"
 
 
 def number(lo: float, hi: float = MAX_COUNT, kind: str = "int", lo_open: bool = False):

@@ -1,17 +1,18 @@
 """MNIST-style data as host NumPy arrays (to a device is `backends`' job; the IDX format is
 `mlp.idx`): the data directory, the download, class-pair selection, normalisation, the data set.
 
-Missing files are downloaded by pooch from the mirror torchvision uses (`$MLP_MNIST_MIRROR`
-overrides it), checked against their SHA-256 and size, and renamed into place only then: a failed
-download leaves nothing behind. Files already present are used as they are, after the IDX checks.
+Missing files are downloaded from the mirror torchvision uses (`$MLP_MNIST_MIRROR` overrides
+it), within a deadline, checked against their SHA-256 and size (pooch), and renamed into place only
+then: a failed download leaves nothing behind. Files already present are used as they are, after the IDX checks.
 """
 
 import contextlib
 import hashlib
 import os
+import socket
 import stat
 import sys
-import types
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,9 @@ MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
 DEFAULT_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+#: a file's download is abandoned after DOWNLOAD_GRACE_S + its size / DOWNLOAD_MIN_RATE s (63 s to 17.5 min)
+DOWNLOAD_GRACE_S, DOWNLOAD_MIN_RATE = 60, 10_000      # seconds, bytes per second
+READ_TIMEOUT_S = 30                                   # the longest wait for the connection or any one read
 
 #: file name, sha256 and size of the official gzipped files
 MNIST_FILES = {
@@ -115,44 +119,61 @@ def mnist_files(data_dir=None, *, download: bool = True, quiet: bool = False) ->
 
 
 def _make_dirs(path: Path) -> list[Path]:
-    created = []
-    for parent in reversed([path, *path.parents]):
-        if not parent.exists():
-            try:
-                parent.mkdir()
-            except OSError as exc:
-                raise DataError(f"cannot create data dir {path} ({exc.strerror}); choose another --data-dir") from None
-            created.append(parent)
+    created = [p for p in reversed([path, *path.parents]) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create data dir {path} ({exc.strerror}); choose another --data-dir") from None
     return created
 
 
 def _download(url: str, dest: Path, sha256: str, size: int, quiet: bool) -> Path:
-    """pooch fetches `url` into a temporary file beside `dest` (with a progress bar unless `quiet`),
-    checks its SHA-256 and only then renames it to `dest`; on any failure the temporary file is
-    removed. A mirror that sends more than `size` bytes is stopped there: no more reach the disk."""
+    """`url` into a temporary file beside `dest` (requests; a progress bar unless `quiet`) whose SHA-256
+    pooch checks before it renames it to `dest`; on any failure the temporary file is removed. A
+    mirror that sends more than `size` bytes is stopped there, one slower than DOWNLOAD_MIN_RATE on
+    average is abandoned, and no read waits longer than READ_TIMEOUT_S."""
     import pooch
     import requests
+    import urllib3
+    from tqdm import tqdm
 
     pooch.get_logger().setLevel("WARNING" if quiet else "INFO")   # its "Downloading ... to ..." line
-    http = pooch.HTTPDownloader(progressbar=not quiet, timeout=60)
-    kept = f"nothing was kept; {_files_help(dest.parent)}"
+    kept = f"nothing was kept; {_files_help(dest.parent)}, or set MLP_MNIST_MIRROR to a mirror that works"
 
-    def capped(url, output, pooch_):
-        with open(output, "wb") as f:
-            def write(chunk: bytes) -> None:
+    def fetch(url, output, pooch_):   # pooch's HTTPDownloader, bounded: read1 returns what one read brought
+        deadline = time.monotonic() + DOWNLOAD_GRACE_S + size / DOWNLOAD_MIN_RATE
+        with requests.get(url, stream=True, timeout=READ_TIMEOUT_S) as response, open(output, "wb") as f, \
+                tqdm(total=size, unit="B", unit_scale=True, ncols=79, disable=quiet) as bar:
+            response.raise_for_status()
+            while chunk := response.raw.read1(1 << 16, decode_content=True):
                 if f.tell() + len(chunk) > size:
                     raise DataError(f"download of {url} failed its check (got more than {size:,} bytes); {kept}")
-                f.write(chunk)
-
-            http(url, types.SimpleNamespace(write=write, flush=f.flush), pooch_)
+                if time.monotonic() > deadline:
+                    raise DataError(f"download of {url} abandoned: {f.tell():,} of {size:,} bytes came, slower than "
+                                    f"{DOWNLOAD_MIN_RATE:,} bytes/s after a {DOWNLOAD_GRACE_S:g} s grace; {kept}")
+                bar.update(f.write(chunk))
 
     try:
-        pooch.retrieve(url, f"sha256:{sha256}", fname=dest.name, path=dest.parent, downloader=capped)
+        pooch.retrieve(url, f"sha256:{sha256}", fname=dest.name, path=dest.parent, downloader=fetch)
     except ValueError:   # pooch's checksum mismatch
         raise DataError(f"download of {url} failed its check (its sha256 is not {sha256[:16]}...); {kept}") from None
-    except (requests.RequestException, OSError) as exc:
-        raise DataError(f"could not download {url} ({exc}); {kept}") from None
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise DataError(f"could not download {url} ({_cause(exc)}); {kept}") from None
     return dest
+
+
+def _cause(exc: BaseException) -> str:
+    """Why a request failed, in a few words, from the chain of errors requests and urllib3 wrap it in."""
+    if getattr(exc, "response", None) is not None:   # an HTTP error status
+        return f"HTTP {exc.response.status_code} {exc.response.reason}"
+    causes = {ConnectionRefusedError: "connection refused", socket.gaierror: "name not resolved",
+              TimeoutError: "timed out"}
+    err = exc
+    while err is not None:
+        if words := next((w for kind, w in causes.items() if isinstance(err, kind)), None):
+            return words
+        err = err.__cause__ or err.__context__
+    return getattr(exc, "strerror", None) or exc.__class__.__name__
 
 
 # ----------------------------------------------------------------------------- the data set

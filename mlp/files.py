@@ -29,16 +29,20 @@ def _umask() -> int:
 
 
 def written_path(path) -> Path:
-    """The absolute path a write of `path` lands in: each symbolic link followed (relative ones
-    from their own folder) and the folders on the way resolved. A link into /proc (/dev/stdout,
-    /dev/fd/N) is not followed: what it names is an open file, not a place for a new one."""
-    p = Path(os.path.abspath(path))
+    """The absolute path a write of `path` lands in, found as the kernel finds it: each symbolic link
+    followed (relative ones from their own folder) before a `..` after it (`link/..` is the target's
+    parent); a loop of links is ELOOP. A link into /proc (/dev/stdout, /dev/fd/N) is not followed:
+    what it names is an open file, not a place for a new one."""
+    p = Path(path)
     for _ in range(MAX_LINKS):
-        parent = Path(os.path.realpath(p.parent))
+        try:
+            parent = Path(os.path.realpath(p.parent, strict=True))
+        except (FileNotFoundError, NotADirectoryError):   # kept as given (not `..` collapsed), refused later
+            parent = Path.cwd() / p.parent
         p = parent / p.name
         if parent.parts[1:2] == ("proc",) or not p.is_symlink():
             return p
-        p = Path(os.path.abspath(parent / os.readlink(p)))
+        p = parent / os.readlink(p)
     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
 
 
@@ -107,12 +111,13 @@ def atomic_write(path, mode: str = "wb", **open_args):
         if isinstance(exc, OSError):
             exc.output = Path(path)
         raise
-    _fsync_dir(target.parent)
+    fsync(target.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
+def fsync(path) -> None:
+    """Flush a file, or a folder's entries (a rename in it), to disk; a folder that refuses is left so."""
+    with contextlib.suppress(OSError) if os.path.isdir(path) else contextlib.nullcontext():
+        fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:

@@ -23,6 +23,7 @@ IDX_CODES = {np.dtype(v).newbyteorder("="): k for k, v in IDX_TYPES.items()}
 MAX_IDX_BYTES = 1 << 40
 #: deflate cannot expand data more than ~1032 times: a header that claims more is a lie
 MAX_GZIP_RATIO = 1100
+MAX_IDX_DIMS = 16           # dimensions (MNIST's files have 1 or 3; NumPy takes at most 64, the format 255)
 
 
 def read_idx(path) -> np.ndarray:
@@ -45,22 +46,14 @@ def read_idx(path) -> np.ndarray:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _read_exact(f, n: int) -> bytes:
-    chunks, left = [], n
-    while left > 0 and (chunk := f.read(min(left, 1 << 20))):
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
 def _idx_header(head: bytes, name: str) -> tuple[np.dtype, int]:
     if len(head) < 4:
         raise DataError(f"{name}: {len(head)} bytes is too short for an IDX file (not an IDX file?)")
     zero, code, ndim = head[:2], head[2], head[3]
-    if zero != b"\x00\x00" or code not in IDX_TYPES or ndim == 0:
+    if zero != b"\x00\x00" or code not in IDX_TYPES or not 1 <= ndim <= MAX_IDX_DIMS:
         raise DataError(
             f"{name}: wrong magic number 0x{head[:4].hex()} (an IDX file starts 0x0000, a type code "
-            "0x08-0x0E and a dimension count); is this an MNIST images/labels file?"
+            f"0x08-0x0E and a dimension count from 1 to {MAX_IDX_DIMS}); is this an MNIST images/labels file?"
         )
     return np.dtype(IDX_TYPES[code]), ndim
 
@@ -79,10 +72,10 @@ def _check_dims(dims: tuple, dtype: np.dtype, name: str, size_limit: int) -> int
 
 
 def _read_idx_stream(f, name: str, size_limit: int) -> np.ndarray:
-    head = _read_exact(f, 4)
+    head = f.read(4)            # a buffered file (or gzip) returns what was asked for, unless it ends
     dtype, ndim = _idx_header(head, name)
     header = 4 + 4 * ndim
-    dim_bytes = _read_exact(f, 4 * ndim)
+    dim_bytes = f.read(4 * ndim)
     if len(dim_bytes) < 4 * ndim:
         raise DataError(f"{name}: truncated in its header ({4 + len(dim_bytes)} of {header} bytes); download it again")
     dims = tuple(int(d) for d in np.frombuffer(dim_bytes, ">u4"))
@@ -113,8 +106,8 @@ def write_idx(path, array, *, compress: bool | None = None) -> None:
     code = IDX_CODES.get(array.dtype)
     if code is None:
         raise ValueError(f"IDX has no type for {array.dtype}; use one of {sorted(str(t) for t in IDX_CODES)}")
-    if not 1 <= array.ndim <= 255:
-        raise ValueError("IDX arrays have 1 to 255 dimensions")
+    if not 1 <= array.ndim <= MAX_IDX_DIMS:
+        raise ValueError(f"IDX arrays have 1 to {MAX_IDX_DIMS} dimensions here (what read_idx accepts)")
     body = (bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
             + array.astype(np.dtype(IDX_TYPES[code]), copy=False).tobytes())
     if compress is None:

@@ -70,10 +70,10 @@ def _check_replaceable(path, flag: str, target: Path, st: os.stat_result, via: s
     if not stat.S_ISREG(st.st_mode):
         raise UserError(f"{flag} {path}{via}: is {describe_kind(target)}, not a regular file; give a file name "
                         "(outputs are written to a new file renamed into place, which a special file cannot be)")
-    if not os.access(target, os.W_OK):
+    if not (st.st_mode & 0o222 and os.access(target, os.W_OK)):     # no write bit: refused to root too
         raise UserError(f"{flag} {path}{via}: is read-only; make it writable (chmod u+w) or choose another path")
     parent_st = os.stat(target.parent)
-    if st.st_dev != parent_st.st_dev or str(target) in _mount_points():
+    if str(target) in _mount_points():
         raise UserError(f"{flag} {path}{via}: is a mount point (a bind-mounted file), which cannot be "
                         "replaced; choose another path")
     me = os.geteuid()
@@ -83,8 +83,9 @@ def _check_replaceable(path, flag: str, target: Path, st: os.stat_result, via: s
 
 
 def _mount_points() -> set[str]:
-    """The mount points of this process's mount namespace (Linux: /proc/self/mountinfo); a file
-    bind-mounted onto itself has its folder's device, so st_dev alone does not tell."""
+    """The mount points of this process's mount namespace (Linux: /proc/self/mountinfo). Not
+    st_dev: a file bind-mounted onto itself has its folder's, and overlayfs gives a file of a
+    lower layer (a container image's) another device than its folder."""
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
             fields = [line.split(" ")[4] for line in f if line.count(" ") >= 4]
@@ -155,7 +156,7 @@ def check_output_dir(path, flag: str, inputs: dict | None = None) -> Path:
     text = os.fspath(path)
     if not text.rstrip(os.sep):
         raise UserError(f"{flag}: the path is empty or the root folder; give a new folder's name")
-    folder = Path(os.path.abspath(text))
+    folder = Path.cwd() / text       # `..` not collapsed: it applies after the links before it
     if os.path.lexists(folder):
         kind = "a link" if folder.is_symlink() else describe_kind(folder) or "a file"
         raise UserError(f"{flag} {path}: already exists ({kind}); remove it or choose another path")

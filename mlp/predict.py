@@ -21,6 +21,8 @@ from .summary import wrote
 
 #: the files a directory given as IMAGE contributes (others in it are left alone)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
+#: the most pixels a stacked .npy may hold (85,598 images of 28x28; 512 MiB as float64), checked before it is read
+MAX_STACK_PIXELS = 1 << 26
 
 
 def expand_inputs(paths) -> list[Path]:
@@ -54,6 +56,9 @@ def load_stack(path: Path, shape: tuple) -> np.ndarray | None:
         return None
     if arr.shape[0] == 0:
         return np.zeros(arr.shape)                         # an empty stack: no images, and no note
+    if arr.size > MAX_STACK_PIXELS:
+        raise UserError(f"{path}: a stack of {arr.shape[0]:,} images ({arr.size:,} pixels), more than the "
+                        f"{MAX_STACK_PIXELS:,} allowed; predict at most {MAX_STACK_PIXELS // arr[0].size:,} per run")
     return scale_pixels(np.asarray(arr), path)             # the same rule as a single .npy image
 
 

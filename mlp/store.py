@@ -31,7 +31,7 @@ from . import settings
 from .data import mnist_files, read_idx, select_classes
 from .settings import MAX_COUNT, MAX_DIM
 from .errors import DataError, UserError
-from .files import check_input_file, process_alive
+from .files import check_input_file, fsync, process_alive
 from .npz import read_npy_header
 
 FORMAT = "mlp-rows/1"
@@ -220,12 +220,12 @@ def store_fingerprint(folder) -> str:
 def write_store(folder, blocks, n: int, n_features: int, meta: dict) -> None:
     """Write (X, y) blocks (uint8) into a new store folder, all or nothing: the files go to a
     temporary folder beside it (`.NAME.<pid>-<random>.convert-tmp`, removed by the next convert
-    in that folder if this process dies) that is renamed into place at the end. Folder and files
-    honour the umask."""
+    in that folder if this process dies) that is renamed into place once its files and itself are
+    on disk (fsync; the parent's entry after the rename). Folder and files honour the umask."""
     folder = Path(folder)
     if os.path.lexists(folder):
         raise UserError(f"{folder} already exists; remove it or choose another --out")
-    parent = folder.parent if str(folder.parent) else Path(".")
+    parent = folder.parent
     if not parent.is_dir():
         raise UserError(f"the folder {parent} does not exist; create it first or choose another --out")
     remove_dead_temporaries(parent)
@@ -247,15 +247,19 @@ def write_store(folder, blocks, n: int, n_features: int, meta: dict) -> None:
         for Xb, yb in blocks:
             X[start:start + len(Xb)], y[start:start + len(yb)] = Xb, yb
             start += len(Xb)
-        assert start == n, (start, n)
+        if start != n:
+            raise ValueError(f"write_store: the blocks hold {start:,} rows, not the {n:,} promised")
         X.flush(), y.flush()
         del X, y
         header = {"format": FORMAT, "n": n, "n_features": n_features, **meta}
         (tmp / "meta.json").write_text(json.dumps(header, indent=1))
+        for part in ("X.npy", "y.npy", "meta.json", "."):
+            fsync(tmp / part)
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fsync(parent)
 
 
 def remove_dead_temporaries(parent: Path) -> None:

@@ -8,14 +8,17 @@ VERSIONED = ("mlp-by-hand", "numpy", "array-api-compat", "cupy-cuda12x", "cupy-c
              "scikit-learn", "array-api-strict")
 
 
-def versions() -> dict:
-    """Python's version and those of the installed packages in VERSIONED."""
+def version(dist: str) -> str | None:
+    """The installed version of the distribution `dist`, None when it is not installed."""
     import importlib.metadata as md
 
-    out = {"python": platform.python_version()}
-    for dist in VERSIONED:
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    return out
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict:
+    """Python's version and those of the installed packages in VERSIONED."""
+    found = {dist: version(dist) for dist in VERSIONED}
+    return {"python": platform.python_version(), **{dist: v for dist, v in found.items() if v is not None}}

@@ -100,3 +100,16 @@ def wait_workers(address: str, n: int, timeout: float = 60) -> list[str]:
                 raise TimeoutError(f"{address} did not reach {n} workers in {timeout} s")
             time.sleep(0.1)
         return sorted(c.scheduler_info(n_workers=-1)["workers"])
+
+
+@contextlib.contextmanager
+def environ_kept():
+    """os.environ as it was on entry, again on exit (around a LocalCluster of one's own: distributed's
+    Nanny writes its workers' settings into the environment of the process that hosts it)."""
+    from mlp.backends.dask_connect import restore_environ
+
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        restore_environ(saved)

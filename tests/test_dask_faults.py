@@ -30,13 +30,12 @@ from distributed import LocalCluster  # noqa: E402
 
 from mlp import checkpoint  # noqa: E402
 from mlp import train as train_cmd  # noqa: E402
-from mlp.backends.dask_cluster import environ_kept  # noqa: E402
 from mlp.backends.dask_engine import chunk_loss_and_grads  # noqa: E402
 from mlp.backends.dask_guard import wait_result  # noqa: E402
 from mlp.errors import ClusterLost, StepStopped  # noqa: E402
 
 from .conftest import REPO, call_cli  # noqa: E402
-from .dask_procs import no_mlp_env, procs, wait_workers  # noqa: E402
+from .dask_procs import environ_kept, no_mlp_env, procs, wait_workers  # noqa: E402
 from . import test_dask as shared  # noqa: E402
 from .test_dask import assert_same, joined, numpy_reference, rows, train  # noqa: E402
 

@@ -430,7 +430,8 @@ def test_a_closed_pipe_ends_quietly(tiny, tmp_path):
 
 
 def test_user_mistakes_are_one_line(tiny, tmp_path, monkeypatch):
-    assert_refused(call_cli(train.main, "--seed", "-1"), "argument --seed: must be a whole number from 0 to 2^128 - 1, got -1")
+    assert_refused(call_cli(train.main, "--seed", "-1"),
+                   "argument --seed: must be a whole number from 0 to 2^128 - 1, got -1")
     assert_refused(call_cli(evaluate.main, "--checkpoint", tiny / "c.npz", "--max-shown", "-5"),
                    "argument --max-shown: must be a whole number from 1 to 2^62, got -5")
     fifo, folder = tmp_path / "fifo.npz", tmp_path / "dir.npz"

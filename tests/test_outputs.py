@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlp import checkpoint, checkpoint_meta, convert, evaluate, files, outputs, predict, train
+from mlp import checkpoint, convert, evaluate, files, outputs, predict, train
 from mlp.bench import cli as bench_cli
 
 from .conftest import REPO, call_cli, files_in, tiny_run
