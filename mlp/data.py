@@ -11,7 +11,6 @@ import hashlib
 import os
 import socket
 import stat
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 
 from .errors import DataError
 from .files import describe_kind
-from .idx import read_idx, write_idx  # noqa: F401 (write_idx: re-exported)
+from .idx import read_idx
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
@@ -280,8 +279,3 @@ def fingerprint(split: Split) -> str:
     digest.update(np.ascontiguousarray(split.X, dtype=np.float64).data)
     digest.update(np.ascontiguousarray(split.y, dtype=np.float64).data)
     return digest.hexdigest()
-
-
-if __name__ == "__main__":
-    print("python -m mlp.data convert is now python -m mlp.convert, with the same flags", file=sys.stderr)
-    sys.exit(2)

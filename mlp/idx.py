@@ -13,11 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .files import atomic_write
 
 #: IDX type code -> big-endian NumPy dtype
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-IDX_CODES = {np.dtype(v).newbyteorder("="): k for k, v in IDX_TYPES.items()}
 
 #: the most bytes an IDX array may claim (a 64-bit product of its dimensions is refused beyond it)
 MAX_IDX_BYTES = 1 << 40
@@ -98,19 +96,3 @@ def _read_idx_stream(f, name: str, size_limit: int) -> np.ndarray:
         raise DataError(f"{name}: unexpected bytes after the {dims} array its header describes "
                         "(more than its header promises); the file is corrupt or not an IDX file")
     return out.reshape(dims).astype(dtype.newbyteorder("="))
-
-
-def write_idx(path, array, *, compress: bool | None = None) -> None:
-    """Write `array` as an IDX file, gzip-compressed when the name ends in .gz (atomically)."""
-    array = np.asarray(array)
-    code = IDX_CODES.get(array.dtype)
-    if code is None:
-        raise ValueError(f"IDX has no type for {array.dtype}; use one of {sorted(str(t) for t in IDX_CODES)}")
-    if not 1 <= array.ndim <= MAX_IDX_DIMS:
-        raise ValueError(f"IDX arrays have 1 to {MAX_IDX_DIMS} dimensions here (what read_idx accepts)")
-    body = (bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-            + array.astype(np.dtype(IDX_TYPES[code]), copy=False).tobytes())
-    if compress is None:
-        compress = str(path).endswith(".gz")
-    with atomic_write(path) as f:
-        f.write(gzip.compress(body, mtime=0) if compress else body)

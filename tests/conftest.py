@@ -21,6 +21,7 @@ from mlp import backends
 from mlp import data
 
 # MLP_REQUIRE_GPU=1 (bench/gpu_check.sh sets it): a GPU test that would skip fails (tests/require_gpu.py)
+from .idx_files import write_idx
 from .require_gpu import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401
 
 # every xdist worker (and every process a test starts) shares one GPU: no JAX preallocation of 75%
@@ -158,8 +159,8 @@ def make_dataset(folder, n_train=40, n_test=20, labels=range(10), image_dtype=np
     for split, n in (("train", n_train), ("t10k", n_test)):
         images = rng.integers(0, 256, (n, 28, 28)).astype(image_dtype)
         lab = np.resize(np.array(list(labels), np.uint8), n)
-        data.write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
-        data.write_idx(folder / f"{split}-labels-idx1-ubyte.gz", lab)
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", lab)
         out[split] = (images, lab)
     return out
 

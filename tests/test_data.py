@@ -10,6 +10,7 @@ import pytest
 from mlp import data
 from mlp.errors import DataError
 
+from .idx_files import write_idx
 from .conftest import files_in, make_dataset, trust
 
 
@@ -23,7 +24,7 @@ def test_idx_round_trip(tmp_path, dtype, suffix):
     for shape in [(7,), (5, 28, 28), (3, 4, 5, 2)]:
         array = (rng.standard_normal(shape) * 50).astype(dtype)
         path = tmp_path / f"a-{len(shape)}{suffix}"
-        data.write_idx(path, array)
+        write_idx(path, array)
         assert (path.read_bytes()[:2] == b"\x1f\x8b") == (suffix == ".gz")
         back = data.read_idx(path)
         assert back.dtype == array.dtype and back.shape == array.shape
@@ -31,7 +32,7 @@ def test_idx_round_trip(tmp_path, dtype, suffix):
 
 
 def test_idx_header_is_mnists(tmp_path):
-    data.write_idx(tmp_path / "x", np.zeros((2, 28, 28), np.uint8))
+    write_idx(tmp_path / "x", np.zeros((2, 28, 28), np.uint8))
     raw = (tmp_path / "x").read_bytes()
     assert raw[:4] == b"\x00\x00\x08\x03"
     assert raw[4:16] == bytes.fromhex("00000002 0000001c 0000001c")
@@ -94,7 +95,7 @@ def test_rejects_corrupt_gzip(tmp_path):
 
 def test_mismatched_counts_are_rejected(tmp_path):
     make_dataset(tmp_path)
-    data.write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(39, np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(39, np.uint8))
     with pytest.raises(DataError, match="40 images but .* 39 labels"):
         data.load_dataset(tmp_path, (0, 1), download=False)
 
@@ -115,7 +116,7 @@ def test_nan_in_float_images_is_rejected(tmp_path):
     images = data.read_idx(tmp_path / "train-images-idx3-ubyte.gz")
     images[0, 3, 3] = np.nan  # rows 0 and 11 hold a 0 and a 1, the pair loaded below
     images[11, 0, 0] = np.inf
-    data.write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
     with pytest.raises(DataError, match="2 of 8 images hold NaN or inf"):
         data.load_dataset(tmp_path, (0, 1), download=False)
 

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from mlp import backends
 from mlp import checkpoint, data, evaluate, model, predict, train
 
+from .idx_files import write_idx
 from .conftest import REPO, call_cli, files_in, make_dataset, needs_gpu, run_cli
 
 
@@ -211,7 +212,7 @@ def test_nan_in_the_data(tmp_path, out):
     make_dataset(tmp_path / "d", labels=[3, 7], image_dtype=np.float64)
     images = data.read_idx(tmp_path / "d" / "train-images-idx3-ubyte.gz")
     images[4, 10, 10] = np.nan
-    data.write_idx(tmp_path / "d" / "train-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "d" / "train-images-idx3-ubyte.gz", images)
     assert_refused(call_cli(train.main, "--data-dir", tmp_path / "d", *outputs(out)),
                    "1 of 40 images hold NaN or inf values", out)
 
@@ -280,7 +281,7 @@ def test_checkpoint_of_another_model_shape(good_ckpt, tmp_path, out):
     # a data set of 14x14 images: the checkpoint's 784-pixel model cannot run on it
     for split in ("train", "t10k"):
         images = data.read_idx(small / f"{split}-images-idx3-ubyte.gz")[:, :14, :14].copy()
-        data.write_idx(small / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(small / f"{split}-images-idx3-ubyte.gz", images)
     assert_refused(call_cli(train.main, "--data-dir", small, "--resume", good_ckpt, "--epochs", "2", *outputs(out)),
                    "was trained on 784 pixels per image, this data has 196", out)
     assert_refused(call_cli(evaluate.main, "--data-dir", small, "--checkpoint", good_ckpt),
