@@ -9,40 +9,31 @@ step's time minus theirs.
 import argparse
 import statistics
 import sys
-import time
 
 import numpy as np
 
 from mlp import backends
 from mlp import model
+from mlp.checkpoint_meta import MAX_DIM
+from mlp.cli import Parser, add_data_flags, bounded_int, run
 
+from .flags import COUNT
+from .floor import timings
 from .reference import training_rows
 
 
-def _median_ms(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.breakdown", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=12_396, help="training rows, full batch (default: 12,396, all the real "
-                                                         "3s and 7s; more are drawn from them)")
-    p.add_argument("--hidden", type=int, default=128, help="hidden units H (default: 128)")
+def build_parser() -> Parser:
+    p = Parser(prog="python -m bench.breakdown", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=COUNT, default=12_396, help="training rows, full batch (default: 12,396, all the real "
+                                                           "3s and 7s; more are drawn from them)")
+    p.add_argument("--hidden", type=bounded_int(1, MAX_DIM), default=128, help="hidden units H (default: 128)")
     p.add_argument("--dtype", default="float32", choices=backends.DTYPES, help="floating-point type (default: float32)")
-    p.add_argument("--repeats", type=int, default=40, help="timed steps per measurement, after 3 warm-ups; their "
-                                                           "median counts (default: 40)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of all four measurements, interleaved; the table "
-                                                         "shows the median round (default: 3)")
-    p.add_argument("--data-dir", default=None, metavar="DIR", help="folder with the MNIST IDX files (default: "
-                                                                    "$MLP_DATA_DIR, else ~/.cache/mlp/mnist)")
+    p.add_argument("--repeats", type=COUNT, default=40, help="timed steps per measurement, after 3 warm-ups; their "
+                                                             "median counts (default: 40)")
+    p.add_argument("--rounds", type=COUNT, default=3, help="rounds of all four measurements, interleaved; the table "
+                                                           "shows the median round (default: 3)")
+    add_data_flags(p)
     return p
 
 
@@ -53,7 +44,7 @@ def main(argv=None) -> int:
     from .torch_peers import torch_manual_step
 
     backends.keep_freed_memory()
-    X, y = training_rows(args.data_dir, args.n, args.dtype)
+    X, y = training_rows(args.data_dir, args.n, args.dtype, download=not args.no_download)
     X = np.ascontiguousarray(X)
     y = y.astype(args.dtype)
     P = {k: v.astype(args.dtype) for k, v in
@@ -69,14 +60,13 @@ def main(argv=None) -> int:
         with torch.no_grad():
             torch_manual_step(T["w1"], T["b1"], T["w2"], T["b2"], Xt, yt, 0.1)
 
+    def ms(fn) -> float:
+        return statistics.median(timings(fn, repeats=args.repeats, warmup=3)) * 1e3
+
     rounds = []
     for _ in range(args.rounds):  # interleaved, so drifts in the machine's speed hit both
-        rounds.append((
-            _median_ms(ours, args.repeats),
-            _median_ms(manual, args.repeats),
-            _median_ms(lambda: X @ P["w1"], args.repeats) + _median_ms(lambda: X.T @ z, args.repeats),
-            _median_ms(lambda: Xt @ T["w1"], args.repeats) + _median_ms(lambda: Xt.T @ zt, args.repeats),
-        ))
+        rounds.append((ms(ours), ms(manual), ms(lambda: X @ P["w1"]) + ms(lambda: X.T @ z),
+                       ms(lambda: Xt @ T["w1"]) + ms(lambda: Xt.T @ zt)))
     step_np, step_t, gemm_np, gemm_t = np.median(np.array(rounds), axis=0)
     print(f"{backends.cpu_name()}, N={args.n:,} H={args.hidden} {args.dtype}, "
           f"median of {args.rounds} x {args.repeats} steps, NumPy {np.__version__}, PyTorch {torch.__version__}")
@@ -87,5 +77,7 @@ def main(argv=None) -> int:
     return 0
 
 
+main.prog = "bench.breakdown"
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -4,8 +4,8 @@ slowdown against its idle time.
 
 A competitor is a Python busy loop that ends by itself at a deadline, in a session (and process
 group) of its own; the bench stops every one with SIGKILL when the measurement ends, whatever
-happened (an error, Ctrl-C, SIGTERM), so none outlives it, and none outlives its deadline even
-if the bench itself is killed.
+happened (an error, Ctrl-C, SIGTERM). A competitor, like a bench worker, dies with the bench
+(mlp.bench.die_with_parent), even when the bench is killed with SIGKILL.
 """
 
 import contextlib
@@ -14,9 +14,11 @@ import signal
 import subprocess
 import sys
 
-SPIN = "import time\nend = time.monotonic() + {seconds:.0f}\nwhile time.monotonic() < end:\n    pass\n"
-DEFAULT_JOB = {"impl": "ours", "backend": "numpy", "engine": "eager", "dtype": "float32", "hidden": 128, "batch": 64}
-TARGETS = {1: 1.3, "cores": 2.5}   # the default job's slowdown allowed beside 1 competitor, and one per core
+from .reference import IDENTITY
+from .targets import DEFAULT_JOB, matches
+
+SPIN = ("from mlp.bench import die_with_parent\ndie_with_parent({parent})\n"
+        "import time\nend = time.monotonic() + {seconds:.0f}\nwhile time.monotonic() < end:\n    pass\n")
 
 
 def levels(cores: int) -> list[int]:
@@ -33,8 +35,9 @@ class Competitors:
     def __enter__(self):
         try:
             for _ in range(self.k):
+                spin = SPIN.format(parent=os.getpid(), seconds=self.seconds)
                 self.procs.append(subprocess.Popen(
-                    [sys.executable, "-c", SPIN.format(seconds=self.seconds)], start_new_session=True,
+                    [sys.executable, "-c", spin], start_new_session=True,
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         except BaseException:
             self.stop()
@@ -61,23 +64,24 @@ def measure(run_worker, spec: dict, timeout: float) -> dict:
 
 
 def _key(r: dict) -> tuple:
-    return (r["impl"], r.get("backend"), r.get("engine"), r.get("threads_requested"), r["device"], r["dtype"],
-            r["n"], r["hidden"], r.get("batch"))
+    return tuple(r.get(k) for k in IDENTITY) + (r["device"], r["dtype"], r["n"], r["hidden"], r.get("batch"))
 
 
 def table(idle: list, busy: list, label) -> list:
     """Markdown lines: each measured row idle and beside K competitors, the slowdown in brackets;
-    the default job first, with the targets it is held to."""
+    the default job first (its targets: targets.py)."""
     ok = lambda r: r.get("status") == "ok"  # noqa: E731
     by = {(_key(r), r.get("busy") or 0): r for r in [*idle, *busy] if ok(r)}
+    first = {}
+    for (key, _), r in by.items():
+        first.setdefault(key, r)                          # a record of each row, idle if it has one
     ks = sorted({r["busy"] for r in busy if r.get("busy")})
-    keys = sorted({k for k, _ in by}, key=lambda k: (not _is_default(k), k[4:8], k[8] or 0, str(k[:4])))
+    keys = sorted(first, key=lambda k: (not matches(first[k], DEFAULT_JOB), k[4:8], k[8] or 0, str(k[:4])))
     if not ks or not keys:
         return []
     lines = ["| row | N | H | B | threads | idle ms (load) | " + " | ".join(
                  f"{k} competitor{'s' * (k > 1)}: ms (× idle)" for k in ks) + " |",
              "|---|---:|---:|---:|---:|---:|" + "---:|" * len(ks)]
-    verdicts = []
     for key in keys:
         base = by.get((key, 0))
         cells = []
@@ -85,23 +89,12 @@ def table(idle: list, busy: list, label) -> list:
             r = by.get((key, k))
             ratio = r["median_ms"] / base["median_ms"] if r and base else None
             cells.append("–" if r is None else f"{r['median_ms']:.1f}" + (f" ({ratio:.2f}×)" if ratio else ""))
-            if _is_default(key) and ratio is not None:
-                goal = TARGETS[1] if k == 1 else TARGETS["cores"] if k == ks[-1] else None
-                if goal:
-                    verdicts.append(f"- default job beside {k} competitor{'s' * (k > 1)}: {ratio:.2f}× its idle "
-                                    f"time (target ≤ {goal}×): {'met' if ratio <= goal else 'MISSED'}")
-        any_r = base or next(by[(key, k)] for k in ks if (key, k) in by)
-        name = ("**default job** " if _is_default(key) else "") + label(any_r)
+        any_r = first[key]
+        name = ("**default job** " if matches(any_r, DEFAULT_JOB) else "") + label(any_r)
         idle_cell = "–" if base is None else f"{base['median_ms']:.1f} ({_load(base)})"
         lines.append(f"| {name} | {key[6]:,} | {key[7]} | {key[8] or 'full'} | {any_r.get('threads') or '–'} | "
                      f"{idle_cell} | " + " | ".join(cells) + " |")
-    return lines + ([""] + verdicts if verdicts else [])
-
-
-def _is_default(key: tuple) -> bool:
-    impl, backend, engine, threads, device, dtype, n, hidden, batch = key
-    return (impl, backend, engine or "eager", dtype, hidden, batch) == tuple(DEFAULT_JOB.values()) and \
-        threads in (None, "auto") and device == "cpu"
+    return lines
 
 
 def _load(r: dict) -> str:

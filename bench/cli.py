@@ -5,9 +5,7 @@ missing and the configurations too slow for the time allowed are all listed in t
 results, never silently dropped.
 """
 
-import argparse
 import datetime as dt
-import decimal
 import importlib.util
 import itertools
 import json
@@ -23,8 +21,6 @@ import numpy as np
 
 from mlp import backends
 from mlp.backends.threads import usable_cores
-from mlp.checkpoint_meta import MAX_COUNT
-from mlp.cli import Parser, add_data_flags, positive_float, positive_int, threads_arg
 from mlp.data import data_paths, default_data_dir
 from mlp.versions import versions
 from mlp.errors import UserError
@@ -33,13 +29,14 @@ from mlp.outputs import check_outputs
 from mlp.plots import plot_format
 from mlp.summary import wrote
 
-from . import busy, reference, report
+from . import busy, reference, report, targets
 from .dask_impl import expand, summary as dask_summary
+from .flags import LONGEST_WAIT_S, build_parser, size  # noqa: F401  (size: for tests/test_outputs.py)
 from .floor import epoch_flops
 from .impls import COMPILED, LIBRARY, MINIBATCH_PEERS, PEERS
+from .targets import REAL
 from .worker import RECORD_KEYS, RESULT_MARK
 
-REAL = "real"                      # N = all the real training rows (12,396 for 3 vs 7), read from the data
 DEFAULT_SIZES = {"cpu": [REAL, "4x"], "cuda": [REAL, 100_000, 1_000_000]}
 DEFAULT_HIDDEN = [128, 1024]
 DEFAULT_BATCHES = [64, 512, 4096]  # the minibatch sweep, at N = real and H = 128 (the default job is B = 64)
@@ -47,79 +44,10 @@ DEFAULT_BACKENDS = {"cpu": ["numpy", "torch", "jax"], "cuda": ["cupy", "torch", 
 GEMM_LIBRARIES = {"cpu": ["numpy", "torch"], "cuda": ["cupy", "torch"]}   # no JAX: no device-wide sync to time by
 
 
-def csv(kind):
-    def parse(text):
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError("expected a comma-separated list")
-        return [kind(t) for t in items]
-    return parse
-
-
-def size(text: str):
-    """A row count (1e5 is 100000; at most 2**62) or 'real'."""
-    if text.lower() == REAL:
-        return REAL
-    try:
-        value = decimal.Decimal(text.strip())
-    except decimal.InvalidOperation:
-        raise argparse.ArgumentTypeError(f"expected a whole row count or 'real', got {text[:40]!r}") from None
-    if not value.is_finite() or value != value.to_integral_value() or not 1 <= value <= MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"sizes must be whole numbers from 1 to 2**62, got {text[:40]}")
-    return int(value)
-
-
-def seconds(text: str) -> float:
-    """A finite number of seconds, 0 or more."""
-    return 0.0 if text.strip() in ("0", "0.0") else positive_float(text)
-
-
-def build_parser() -> Parser:
-    p = Parser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true",
-                   help="a tiny sweep in seconds (a smoke test: N=2,000, H=32, float32, 3 epochs, minibatch B=512; "
-                        "no torch.compile)")
-    p.add_argument("--device", type=csv(str), metavar="LIST",
-                   help="devices, e.g. cpu or cpu,cuda (default: cpu, plus cuda where CuPy sees a GPU)")
-    p.add_argument("--backends", type=csv(str), metavar="LIST",
-                   help="libraries to run our model on (default: numpy,torch,jax on cpu; cupy,torch,jax on cuda; "
-                        "dask runs 1, 2, ... workers)")
-    p.add_argument("--peers", type=csv(str), metavar="LIST",
-                   help=f"peers to compare: {','.join(PEERS)}, or none (default: all)")
-    p.add_argument("--sizes", type=csv(size), metavar="LIST",
-                   help="rows N of the full-batch sweep ('real' = all real training rows; larger sizes resample "
-                        "them) (default: real and 4x real on cpu; real,1e5,1e6 on cuda)")
-    p.add_argument("--batches", type=csv(positive_int), metavar="LIST",
-                   help="the minibatch sweep at N = real, H = 128: rows per step (default: 64,512,4096)")
-    p.add_argument("--no-minibatch", action="store_true", help="skip the minibatch sweep")
-    p.add_argument("--hidden", type=csv(positive_int), metavar="LIST", help="hidden widths H (default: 128,1024)")
-    p.add_argument("--dtype", type=csv(str), metavar="LIST", help="float32,float64 (default: both)")
-    p.add_argument("--epochs", type=positive_int, default=20, help="timed epochs per measurement (default: 20)")
-    p.add_argument("--min-epochs", type=positive_int, default=5,
-                   help="timed epochs always run, even past --budget (default: 5)")
-    p.add_argument("--budget", type=seconds, default=3.0, metavar="S",
-                   help="seconds of timed epochs per measurement, after --min-epochs (default: 3)")
-    p.add_argument("--warmup", type=positive_int, default=2, help="untimed epochs first (default: 2)")
-    p.add_argument("--max-epoch-seconds", type=positive_float, default=None, metavar="S",
-                   help="skip configurations whose estimated epoch (2x the floor) is longer "
-                        "(default: 1 on cpu, 10 on cuda)")
-    add_data_flags(p)   # --data-dir / $MLP_DATA_DIR / ~/.cache/mlp/mnist, exactly as mlp.train
-    p.add_argument("--threads", type=csv(threads_arg), default=["auto"], metavar="LIST",
-                   help="CPU threads of every row: auto (ours: the thread policy; a peer: its library's default) "
-                        "and/or counts, each its own row, e.g. auto,1 (default: auto)")
-    p.add_argument("--busy", action="store_true",
-                   help="measure every row idle, then beside 1 and N CPU-bound competing processes (N = the usable "
-                        "cores), and report each slowdown; by default the default job's configuration and full "
-                        "batch (float32, N = real, H = 128, B = 64)")
-    p.add_argument("--json", metavar="PATH", help="write all records and metadata as JSON")
-    p.add_argument("--plot", metavar="PATH",
-                   help="write the plot; the format follows the suffix: .png, .svg, .pdf, ...")
-    p.add_argument("--markdown", metavar="PATH", help="write the markdown table")
-    return p
-
-
 def run_worker(spec: dict, timeout: float) -> dict:
-    cmd = [sys.executable, "-m", "mlp.bench.worker", json.dumps(spec)]
+    """One measurement in a worker process that ends with this one; at most `timeout` s (and a week)."""
+    timeout = min(timeout, LONGEST_WAIT_S)
+    cmd = [sys.executable, "-m", "mlp.bench.worker", json.dumps({**spec, "parent": os.getpid()})]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -140,12 +68,11 @@ def cuda_available() -> bool:
 
 
 def git_commit() -> str | None:
+    """'58245f6', or '58245f6+dirty' when tracked files differ from it; None outside a checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parents[1], timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).resolve().parents[1], timeout=5).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
+        out = subprocess.run(["git", "describe", "--always", "--dirty=+dirty", "--exclude=*"], capture_output=True,
+                             text=True, cwd=Path(__file__).resolve().parents[1], timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -182,7 +109,7 @@ def plan(args) -> dict:
 def run_probes(devices, dtypes) -> list:
     probes = []
     for device in devices:
-        for library in GEMM_LIBRARIES[report.device_kind(device)]:
+        for library in GEMM_LIBRARIES[reference.device_kind(device)]:
             for dtype in dtypes:
                 if importlib.util.find_spec(library) is None:
                     probes.append({"library": library, "device": device, "dtype": dtype, "status": "skipped",
@@ -207,7 +134,7 @@ def rows(kind: str, backend_names, peers, batch) -> list:
 def measure_all(args, sweep, real_n: int, d: int, rates: dict) -> list:
     records = []
     for device in sweep["devices"]:
-        kind = report.device_kind(device)
+        kind = reference.device_kind(device)
         cap = args.max_epoch_seconds or (1.0 if kind == "cpu" else 10.0)
         sizes = [2_000] if args.quick else [real_n if s == REAL else 4 * real_n if s == "4x" else s
                                              for s in (args.sizes or DEFAULT_SIZES[kind])]
@@ -243,7 +170,13 @@ def measure_all(args, sweep, real_n: int, d: int, rates: dict) -> list:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.summary:
+        given = [k for k, v in vars(args).items() if k != "summary" and v != parser.get_default(k)]
+        if given:
+            raise UserError(f"--summary reads a run's JSON and measures nothing: drop --{given[0].replace('_', '-')}")
+        return summary(args.summary)
     sweep = plan(args)
     check_outputs({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot},
                   {f"--data-dir's {p.name}": p for p in data_paths(args.data_dir or default_data_dir())})
@@ -262,14 +195,41 @@ def main(argv=None) -> int:
               "busy": [r for r in records if r.get("busy")]}   # beside competitors: the busy table only
     result["speedups"] = report.speedups(result["records"])
     result["slopes"] = report.slopes(result["records"])
-    result["targets"] = report.targets(result["records"], real.shape[0])
+    result["targets"] = targets.verdicts(result)
     result["meta"]["wall_seconds"] = round(time.time() - started, 1)
     return write_outputs(args, result)
 
 
+def summary(path: str) -> int:
+    """`--summary JSON`: the targets' verdicts and the problems of a run, as the run itself found them."""
+    try:
+        result = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--summary: cannot read {path} ({getattr(exc, 'strerror', None) or exc}): name the file "
+                        "that `--json` wrote") from None
+    try:
+        meta = result["meta"]
+        problems = reference.problems(result["records"], result.get("probes") or [], result.get("busy") or [])
+        lines = [f"Bench: `{meta.get('command')}` ({meta.get('date')}, commit {meta.get('git_commit')}; "
+                 f"{meta.get('cpu')}; GPU: {', '.join(meta.get('gpus') or []) or 'none'})", "", *targets.lines(result)]
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:   # hand-made or from another program
+        raise UserError(f"--summary: {path} is not a bench JSON ({type(exc).__name__}: {exc}): name the file that "
+                        "`--json` wrote") from None
+    print("\n".join([*lines, "", "Problems (each fails the bench):" if problems else "Problems: none",
+                     *(f"- {line}" for line in problems)]))
+    return 1 if problems else 0
+
+
+def typed() -> str:
+    """How this command was started: 'python -m mlp.bench', 'python -m bench' or 'mlp-bench'."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name.endswith("bench.__main__"):
+        return f"python -m {spec.name.removesuffix('.__main__')}"
+    return Path(sys.argv[0]).name if Path(sys.argv[0]).name == "mlp-bench" else "python -m mlp.bench"
+
+
 def metadata(argv, records, real_shape) -> dict:
-    command = "python -m bench" + ("" if argv is None and len(sys.argv) <= 1 else " " + shlex.join(
-        sys.argv[1:] if argv is None else [str(a) for a in argv]))
+    command = " ".join([typed(), shlex.join(sys.argv[1:] if argv is None else [str(a) for a in argv])]).strip()
     return {
         "command": command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu": backends.cpu_name(),

@@ -45,18 +45,19 @@ def floor_seconds(n, d, h, itemsize, gemm_flops_per_s, bytes_per_s, steps: int =
 # ----------------------------------------------------------------------------- probes
 
 
-def _best_rate(fn, sync, work: float, repeats: int = 5, warmup: int = 2) -> float:
+def timings(fn, sync=lambda: None, repeats: int = 5, warmup: int = 2) -> list[float]:
+    """Seconds of each of `repeats` calls of fn(), after `warmup` untimed ones, the device synchronised around each."""
     for _ in range(warmup):
         fn()
     sync()
-    best = float("inf")
+    out = []
     for _ in range(repeats):
         sync()
         t0 = time.perf_counter()
         fn()
         sync()
-        best = min(best, time.perf_counter() - t0)
-    return work / best
+        out.append(time.perf_counter() - t0)
+    return out
 
 
 def probe(library: str, device: str, dtype: str) -> dict:
@@ -80,7 +81,7 @@ def probe(library: str, device: str, dtype: str) -> dict:
     ddst = b.xp.zeros_like(dsrc)
     copy = {"numpy": lambda: np.copyto(ddst, dsrc), "torch": lambda: ddst.copy_(dsrc)}.get(
         library, lambda: ddst.__setitem__(Ellipsis, dsrc))
-    gemm = _best_rate(lambda: dA @ dB, b.synchronize, 2 * n**3)
-    bandwidth = _best_rate(copy, b.synchronize, 2 * src.nbytes)
+    gemm = 2 * n**3 / min(timings(lambda: dA @ dB, b.synchronize))
+    bandwidth = 2 * src.nbytes / min(timings(copy, b.synchronize))
     return {"library": library, "device": device, "dtype": dtype, "gemm_size": n,
             "gemm_flops_per_s": gemm, "copy_bytes_per_s": bandwidth}

@@ -13,6 +13,12 @@ from mlp.batches import batch_rows, is_full_batch
 
 TOLERANCE = {"float32": 1e-4, "float64": 1e-9}   # |loss - float64 NumPy's| / float64 NumPy's
 CHUNK_ROWS = 16_384
+IDENTITY = ("impl", "backend", "engine", "threads_requested")          # which row
+CONFIG = ("device", "dtype", "n", "hidden", "batch", "busy")           # the work it does, and where
+
+
+def device_kind(device: str | None) -> str:
+    return "cpu" if device in (None, "cpu") else "cuda"
 
 
 def row_index(real_n: int, n: int, seed: int = 0) -> np.ndarray:
@@ -21,11 +27,11 @@ def row_index(real_n: int, n: int, seed: int = 0) -> np.ndarray:
     return np.arange(n) if n <= real_n else np.random.default_rng(seed).integers(0, real_n, n)
 
 
-def training_rows(data_dir, n: int, dtype: str, seed: int = 0):
+def training_rows(data_dir, n: int, dtype: str, seed: int = 0, download: bool = True):
     """The bench's n rows of MNIST 3 vs 7 (see row_index) in `dtype`."""
     from mlp.data import load_dataset
 
-    ds = load_dataset(data_dir, (3, 7), quiet=True, dtype=np.dtype(dtype).type)
+    ds = load_dataset(data_dir, (3, 7), quiet=True, dtype=np.dtype(dtype).type, download=download)
     X, y = ds.train.X, ds.train.y
     if n <= X.shape[0]:
         return X[:n], y[:n]
@@ -80,21 +86,30 @@ def label(r: dict) -> str:
 
 
 def where(r: dict) -> str:
-    return f"N={r.get('n', 0):,} H={r.get('hidden')} B={r.get('batch') or 'full'}"
+    n = r.get("n", 0)
+    return f"N={format(n, ',') if isinstance(n, int) else n} H={r.get('hidden')} B={r.get('batch') or 'full'}"
+
+
+def place(r: dict) -> str:
+    """'cpu float32 N=12,396 H=128 B=64' (a probe: no N, H, B)."""
+    return (f"{r.get('device')} {r.get('dtype')}" + (f" {where(r)}" if r.get("n") else "")
+            + (f" beside {r['busy']} competing process{'es' * (r['busy'] != 1)}" if r.get("busy") else ""))
 
 
 def describe(r: dict) -> str:
-    """'ours (numpy, eager) on cpu float32 N=12,396 H=128 B=64' (a probe: no N, H, B)."""
-    return (f"{label(r)} on {r.get('device')} {r.get('dtype')}" + (f" {where(r)}" if r.get("n") else "")
-            + (f" beside {r['busy']} competing processes" if r.get("busy") else ""))
+    """'ours (numpy, eager) on cpu float32 N=12,396 H=128 B=64'."""
+    return f"{label(r)} on {place(r)}"
 
 
 def problems(records: list, probes: list = (), busy: list = ()) -> list:
-    """Why the bench must fail, one line each (empty: it passes). `busy`: the rows measured beside
-    competitors (--busy), held to no loss of their own (their idle twin in `records` is), but an
-    error there fails the bench too."""
+    """Why the bench must fail, one line each (empty: it passes): an error, a device with no row
+    measured, a first loss unchecked or off. `busy`: the rows measured beside competitors
+    (--busy), held to no loss of their own (their idle twin in `records` is), but an error there
+    fails the bench too."""
     out = [f"{describe(r)}: error: {r.get('reason')}" for r in (*probes, *records, *busy)
            if r.get("status") == "error"]
+    out += [f"nothing was measured on {device}: every row there was skipped or failed" for device in
+            sorted({r.get("device") for r in records} - {r.get("device") for r in records if r.get("status") == "ok"})]
     for r in records:
         if r.get("status") != "ok":
             continue

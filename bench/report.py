@@ -1,26 +1,23 @@
-"""From measurements to a table, a plot, slopes, the GPU/CPU speed-up and the targets."""
+"""From measurements to a table, a plot, slopes, the GPU/CPU speed-up, and the targets' verdicts (targets.py)."""
 
 import math
 from collections import defaultdict
 
 import numpy as np
 
-from . import busy
+from . import busy, targets
 from .floor import epoch_flops, epoch_min_bytes, floor_seconds
-from .reference import check, describe, label
+from .reference import check, describe, device_kind, label
 
-REFERENCE_BACKEND = {"cpu": "numpy", "cuda": "cupy"}   # eager: what the ratios in the tables are to
+REFERENCE_BACKEND = {"cpu": "numpy", "cuda": "cupy"}
 IMPL_ORDER = {"ours": 0, "torch-manual": 1, "torch-expert": 2, "torch-autograd": 3, "torch-compile": 4,
               "jax-jit": 5, "sklearn": 6}
 
 
-def device_kind(device: str) -> str:
-    return "cpu" if device == "cpu" else "cuda"
-
-
 def is_reference(r: dict) -> bool:
-    return (r["impl"] == "ours" and r["backend"] == REFERENCE_BACKEND[device_kind(r["device"])]
-            and (r.get("engine") or "eager") == "eager" and r.get("threads_requested") in (None, "auto"))
+    """Ours on NumPy (CuPy on a GPU), eager, its thread policy: what the tables' ratios are to."""
+    return targets.matches(r, {**targets.OURS, "engine": "eager",
+                               "backend": REFERENCE_BACKEND[device_kind(r["device"])]})
 
 
 def rates(probes: list) -> dict:
@@ -98,48 +95,6 @@ def slopes(records: list) -> list:
     return out
 
 
-def targets(records: list, real_n: int) -> list:
-    """The CPU targets at float32, N = all real rows, H=128, full batch, as measured in this run."""
-    at = {label(r): r for r in records if r.get("status") == "ok" and r["device"] == "cpu" and r.get("batch") is None
-          and r["dtype"] == "float32" and r["n"] == real_n and r["hidden"] == 128}
-    out = parity(records, real_n)
-    ours = at.get("ours (numpy, eager)")
-    if ours is None:
-        return out
-    if ours.get("floor_ms"):
-        ratio = ours["median_ms"] / ours["floor_ms"]
-        out.append(("ours within 1.25x of the floor", f"{ours['median_ms']:.1f} ms vs floor {ours['floor_ms']:.1f} ms "
-                    f"= {ratio:.2f}x", ratio <= 1.25))
-    for peer, goal, text in (("torch-manual", 1.0, "no slower than hand-written PyTorch-CPU"),
-                             ("sklearn", 1 / 1.25, "at least 1.25x faster than scikit-learn")):
-        if peer in at:
-            ratio = ours["median_ms"] / at[peer]["median_ms"]
-            out.append((text, f"{ours['median_ms']:.1f} ms vs {at[peer]['median_ms']:.1f} ms: ours/{peer} = "
-                        f"{ratio:.2f}" + (f" ({1 / ratio:.2f}x faster)" if peer == "sklearn" else ""), ratio <= goal))
-        else:
-            out.append((text, f"{peer} not measured in this run", None))
-    return out
-
-
-def parity(records: list, real_n: int) -> list:
-    """The best of our CPU rows against the best torch-expert row, float32, N = real, H = 128, at B=64
-    and full batch."""
-    out = []
-    for batch in (64, None):
-        at = [r for r in records if r.get("status") == "ok" and r["device"] == "cpu" and r.get("batch") == batch
-              and r["dtype"] == "float32" and r["n"] == real_n and r["hidden"] == 128]
-        ours = min((r for r in at if r["impl"] == "ours"), key=lambda r: r["median_ms"], default=None)
-        expert = min((r for r in at if r["impl"] == "torch-expert"), key=lambda r: r["median_ms"], default=None)
-        text = f"best of ours no slower than torch-expert at B={batch or 'full'}"
-        if ours and expert:
-            ratio = ours["median_ms"] / expert["median_ms"]
-            out.append((text, f"{label(ours)} {ours['median_ms']:.1f} ms vs {label(expert)} {expert['median_ms']:.1f} "
-                        f"ms = {ratio:.2f}x", ratio <= 1.0))
-        elif at:
-            out.append((text, "ours or torch-expert not measured in this run", None))
-    return out
-
-
 def _fmt(v, spec, none="–"):
     return none if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
@@ -205,6 +160,8 @@ def markdown(result: dict) -> str:
             f"{_fmt(r.get('ratio_to_ours'), '.2f')} | "
             f"{_fmt(None if r.get('peak_mem_bytes') is None else r['peak_mem_bytes'] / 2**20, '.0f')} | "
             f"{r['epochs_timed']} | {r.get('loss_check', 'NOT CHECKED')} |")
+    unmeasured = sorted({m for r in ok if (m := str(r.get("peak_mem_method"))).startswith("not measured")})
+    lines += ["", "Peak memory " + "; ".join(unmeasured)] if unmeasured else []
     skipped = [r for r in records if r.get("status") != "ok"]
     if skipped:
         lines += ["", "Not measured:", ""]
@@ -238,13 +195,7 @@ def markdown(result: dict) -> str:
         lines += ["", "Busy machine: median ms per epoch idle and beside K CPU-bound competing processes (in "
                   "brackets: the slowdown against idle; load: the 1-minute load average at the end of the idle "
                   "run, the bench's own processes included):", ""] + slow
-    tg = result.get("targets") or []
-    if tg:
-        lines += ["", f"Targets (CPU, float32, N={meta.get('real_rows', 0):,}, H=128; full batch unless B is named):",
-                  ""]
-        lines += [f"- {name}: {text}: " + {True: "met", False: "MISSED", None: "not checked"}[met]
-                  for name, text, met in tg]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", *targets.lines(result)]) + "\n"
 
 
 def plot(result: dict, path) -> bool:

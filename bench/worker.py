@@ -36,7 +36,10 @@ class PeakMemory:
             from mlp.backends.host import memory, reset_peak_memory
 
             self.method = "VmHWM growth" if reset_peak_memory() else "peak growth since the process started (no reset)"
-            self.base = memory()["rss"]
+            try:
+                self.base = memory()["rss"]
+            except ImportError:   # psutil, which the [bench] extra brings
+                self.method, self.base = "not measured: psutil is not installed (pip install -e '.[bench]')", None
         elif self.library == "dask":
             self.method = "on the workers: see worker_peak_mem_bytes"
         elif self.library == "cupy":
@@ -57,8 +60,8 @@ class PeakMemory:
         if self.device == "cpu":
             from mlp.backends.host import memory
 
-            hwm = memory()["peak"]
-            return None if hwm is None or self.base is None else max(0, hwm - self.base)
+            hwm = None if self.base is None else memory()["peak"]
+            return None if hwm is None else max(0, hwm - self.base)
         if self.library == "dask":
             return None
         if self.library == "cupy":
@@ -143,6 +146,10 @@ def measure(spec: dict) -> dict:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(argv[0])
+    if "parent" in spec:   # started by the bench (cli.run_worker): it ends with the bench
+        from . import die_with_parent
+
+        die_with_parent(spec["parent"])
     from mlp import backends
 
     if spec.get("device", "cpu") == "cpu":

@@ -4,17 +4,18 @@ report's arithmetic on made-up records."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 
 from mlp import model
 
-from mlp.bench import report
+from mlp.bench import cli, report, targets
 from mlp.bench.floor import epoch_flops, epoch_gemm_flops, epoch_min_bytes, floor_seconds
 from mlp.bench.impls import PEERS
 
-from .conftest import run_cli
+from .conftest import call_cli, run_cli
 
 FIELDS = ("impl", "backend", "device", "device_name", "dtype", "n", "d", "hidden", "median_ms", "min_ms", "max_ms",
           "epochs_timed", "gflops", "fraction_of_floor", "peak_mem_bytes")
@@ -24,7 +25,7 @@ QUICK_PEERS = ("torch-expert", "sklearn")   # a process each costs seconds; jax-
 
 
 def test_quick_sweep_end_to_end(data_dir, tmp_path):
-    result = run_cli("bench", "--quick", "--json", tmp_path / "b.json", "--markdown", tmp_path / "b.md",
+    result = run_cli("mlp.bench", "--quick", "--json", tmp_path / "b.json", "--markdown", tmp_path / "b.md",
                      "--plot", tmp_path / "b.png", "--backends", "numpy,jax", "--peers", ",".join(QUICK_PEERS),
                      "--data-dir", data_dir, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -32,7 +33,7 @@ def test_quick_sweep_end_to_end(data_dir, tmp_path):
     meta = out["meta"]
     for key in ("command", "date", "cpu", "versions", "platform"):
         assert meta[key], key
-    assert meta["command"].startswith("python -m bench --quick")
+    assert meta["command"].startswith("python -m mlp.bench --quick --json ")   # as typed (python -m bench: test_busy)
     records = out["records"]
     ours = [r for r in records if r["impl"] == "ours" and r["backend"] == "numpy"]
     assert [(r["batch"], r["engine"], r["status"]) for r in ours] == [(None, "eager", "ok"), (512, "eager", "ok")]
@@ -60,6 +61,8 @@ def test_quick_sweep_end_to_end(data_dir, tmp_path):
     assert "| ours (jax, compiled) | cpu | float32 | 2,000 | 32 | 512 |" in table
     assert "Median ms per minibatch epoch" in table
     assert "no GPU was measured in this run" in table
+    assert "- ours (numpy, eager) on cpu float32 N=12,396 H=128 B=full: at most 1.25× the floor's time: no such row " \
+           "in this run: not measured" in table    # --quick measures N = 2,000 only
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name in ("b.json", "b.md", "b.png"):   # a line for each output written, as the trainer's
         assert f"wrote {tmp_path / name}" in result.stderr
@@ -199,7 +202,8 @@ def test_problems_are_errors_mismatches_and_unchecked_rows_not_skips():
     unchecked = fake("ours", 2000, 100, 1.0, "torch", device="cuda:0", loss=0.7)
     nan = fake("ours", 1000, 100, 1.0, "cupy", device="cuda:0", loss=float("nan"))
     error = {**fake("ours", 1000, 100, 1.0, "cupy", device="cuda:0"), "status": "error", "reason": "Boom: x"}
-    skipped = {**fake("jax-jit", 1000, 100, 1.0), "status": "skipped", "reason": "jax is not installed"}
+    skipped = {**fake("jax-jit", 1000, 100, 1.0, device="cuda:0"), "status": "skipped",
+               "reason": "jax is not installed"}
     probe = {"library": "cupy", "device": "cuda:0", "dtype": "float32", "status": "error", "reason": "no driver"}
     records = [ok, off, unchecked, nan, error, skipped]
     reference.check(records, {(1000, 100, None): 0.7})
@@ -217,6 +221,9 @@ def test_problems_are_errors_mismatches_and_unchecked_rows_not_skips():
     assert reference.problems([ok], (), [busy_error]) == [
         "ours (numpy, eager) on cpu float32 N=1,000 H=100 B=64 beside 2 competing processes: error: died"]
     assert reference.skipped(records) == "1 rows skipped (not errors; see 'Not measured'): jax is not installed"
+    # a device asked for with nothing measured on it: a sweep that skipped everything there fails
+    assert reference.problems([ok, {**skipped, "device": "cpu"}]) == [
+        "nothing was measured on cpu: every row there was skipped or failed"]
 
 
 def test_bench_exit_code_is_1_on_any_problem_and_the_lines_say_why(capsys):
@@ -238,7 +245,7 @@ def test_bench_exit_code_is_1_on_any_problem_and_the_lines_say_why(capsys):
     result = {"meta": meta, "probes": [], "busy": [busy_bad],
               "records": report.enrich([{**good, "busy": 0}], [], {(1000, 100, None): 0.7})}
     assert cli.write_outputs(args, result) == 1   # an error beside competitors (--busy) fails the bench too
-    assert "beside 1 competing processes: error: Boom" in capsys.readouterr().err
+    assert "beside 1 competing process: error: Boom" in capsys.readouterr().err
 
 
 def test_peak_memory_is_read_on_the_rows_device(monkeypatch):
@@ -297,3 +304,98 @@ def test_a_library_that_cannot_use_the_device_is_an_error_and_a_missing_one_a_sk
         results.append(json.loads(capsys.readouterr().out.split(worker.RESULT_MARK)[1]))
     assert results[0]["status"] == "error" and "this PyTorch build sees no GPU" in results[0]["reason"]
     assert (results[1]["status"], results[1]["reason"]) == ("skipped", "cupy is not installed")
+
+
+# ----------------------------------------------------------------------------- the targets
+
+
+def timed(impl, ms, lo, hi, **kw):
+    """A made-up CPU row at the targets' configuration (float32, N = 12,396, H = 128) whose epochs
+    took from `lo` to `hi` ms, `ms` the median."""
+    return {**fake(impl, 12_396, 128, ms, backend="numpy" if impl == "ours" else None, **kw), "min_ms": lo,
+            "max_ms": hi, "threads_requested": "auto"}
+
+
+def test_targets_say_what_was_measured_and_name_their_noise():
+    records = [timed("ours", 120.0, 118.0, 122.0), timed("sklearn", 58.0, 58.0, 58.0),
+               timed("torch-manual", 200.0, 190.0, 210.0), timed("torch-expert", 118.0, 100.0, 140.0),
+               timed("ours", 50.0, 45.0, 60.0, batch=64),
+               {**timed("torch-expert", 40.0, 40.0, 40.0, batch=64), "status": "skipped", "reason": "made up"}]
+    records[0]["floor_ms"] = 100.0
+    result = {"meta": {"real_rows": 12_396, "usable_cores": 2}, "records": records}
+    lines = targets.lines(result)
+    assert lines[0].startswith("Project targets: goals the project sets for its own code")
+    cpu = "on cpu float32 N=12,396 H=128 B=full"
+    for line in (
+            f"- ours (numpy, eager) {cpu}: at most 1.25× the floor's time: ours (numpy, eager) took 1.20× the "
+            "floor's time (120.00 ms against 100.00 ms); spread 1.18–1.22×: met",
+            f"- ours (numpy, eager) {cpu}: at most 1.00× torch-manual's time: ours (numpy, eager) took 0.60× "
+            "torch-manual's time (it is 1.67× faster); spread 0.56–0.64×: met",
+            f"- ours (numpy, eager) {cpu}: at most 0.80× sklearn's time: ours (numpy, eager) took 2.07× sklearn's "
+            "time (sklearn is 2.07× faster); spread 2.03–2.10×: MISSED",
+            # 1.02x, but ours's epochs took 118-122 ms and torch-expert's 100-140: the limit lies inside the spread
+            f"- the fastest of ours {cpu}: at most 1.00× torch-expert's time: ours (numpy, eager) took 1.02× "
+            "torch-expert's time (torch-expert is 1.02× faster); spread 0.84–1.22×: within noise",
+            "- the fastest of ours on cpu float32 N=12,396 H=128 B=64: at most 1.00× torch-expert's time: "
+            "ours (numpy, eager): torch-expert not measured (skipped: made up): not measured",
+            "- ours (jax, compiled) on cuda float32 N=12,396 H=128 B=64: at most 6 ms per epoch: no such row in this "
+            "run: not measured"):
+        assert line in lines, (line, lines)
+    assert len(lines) == 2 + len(targets.TARGETS)      # every target, once: a configuration each here
+    assert {v["verdict"] for v in targets.verdicts(result)} == {"met", "MISSED", "within noise", "not measured"}
+
+
+# ----------------------------------------------------------------------------- flags and installs
+
+
+def test_flags_refuse_what_the_bench_cannot_run_in_one_line(tmp_path):
+    """Numbers the flags took and the bench then failed on (a wait too long for subprocess: an
+    OverflowError and a traceback), infinities, NaN, 0 and negatives: exit 2, one line, before any work."""
+    for args, words in [
+        (["--sizes", "1e12", "--max-epoch-seconds", "1e7"], "--max-epoch-seconds: must be a finite number > 0 and "
+                                                             "at most 86,400 (a day), got 1e7"),
+        (["--max-epoch-seconds", "inf"], "got inf"), (["--max-epoch-seconds", "0"], "got 0"),
+        (["--budget", "nan"], "--budget: must be a finite number > 0 (or 0) and at most 86,400 (a day), got nan"),
+        (["--budget", "-1"], "got -1"), (["--budget", "1e9"], "got 1e9"),
+        (["--epochs", "0"], "must be at least 1"), (["--warmup", "-2"], "must be at least 1"),
+        (["--min-epochs", "9" * 400], "must be at most"), (["--epochs", "1e3"], "expected a whole number"),
+        (["--hidden", str(2**31 + 1)], "must be at most 2,147,483,648"), (["--batches", "0"], "must be at least 1"),
+        (["--batches", str(2**63)], "must be at most"), (["--sizes", "inf"], "got inf"),
+        (["--threads", "auto," + "9" * 20], "must be 'auto' or at most 1,024 threads, got 999"),  # was an error row
+    ]:
+        code, out, err = call_cli(cli.main, "--data-dir", tmp_path / "none", "--no-download", *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, (args, err)
+        assert "Traceback" not in err and out == ""
+    from mlp.bench import breakdown         # python -m bench.breakdown: the same bounds, the same one line
+
+    for flag, text in (("--repeats", "0"), ("--rounds", "0"), ("--n", "-5"), ("--hidden", "0")):
+        code, out, err = call_cli(breakdown.main, "--data-dir", tmp_path / "none", "--no-download", flag, text)
+        assert code == 2 and err == f"bench.breakdown: error: argument {flag}: must be at least 1, got {text} " \
+                                    "(see --help)\n", err
+    # the bench's budget (0 included) and every count it accepts reach the worker
+    args = cli.build_parser().parse_args(["--budget", "0.00", "--max-epoch-seconds", "86400", "--epochs", "1000000"])
+    assert (args.budget, args.max_epoch_seconds, args.epochs) == (0.0, 86_400.0, 1_000_000)
+
+
+def test_a_measurement_of_any_length_is_waited_for():
+    """The longest wait the flags allow (40 x the epoch estimate x the epochs) is over what subprocess can
+    wait for (about 24 days): the wait is capped at a week, instead of an OverflowError."""
+    spec = {"mode": "measure", "impl": "sklearn", "backend": "sklearn", "engine": None, "batch": None,
+            "device": "cuda", "dtype": "float32", "n": 10, "hidden": 4, "lr": 0.1}
+    r = cli.run_worker(spec, timeout=40 * 86_400 * (2**62 + 2))
+    assert r["status"] == "skipped" and r["reason"].startswith("scikit-learn runs on the CPU only"), r
+
+
+def test_the_bench_runs_without_psutil(data_dir, tmp_path):
+    """The README's install (no extras) has no psutil: the bench runs, and says CPU memory was not measured."""
+    blocked = tmp_path / "no-psutil"
+    blocked.mkdir()
+    (blocked / "psutil.py").write_text("raise ImportError('No module named psutil (blocked by the test)')\n")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(blocked), os.environ.get("PYTHONPATH")]))}
+    result = run_cli("mlp.bench", "--quick", "--backends", "numpy", "--peers", "none", "--no-minibatch",
+                     "--json", tmp_path / "b.json", "--data-dir", data_dir, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (r,) = json.loads((tmp_path / "b.json").read_text())["records"]
+    assert r["status"] == "ok" and r["peak_mem_bytes"] is None
+    assert r["peak_mem_method"] == "not measured: psutil is not installed (pip install -e '.[bench]')"
+    assert "Peak memory not measured: psutil is not installed (pip install -e '.[bench]')" in result.stdout

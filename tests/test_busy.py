@@ -1,18 +1,21 @@
 """The bench's busy-machine scenario (bench/busy.py): its competing processes are started, bounded
-in time and always stopped; its table on made-up records; `--busy` end to end on a tiny sweep.
-No timing is asserted."""
+in time and always stopped, also when the bench is killed; its table and targets on made-up
+records; `--busy` end to end on a tiny sweep. No timing is asserted."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from mlp.bench import busy, report
+from mlp.bench import busy, report, targets
 
 from .conftest import REPO
 
@@ -74,6 +77,44 @@ def test_measure_runs_beside_the_competitors_asked_for():
         assert not any(_alive(pid) for pid in children)
 
 
+def _until(found, seconds: float):
+    """Poll found() until it gives something true, for at most `seconds`; its last answer."""
+    deadline = time.monotonic() + seconds
+    while not (answer := found()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return answer
+
+
+def test_a_killed_bench_takes_its_competitor_and_its_worker_with_it(data_dir):
+    """SIGKILL leaves the bench no time to stop anything: its competitor (deadline 660 s) and its worker
+    (10**9 epochs, which only the bench's 600 s timeout would stop) go with it all the same."""
+    spec = {"mode": "measure", "impl": "ours", "backend": "numpy", "engine": "eager", "batch": None, "device": "cpu",
+            "dtype": "float32", "n": 500, "hidden": 8, "epochs": 10**9, "min_epochs": 10**9, "budget_s": 600,
+            "warmup": 1, "lr": 0.1, "seed": 0, "data_dir": str(data_dir), "threads_requested": "auto", "busy": 1}
+    code = ("import json, sys; from mlp.bench import busy, cli; "
+            "busy.measure(cli.run_worker, json.loads(sys.argv[1]), 600)")
+    bench = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec)], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children = []
+    try:
+        def started():   # the competitor, then the worker, measuring: 3 s of CPU time (imports, data: ~1 s)
+            children[:] = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == bench.pid]
+            return len(children) == 2 and "mlp.bench.worker" in _read(str(children[1]), "cmdline") and \
+                int(_read(str(children[1]), "stat").rsplit(")", 1)[1].split()[11]) > 3 * os.sysconf("SC_CLK_TCK")
+        assert _until(started, 120), [_read(str(p), "cmdline") for p in children]
+        assert "time.monotonic() + 660" in _read(str(children[0]), "cmdline")
+        bench.kill()
+        bench.wait(timeout=30)
+        assert _until(lambda: not any(_alive(p) for p in children), 10), \
+            [_read(str(p), "cmdline")[:80] for p in children if _alive(p)]
+    finally:
+        bench.kill()
+        bench.wait(timeout=30)
+        for pid in children:                          # on failure: nothing left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def _parent(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -90,7 +131,7 @@ def _rec(impl, ms, busy_k=0, backend="numpy", engine="eager", batch=64, threads=
             "load_avg": [1.0, 1.0, 1.0], **kw}
 
 
-def test_busy_table_puts_the_default_job_first_with_its_targets():
+def test_busy_table_puts_the_default_job_first_and_its_targets_are_the_benchs():
     idle = [_rec("torch-expert", 40.0, threads=2), _rec("ours", 100.0)]
     loaded = [_rec("ours", 120.0, 1), _rec("ours", 300.0, 2), _rec("torch-expert", 400.0, 1, threads=2)]
     lines = busy.table(idle, loaded, report.label)
@@ -99,19 +140,25 @@ def test_busy_table_puts_the_default_job_first_with_its_targets():
     assert lines[2] == ("| **default job** ours (numpy, eager) | 12,396 | 128 | 64 | 1 | 100.0 (load 1.0) | "
                         "120.0 (1.20×) | 300.0 (3.00×) |")
     assert lines[3] == "| torch-expert | 12,396 | 128 | 64 | 2 | 40.0 (load 1.0) | 400.0 (10.00×) | – |"
-    assert "- default job beside 1 competitor: 1.20× its idle time (target ≤ 1.3×): met" in lines
-    assert "- default job beside 2 competitors: 3.00× its idle time (target ≤ 2.5×): MISSED" in lines
-    assert busy.table(idle, [], report.label) == []
+    assert len(lines) == 4 and busy.table(idle, [], report.label) == []     # the verdicts: targets.py's
+    found = targets.lines({"records": idle, "busy": loaded, "meta": {"real_rows": 12_396, "usable_cores": 2}})
+    job = "- the default job on cpu float32 N=12,396 H=128 B=64 beside"
+    assert (f"{job} 1 competing process: at most 1.30× its idle time: ours (numpy, eager) took 1.20× its idle time "
+            "(100.0 ms idle); spread 1.20–1.20×: met") in found
+    assert f"{job} 2 competing processes: at most 2.50× its idle time: ours (numpy, eager)" in "".join(found)
+    assert [line.rsplit(": ", 1)[1] for line in found if line.startswith(job)] == ["met", "MISSED"]
 
 
 def test_parity_target_takes_the_best_of_ours_and_of_the_expert():
     records = [_rec("ours", 50.0), _rec("ours", 30.0, backend="jax", engine="compiled"), _rec("torch-expert", 40.0),
                _rec("torch-expert", 35.0, threads_requested=1), _rec("ours", 20.0, batch=None),
                _rec("torch-expert", 19.0, batch=None)]
-    (b64, text64, met64), (full, text_full, met_full) = report.parity(records, 12_396)
-    assert "B=64" in b64 and met64 and text64 == ("ours (jax, compiled) 30.0 ms vs torch-expert [1 thread] 35.0 ms "
-                                                   "= 0.86x")
-    assert "B=full" in full and not met_full and text_full.endswith("= 1.05x")
+    found = [v for v in targets.verdicts({"records": records, "meta": {"real_rows": 12_396}})
+             if v["target"].startswith("the fastest of ours")]
+    assert [(v["target"].split(" B=")[1].split(":")[0], v["verdict"]) for v in found] == [("64", "met"),
+                                                                                         ("full", "MISSED")]
+    assert found[0]["measured"] == ("ours (jax, compiled) took 0.86× torch-expert [1 thread]'s time (it is 1.17× "
+                                    "faster); spread 0.86–0.86×")
 
 
 def test_busy_bench_end_to_end(data_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""bench/gpu_check.sh, bench/gpu_summary.py and the MLP_REQUIRE_GPU hook, on a machine without a GPU.
+"""bench/gpu_check.sh, its summary (`python -m bench --summary`) and the MLP_REQUIRE_GPU hook, on a
+machine without a GPU.
 
 The check must not pass here: a fake nvidia-smi gets it past the card, and then each test asserts
 the reason it stops (a non-zero exit and the exact words), so none of them can pass by the check
@@ -21,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from mlp.bench.targets import TARGETS
+
+from .conftest import REPO, call_cli
 
 CHECK = REPO / "bench" / "gpu_check.sh"
 WHEELS = REPO / "bench" / "gpu_wheels.sh"
@@ -167,10 +170,12 @@ def test_no_gpu_fails_on_the_gpu_libraries_even_with_every_package_there(tmp_pat
     assert not (out / "pytest-gpu.txt").exists() and not list(out.glob("gpu-*.json"))
 
 
-def test_the_gpu_tests_run_and_fail_when_they_would_skip(tmp_path, data_dir):
+def test_a_rehearsal_runs_every_phase_and_its_summary_says_why_it_failed(tmp_path, data_dir):
     """Past the preflight (a wrapper answers it as if the GPU libraries were there; every other call
-    goes to this Python), `pytest -m gpu` runs for real under MLP_REQUIRE_GPU=1: here every GPU test
-    would skip, so each fails, its output is in pytest-gpu.txt, and the check exits 1."""
+    goes to this Python), every phase runs for real. `pytest -m gpu` under MLP_REQUIRE_GPU=1: every
+    GPU test would skip, so each fails. The bench (a small sweep, flags after --): its GPU rows fail.
+    summary.txt names the failed tests, lists every target, the bench's problems and the result;
+    the check exits 1."""
     wrapper = tmp_path / "python-fake-gpu"
     wrapper.write_text(textwrap.dedent(f"""\
         #!/bin/bash
@@ -182,17 +187,32 @@ def test_the_gpu_tests_run_and_fail_when_they_would_skip(tmp_path, data_dir):
     wrapper.chmod(0o755)
     out = tmp_path / "out"
     env = check_env(tmp_path, data_dir, PYTHON=wrapper, PYTHONPATH=stub_dask_cuda(tmp_path))
-    done = run_check(out, "--tests-only", env=env, timeout=400)
+    done = run_check(out, "--", "--backends", "torch", "--peers", "none", "--sizes", "2000", "--hidden", "32",
+                     "--no-minibatch", "--epochs", "1", "--min-epochs", "1", "--warmup", "1", env=env, timeout=500)
     assert done.returncode == 1, done.stderr[-3000:]
-    assert last_line(done.stderr) == f"gpu_check: FAILED: GPU tests (pytest exit 1: {out}/pytest-gpu.txt)"
+    assert last_line(done.stderr) == (f"gpu_check: FAILED: GPU tests (pytest exit 1: {out}/pytest-gpu.txt); the bench "
+                                      f"(exit 1: {out}/bench-log.txt); the summary (exit 1: {out}/summary.txt)")
+    summary = (out / "summary.txt").read_text()
+    assert summary in done.stdout
+    lines = summary.splitlines()
+    assert lines[2].startswith("GPU tests: ") and " errors in " in lines[2] and " passed" not in lines[2], lines[2]
+    assert lines[3].startswith("- ERROR tests/")         # each GPU test: a skip (in setup) failed by MLP_REQUIRE_GPU
+    assert sum(line.startswith("- ") and line.endswith(": not measured") for line in lines) == len(TARGETS)
+    assert "- nothing was measured on cuda: every row there was skipped or failed" in lines
+    assert "- ours (torch, compiled) on cuda float32 N=2,000 H=32 B=full: error: " in summary
+    assert lines[-2].startswith("Phases: setup ") and ", bench " in lines[-2] and lines[-2].endswith(" s (exit 1)")
+    assert lines[-1] == (f"Result: FAILED: GPU tests (pytest exit 1: {out}/pytest-gpu.txt); the bench (exit 1: "
+                         f"{out}/bench-log.txt); the summary (exit 1: {out}/summary.txt)")
+    meta = json.loads((out / "gpu-h100.json").read_text())["meta"]
+    assert meta["command"].startswith("python -m bench --device cuda")
     text = (out / "pytest-gpu.txt").read_text()
     assert "MLP_REQUIRE_GPU=1: this GPU test would be skipped: needs a CUDA GPU: CuPy is not installed" in text
     assert " passed" not in text.splitlines()[-1] and "deselected" in text.splitlines()[-1]
     suite = ET.parse(out / "pytest-gpu.xml").getroot().find("testsuite")
     tests, failed = int(suite.get("tests")), int(suite.get("failures")) + int(suite.get("errors"))
     assert tests > 10 and failed == tests and int(suite.get("skipped")) == 0
-    phases = (out / "phases.txt").read_text().split("\n")
-    assert phases[2].startswith("tests ") and phases[2].endswith(" 1")
+    phases = [line.split()[::2] for line in (out / "phases.txt").read_text().splitlines()]
+    assert phases == [["setup", "0"], ["preflight", "0"], ["tests", "1"], ["bench", "1"], ["summary", "1"]]
 
 
 def test_wheels_usage_errors_reach_no_network(tmp_path):
@@ -323,39 +343,31 @@ def test_without_require_gpu_a_gpu_skip_stays_a_skip(hooked):
     assert got["test_gpu_passes"] == ("passed", "")
 
 
-# ----------------------------------------------------------------------------- gpu_summary.py
-# Made-up records (device "cuda", obviously round figures): they test the arithmetic, not a GPU.
+# ----------------------------------------------------------------------------- the summary's targets
+# `python -m bench --summary`, which gpu_check.sh copies into summary.txt, on made-up records
+# (device "cuda", obviously round figures): they test the arithmetic, not a GPU.
 
 
 def record(impl="ours", backend="cupy", engine="eager", batch=None, n=12_396, hidden=1024, dtype="float32",
            device="cuda", ms=10.0, loss=0.7, rel=2e-5, **more):
     """A made-up bench row whose first loss the bench found `rel` away from float64 NumPy's (None: unchecked)."""
-    checked = {} if rel is None else {"loss_check": "ok" if rel <= 1e-4 else "MISMATCH", "initial_loss_rel_diff": rel}
+    checked = {} if rel is None else {"loss_check": "ok" if rel <= 1e-4 else "MISMATCH", "initial_loss_rel_diff": rel,
+                                      "reference_loss": loss / (1 + rel)}
     return {"impl": impl, "backend": backend, "engine": engine, "batch": batch, "device": device, "dtype": dtype,
             "n": n, "hidden": hidden, "status": "ok", "median_ms": ms, "initial_loss": loss, **checked, **more}
 
 
 def write(tmp_path, name, records, command="python -m bench (test data)"):
     path = tmp_path / name
-    path.write_text(json.dumps({"meta": {"command": command, "gpus": ["made-up GPU"]}, "records": records}))
+    path.write_text(json.dumps({"meta": {"command": command, "gpus": ["made-up GPU"], "real_rows": 12_396},
+                                "records": records}))
     return path
 
 
-def junit(tmp_path, tests=3, failures=0, errors=0, skipped=0):
-    path = tmp_path / "j.xml"
-    path.write_text(f'<testsuites><testsuite name="pytest" tests="{tests}" failures="{failures}" errors="{errors}" '
-                    f'skipped="{skipped}"></testsuite></testsuites>')
-    return path
+def summarize(path, *flags) -> tuple[int, str, str]:
+    from mlp.bench import cli
 
-
-def summarize(tmp_path, capsys, bench, junit_path):
-    from mlp.bench import gpu_summary
-
-    code = gpu_summary.main(["--bench", str(bench), "--junit", str(junit_path),
-                             "--out", str(tmp_path / "summary.txt")])
-    text = capsys.readouterr().out
-    assert (tmp_path / "summary.txt").read_text() == text
-    return code, text
+    return call_cli(cli.main, "--summary", path, *flags)
 
 
 GPU_ROWS = [
@@ -371,44 +383,56 @@ GPU_ROWS = [
 ]
 
 
-def test_summary_reports_each_target_met_or_missed(tmp_path, capsys):
-    code, text = summarize(tmp_path, capsys, write(tmp_path, "g.json", GPU_ROWS), junit(tmp_path))
-    assert code == 0, text
-    for line in ("- B=64, JAX compiled <= 6 ms: 5.00 ms on cuda: met",
-                 "- B=64, torch CUDA graph <= 20 ms: 25.00 ms on cuda: MISSED",
-                 "- B=64, CuPy eager <= 150 ms: 100.00 ms on cuda: met",
-                 "- full batch, CuPy eager <= 1.15x torch-expert, N=12,396 H=1024: 2.00 ms / 2.00 ms = 1.00x: met",
-                 "- full batch, CuPy eager <= 1.15x torch-expert, N=1,000,000 H=1024: 100.00 ms / 80.00 ms = 1.25x: "
-                 "MISSED",
-                 "- N=1,000,000 H=1024 full batch, >= 60% of the floor, ours (cupy, eager): 70% (100.00 ms against a "
-                 "floor of 70.00 ms): met",
-                 "- N=1,000,000 H=1024 full batch, >= 60% of the floor, ours (torch, eager): not measured (no floor: "
-                 "no GEMM probe on cuda in this run)",
-                 "- no GPU test skipped: 0 skipped of 3: met",
-                 "- every GPU row's first loss checked against float64 NumPy: 8 of 8 rows within tolerance: met",
-                 "Result: every GPU row measured and checked against float64 NumPy; no GPU test skipped"):
+def test_summary_reports_each_target_met_or_missed(tmp_path):
+    code, text, err = summarize(write(tmp_path, "g.json", GPU_ROWS))
+    assert code == 0 and err == "", err
+    b64, full = "on cuda float32 N=12,396 H=128 B=64", "on cuda float32 N=any H=any B=full"
+    for line in (f"- ours (jax, compiled) {b64}: at most 6 ms per epoch: ours (jax, compiled) took 5.00 ms; "
+                 "spread 5.00–5.00 ms: met",
+                 f"- ours (torch, compiled) {b64}: at most 20 ms per epoch: ours (torch, compiled) took 25.00 ms; "
+                 "spread 25.00–25.00 ms: MISSED",
+                 f"- ours (cupy, eager) {b64}: at most 150 ms per epoch: ours (cupy, eager) took 100.00 ms; "
+                 "spread 100.00–100.00 ms: met",
+                 f"- ours (cupy, eager) {full}: at most 1.15× torch-expert's time: ours (cupy, eager) on cuda float32 "
+                 "N=12,396 H=1024 B=full took 1.00× torch-expert's time (as fast); spread 1.00–1.00×: met",
+                 f"- ours (cupy, eager) {full}: at most 1.15× torch-expert's time: ours (cupy, eager) on cuda float32 "
+                 "N=1,000,000 H=1024 B=full took 1.25× torch-expert's time (torch-expert is 1.25× faster); "
+                 "spread 1.25–1.25×: MISSED",
+                 "- each of ours on cuda float32 N=1,000,000 H=1024 B=full: at most 1.67× the floor's time: ours "
+                 "(cupy, eager) took 1.43× the floor's time (100.00 ms against 70.00 ms); spread 1.43–1.43×: met",
+                 "- each of ours on cuda float32 N=1,000,000 H=1024 B=full: at most 1.67× the floor's time: ours "
+                 "(torch, eager): no floor (no GEMM probe on cuda in this run): not measured",
+                 "- the default job on cpu float32 N=12,396 H=128 B=64 beside K (one per usable core) competing "
+                 "processes: at most 2.50× its idle time: no such row in this run: not measured",
+                 "Problems: none"):
         assert line in text.splitlines(), (line, text)
-    assert "skipped: made up" in text   # a skipped row is listed with its reason
+    assert text.startswith("Bench: `python -m bench (test data)`")
 
 
-def test_summary_fails_on_an_unchecked_or_mismatched_row(tmp_path, capsys):
-    rows = [*GPU_ROWS, record(n=100_000, ms=9.0, rel=None), record(n=12_396, hidden=1024, backend="torch", loss=0.8,
-                                                                    rel=0.14)]
-    code, text = summarize(tmp_path, capsys, write(tmp_path, "g.json", rows), junit(tmp_path))
+def test_summary_fails_on_an_unchecked_or_mismatched_row_and_an_error(tmp_path):
+    rows = [*GPU_ROWS, record(n=100_000, ms=9.0, rel=None),
+            record(n=12_396, hidden=1024, backend="torch", loss=0.8, rel=0.14),
+            {**record(hidden=512), "status": "error", "reason": "worker exited 1: boom"}]
+    code, text, _ = summarize(write(tmp_path, "g.json", rows))
     assert code == 1
-    assert ("unchecked GPU row: ours (cupy, eager) cuda float32 N=100,000 H=1024 B=full: not checked "
-            "(the bench has no float64 NumPy check for this row)") in text
-    assert ("unchecked GPU row: ours (torch, eager) cuda float32 N=12,396 H=1024 B=full: MISMATCH "
-            "(1.4e-01, tolerance 0.0001)") in text
-    assert "8 of 10 rows within tolerance: MISSED" in text
+    assert ("- ours (cupy, eager) on cuda float32 N=100,000 H=1024 B=full: its first step's loss was not checked "
+            "against float64 NumPy") in text.splitlines()
+    assert "- ours (torch, eager) on cuda float32 N=12,396 H=1024 B=full: first step's loss 0.8 is 0.14 away" in text
+    assert "- ours (cupy, eager) on cuda float32 N=12,396 H=512 B=full: error: worker exited 1: boom" in text
+    # a sweep that measured nothing on the GPU cannot pass by skipping
+    code, text, _ = summarize(write(tmp_path, "s.json", [GPU_ROWS[-1]]))
+    assert code == 1 and "- nothing was measured on cuda: every row there was skipped or failed" in text
 
 
-def test_summary_fails_on_skipped_tests_missing_inputs_and_errored_rows(tmp_path, capsys):
-    rows = [*GPU_ROWS, {**record(), "status": "error", "reason": "worker exited 1: boom"}]
-    code, text = summarize(tmp_path, capsys, write(tmp_path, "g.json", rows), junit(tmp_path, tests=3, skipped=1))
-    assert code == 1
-    assert "- no GPU test skipped: 1 skipped of 3: MISSED" in text
-    assert "GPU row failed: ours (cupy, eager) cuda float32 N=12,396 H=1024 B=full: worker exited 1: boom" in text
-    code, text = summarize(tmp_path, capsys, tmp_path / "none.json", tmp_path / "none.xml")
-    assert code == 1 and "bench: not measured (" in text and "GPU tests: not measured (no JUnit XML" in text
-    assert "- B=64, JAX compiled <= 6 ms: not measured (not in this sweep)" in text
+def test_summary_refuses_what_is_not_a_bench_json_in_one_line(tmp_path):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    row = {"status": "ok", "impl": "ours", "backend": "cupy", "device": "cuda", "dtype": "float32", "n": 12_396,
+           "hidden": 128, "batch": 64}   # no median_ms
+    (tmp_path / "bad.json").write_text(json.dumps({"meta": {"real_rows": 12_396}, "records": [row]}))
+    for path, words in ((tmp_path / "none.json", "cannot read"), (tmp_path / "list.json", "is not a bench JSON"),
+                        (tmp_path / "bad.json", "is not a bench JSON (KeyError")):
+        code, out, err = summarize(path)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and words in err, err
+    code, _, err = summarize(tmp_path / "list.json", "--quick")
+    assert code == 2 and err.strip() == ("bench: error: --summary reads a run's JSON and measures nothing: "
+                                         "drop --quick")
