@@ -14,8 +14,8 @@ import numpy as np
 
 from mlp import backends
 from mlp import model
-from mlp.checkpoint_meta import MAX_DIM
-from mlp.cli import Parser, add_data_flags, bounded_int, run
+from mlp.cli import Parser, add_data_flags, number, run
+from mlp.settings import MAX_DIM
 
 from .flags import COUNT
 from .floor import timings
@@ -27,7 +27,7 @@ def build_parser() -> Parser:
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=COUNT, default=12_396, help="training rows, full batch (default: 12,396, all the real "
                                                            "3s and 7s; more are drawn from them)")
-    p.add_argument("--hidden", type=bounded_int(1, MAX_DIM), default=128, help="hidden units H (default: 128)")
+    p.add_argument("--hidden", type=number(1, MAX_DIM), default=128, help="hidden units H (default: 128)")
     p.add_argument("--dtype", default="float32", choices=backends.DTYPES, help="floating-point type (default: float32)")
     p.add_argument("--repeats", type=COUNT, default=40, help="timed steps per measurement, after 3 warm-ups; their "
                                                              "median counts (default: 40)")

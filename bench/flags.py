@@ -3,13 +3,13 @@
 import argparse
 import decimal
 
-from mlp.checkpoint_meta import MAX_COUNT, MAX_DIM
-from mlp.cli import Parser, add_data_flags, bounded_int, threads_arg
+from mlp.cli import Parser, add_data_flags, number, threads_arg
+from mlp.settings import MAX_COUNT, MAX_DIM
 
 from .impls import PEERS
 from .targets import REAL
 
-COUNT = bounded_int(1, MAX_COUNT)   # epochs, rows: what mlp.train accepts
+COUNT = number(1, MAX_COUNT)   # epochs, rows: what mlp.train accepts
 DAY_S = 86_400                      # the longest epoch --max-epoch-seconds lets through, and --budget
 LONGEST_WAIT_S = 7 * DAY_S          # the longest a measurement may take (subprocess waits up to ~24 days)
 MAX_THREADS = 1024                  # --threads: a C int, and a thread pool a machine can start
@@ -78,7 +78,7 @@ def build_parser() -> Parser:
     p.add_argument("--batches", type=csv(COUNT), metavar="LIST",
                    help="the minibatch sweep at N = real, H = 128: rows per step (default: 64,512,4096)")
     p.add_argument("--no-minibatch", action="store_true", help="skip the minibatch sweep")
-    p.add_argument("--hidden", type=csv(bounded_int(1, MAX_DIM)), metavar="LIST",
+    p.add_argument("--hidden", type=csv(number(1, MAX_DIM)), metavar="LIST",
                    help="hidden widths H (default: 128,1024)")
     p.add_argument("--dtype", type=csv(str), metavar="LIST", help="float32,float64 (default: both)")
     p.add_argument("--epochs", type=COUNT, default=20, help="timed epochs per measurement (default: 20)")

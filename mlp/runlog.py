@@ -11,7 +11,7 @@ import json
 import math
 from pathlib import Path
 
-from .checkpoint_meta import MAX_COUNT
+from .settings import MAX_COUNT
 from .errors import UserError
 from .files import atomic_write, written_path
 
