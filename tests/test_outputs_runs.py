@@ -19,6 +19,7 @@ import pytest
 
 from mlp import checkpoint, cli, evaluate, plots, predict, runlog, train
 from mlp.errors import Signalled
+from mlp.files import MAX_JSON_DEPTH
 
 from .conftest import REPO, call_cli, files_in, tiny_run
 from .test_hardening import popen_train
@@ -84,7 +85,7 @@ def test_a_resumed_log_with_a_bad_row_is_refused_whole(tiny, tmp_path, line, why
 
 @pytest.mark.parametrize("text, why", [
     ('{"epoch": ' + "[" * 100_000 + "]" * 100_000 + "}", "200,011 bytes long"),
-    ('{"epoch": ' + "[" * 1500 + "]" * 1500 + "}", "JSON nested too deeply"),
+    ('{"epoch": ' + "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH + "}", "JSON nested too deeply"),
     ('{"epoch": 1e400, "step": 5, "train_loss": 1, "val_loss": null, "val_accuracy": null, "seconds": 1}',
      "epoch is 'inf', not a whole number"),
     ('{"epoch": 1}', "not an object of the fields"),
