@@ -218,6 +218,12 @@ def test_jax_under_a_small_address_space_is_refused_before_it_aborts(tiny):
     assert len(stderr.splitlines()) == 1
 
 
+def test_plotting_leaves_mplbackend_as_it_was(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "broken")            # a backend matplotlib lacks: its import would fail
+    assert plots.plot_format(tmp_path / "x.svg") == "svg" and plots.pyplot().get_backend().lower() == "agg"
+    assert os.environ["MPLBACKEND"] == "broken"        # for the processes this one starts
+
+
 def test_plotting_is_checked_before_any_work(tiny, tmp_path, monkeypatch):
     env = {**os.environ, "MPLBACKEND": "broken"}
     proc = subprocess.run([sys.executable, "-m", "mlp.train", "--data-dir", str(tiny / "data"), "--epochs", "1",
