@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -253,6 +254,8 @@ class DaskBackend(Backend):
                 self.cluster.close(timeout=10)
         if getattr(self.cluster, "_mlp_environ", None) is not None:
             restore_environ(self.cluster._mlp_environ)
+        if "warnings" in self.info:
+            self.info.pop("warnings").__exit__()      # connect's filter on distributed's warnings, off again
         _OPEN[:] = [b for b in _OPEN if b is not self]
 
 
@@ -294,12 +297,17 @@ def dask_backend(kind: str, index: int | None, options: Options | None = None) -
         if options.gpu is not None and options.gpu >= count:
             raise BackendError(f"--device cuda:{options.gpu} does not exist: this machine has {count} GPU(s), "
                                f"cuda:0 to cuda:{count - 1}")
-    client, cluster, workers = connect(kind, options)      # closes what it started if it fails
+    kept = warnings.catch_warnings()             # the warnings filters as they are, again at close() (quiet())
+    with contextlib.ExitStack() as on_failure:
+        on_failure.enter_context(kept)
+        client, cluster, workers = connect(kind, options)      # closes what it started if it fails
+        on_failure.pop_all()
     import dask.array as da
 
     backend = DaskBackend(name="dask", device="cpu" if kind == "cpu" else "cuda" if options.gpu is None else
                           f"cuda:{options.gpu}", xp=array_namespace(da.zeros(1)), version=distributed.__version__,
-                          client=client, cluster=cluster, options=options, info={"checked_workers": workers})
+                          client=client, cluster=cluster, options=options,
+                          info={"checked_workers": workers, "warnings": kept})
     _OPEN.append(backend)
     backend.info["description"] = _describe(backend)
     return backend

@@ -10,10 +10,13 @@ Compiling costs 5-90 s on a 2-core CPU, see docs/cpu-or-gpu.md (programs for UNR
 batch, or one for full batch; Inductor keeps them in its cache for the next run), so `--engine auto`
 keeps torch on the CPU eager: ask for this one with `--engine compiled`. Inductor's fusion
 changes the last bits of the results against eager. The kernels use the threads set when they
-compile (backends.threads), so the thread count is chosen before the engine is made.
+compile (backends.threads), so the thread count is chosen before the engine is made. Inductor
+raises the recursion limit to 2000 as it compiles, and leaves it: run() puts back the one it found.
 """
 
+import contextlib
 import functools
+import sys
 import warnings
 
 import torch
@@ -57,7 +60,9 @@ class TorchCompileEngine:
 
     def run(self, params, first: int, last: int):
         losses, i, B = [], first, self.batch
-        with torch.no_grad(), warnings.catch_warnings():   # Dynamo traces array_api_compat's lru_caches: harmless
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.ExitStack() as on_exit:
+            on_exit.callback(sys.setrecursionlimit, sys.getrecursionlimit())   # Inductor raises it, for good
+            # Dynamo traces array_api_compat's lru_caches: harmless
             warnings.filterwarnings("ignore", "Dynamo detected a call to a `functools.lru_cache`")
             while i < last:
                 if self.perm is None:

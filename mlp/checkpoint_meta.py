@@ -5,12 +5,12 @@ and the message names the field. Fields this version does not know (added by a l
 one, e.g. `engine`) are passed through untouched.
 """
 
-import json
 import math
 
 from . import settings
 from .data import MNIST_MEAN, MNIST_STD
 from .errors import CheckpointError
+from .files import read_json
 from .model import INITS
 from .settings import DEFAULTS, MAX_COUNT, MAX_DIM, RUN_KEYS
 
@@ -57,7 +57,7 @@ def _setting(d: dict, key: str, path, name: str, prefix: str = "") -> None:
 def parse_meta(text: str, path, fmt: str = FORMAT) -> dict:
     """The top-level fields: format, epoch, step, step_in_epoch, rng_state, timings, target."""
     try:
-        meta = json.loads(text)
+        meta = read_json(text)
     except (ValueError, RecursionError) as exc:
         raise CheckpointError(f"checkpoint {path} has corrupt metadata (not JSON: {exc})") from None
     if not isinstance(meta, dict):

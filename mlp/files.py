@@ -8,7 +8,10 @@ import atexit
 import contextlib
 import errno
 import glob
+import itertools
+import json
 import os
+import re
 import secrets
 import stat
 import time
@@ -20,6 +23,9 @@ from .errors import UserError
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 #: how many links a path may go through (as the kernel's MAXSYMLINKS)
 MAX_LINKS = 40
+#: how deep the JSON we read may nest (arrays in objects ...): ours nests 3 deep at most
+MAX_JSON_DEPTH = 8
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
 def _umask() -> int:
@@ -175,6 +181,15 @@ def check_input_file(path, what: str) -> Path:
     if not os.access(path, os.R_OK):
         raise UserError(f"{what} {path}: permission denied; make it readable or give another file")
     return path
+
+
+def read_json(text: str, max_depth: int = MAX_JSON_DEPTH):
+    """json.loads(text), or RecursionError when its arrays and objects nest deeper than `max_depth`:
+    that bound, not the interpreter's recursion limit (which libraries raise), decides."""
+    brackets = re.findall(r"[\[{\]}]", _JSON_STRING.sub("", text))
+    if max(itertools.accumulate(1 if b in "[{" else -1 for b in brackets), default=0) > max_depth:
+        raise RecursionError(f"JSON nested more than {max_depth} deep")
+    return json.loads(text)
 
 
 # ----------------------------------------------------------------------------- locks

@@ -16,9 +16,13 @@ from .files import atomic_write
 def _matplotlib():
     """matplotlib, drawing with Agg: figures are only ever written to files, so $MPLBACKEND (which
     names a backend for windows, and makes `import matplotlib` fail when it names none) is
-    set to agg for this process first."""
-    os.environ["MPLBACKEND"] = "agg"
-    import matplotlib
+    unset while matplotlib is imported, then put back."""
+    given = os.environ.pop("MPLBACKEND", None)
+    try:
+        import matplotlib
+    finally:
+        if given is not None:
+            os.environ["MPLBACKEND"] = given
 
     matplotlib.use("Agg")
     return matplotlib

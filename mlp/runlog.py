@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .settings import MAX_COUNT
 from .errors import UserError
-from .files import atomic_write, written_path
+from .files import atomic_write, read_json, written_path
 
 #: the columns of the --log file, one row per epoch
 COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "seconds")
@@ -78,7 +78,7 @@ class EpochLog:
     def _parse(self, n: int, text: str) -> dict:
         if self.json:
             try:
-                values = json.loads(text)
+                values = read_json(text)
             except RecursionError:
                 raise self._refuse(n, "JSON nested too deeply") from None
             except ValueError as exc:

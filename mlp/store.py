@@ -31,7 +31,7 @@ from . import settings
 from .data import mnist_files, read_idx, select_classes
 from .settings import MAX_COUNT, MAX_DIM
 from .errors import DataError, UserError
-from .files import check_input_file, fsync, process_alive
+from .files import check_input_file, fsync, process_alive, read_json
 from .npz import read_npy_header
 
 FORMAT = "mlp-rows/1"
@@ -147,15 +147,14 @@ def _whole(value, lo: int, hi: int = MAX_COUNT) -> bool:
 
 
 def read_meta(folder: Path) -> dict:
-    """meta.json, read with bounds (size; nesting through json's own recursion limit) and checked
-    field by field; a DataError names the field."""
+    """meta.json, read with bounds (size, nesting) and checked field by field; a DataError names the field."""
     path = folder / "meta.json"
     try:
         with open(check_input_file(path, "the store's file"), "rb") as f:
             text = f.read(MAX_META_BYTES + 1)
         if len(text) > MAX_META_BYTES:
             raise ValueError(f"more than {MAX_META_BYTES:,} bytes")
-        meta = json.loads(text)
+        meta = read_json(text.decode())
     except RecursionError:
         meta = "nested too deeply"
     except (OSError, ValueError, UserError) as exc:

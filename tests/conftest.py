@@ -6,16 +6,20 @@ import contextlib
 import functools
 import hashlib
 import http.server
+import importlib
 import importlib.util
 import io
 import os
+import signal
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import threadpoolctl
 
 from mlp import backends
 from mlp import data
@@ -203,3 +207,90 @@ def trust(folder, monkeypatch):
         raw = (folder / name).read_bytes()
         table[key] = (name, hashlib.sha256(raw).hexdigest(), len(raw))
     monkeypatch.setattr(data, "MNIST_FILES", table)
+
+
+# ----------------------------------------------------------------------------- no test leaves a trace
+
+# the CPU thread pools too: a run sizes them for itself and puts them back (backends.thread_limits)
+# (XLA_PYTHON_CLIENT_PREALLOCATE, which backends/libraries.py sets by default, is set above already.)
+CHECK_THREAD_POOLS = True
+# what libraries write into their own process on import or first use, as they would in any process:
+# JAX, torch.compile (Inductor), scikit-learn; and pytest's own
+LIBRARY_ENV = {"TF_CPP_MIN_LOG_LEVEL", "TPU_SKIP_MDS_QUERY", "TORCHINDUCTOR_CACHE_DIR",
+               "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK",
+               "PYTEST_CURRENT_TEST"}
+# imported before the first test: they add warnings filters as they are imported (not a test's doing)
+FILTERING_IMPORTS = ("requests", "scipy.sparse", "scipy.special", "sympy")
+SIGNALS = [signal.Signals[name] for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2",
+                                              "SIGALRM", "SIGPIPE", "SIGCHLD") if hasattr(signal, name)]
+
+
+def thread_pools() -> dict:
+    """Threads per loaded pool (BLAS, OpenMP), and torch's if torch is imported already."""
+    pools = {p["filepath"]: p["num_threads"] for p in threadpoolctl.threadpool_info()}
+    if "torch" in sys.modules:
+        pools["torch.get_num_threads()"] = sys.modules["torch"].get_num_threads()
+    return pools
+
+
+def global_state() -> dict:
+    """What a test must leave as it found it, by name."""
+    state = {
+        "sys.getrecursionlimit()": sys.getrecursionlimit(),
+        "os.environ": {k: v for k, v in os.environ.items() if k not in LIBRARY_ENV},
+        "signal handlers": {s.name: signal.getsignal(s) for s in SIGNALS},
+        "warnings.filters": list(warnings.filters),
+        "os.getcwd()": os.getcwd(),
+        "sys.unraisablehook": sys.unraisablehook,
+        "sys.stdout": sys.stdout,
+        "sys.stderr": sys.stderr,
+    }
+    if CHECK_THREAD_POOLS:
+        state["thread pools"] = thread_pools()
+    return state
+
+
+def changed_state(before: dict, after: dict) -> list[str]:
+    """A line per item changed, naming what changed in it (a thread pool loaded meanwhile is no change)."""
+    lines = []
+    for name, was in before.items():
+        now = after[name]
+        if now is was or now == was:
+            continue
+        if isinstance(was, dict):
+            keys = (was.keys() & now.keys()) if name == "thread pools" else (was.keys() | now.keys())
+            what = [f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(keys) if was.get(k) != now.get(k)]
+        elif isinstance(was, list):
+            what = [f"+{f!r}" for f in now if f not in was] + [f"-{f!r}" for f in was if f not in now] or ["reordered"]
+        else:
+            what = [f"{was!r} -> {now!r}"]
+        if what:
+            lines.append(f"{name}: {', '.join(what)}")
+    return lines
+
+
+def assert_unchanged(before: dict, who: str) -> None:
+    changed = changed_state(before, global_state())
+    if changed:
+        pytest.fail(f"{who} left global state changed (restore it, or use monkeypatch):\n  " + "\n  ".join(changed),
+                    pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fixtures_leave_no_trace():
+    """What module- and session-scoped fixtures leave, checked at the end of the worker's session (the
+    warnings filters excepted: pytest puts them back after every test)."""
+    for name in FILTERING_IMPORTS:
+        importlib.import_module(name)
+    before = global_state()
+    del before["warnings.filters"]
+    yield
+    assert_unchanged(before, "this session's fixtures")
+
+
+@pytest.fixture(autouse=True)
+def _test_leaves_no_trace(request):
+    """Each test, with its function-scoped fixtures, leaves the process's global state as it found it."""
+    before = global_state()
+    yield
+    assert_unchanged(before, request.node.nodeid)

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -259,7 +260,7 @@ def test_an_unreachable_scheduler_is_one_line_and_exit_2_within_the_timeout(data
 
 
 def test_an_embedded_cluster_closes_and_leaves_the_environment_alone():
-    before = dict(os.environ)
+    before, filters = dict(os.environ), list(warnings.filters)
     b = backends.resolve("cpu", "dask", Options(workers=1))
     try:
         assert dict(os.environ) == before and b.client.run(lambda: os.environ.get("OMP_NUM_THREADS")) == \
@@ -267,7 +268,7 @@ def test_an_embedded_cluster_closes_and_leaves_the_environment_alone():
         cluster = b.cluster
     finally:
         backends.release()
-    assert cluster.status.name == "closed" and dict(os.environ) == before
+    assert cluster.status.name == "closed" and dict(os.environ) == before and warnings.filters == filters
 
 
 def test_ctrl_c_saves_closes_the_embedded_cluster_and_leaves_no_process(data_dir, small_store, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -141,6 +142,25 @@ def test_compiled_torch_on_cpu_matches_eager(dtype="float32"):
     for k in model.PARAM_NAMES:
         assert state.params[k].dtype == getattr(__import__("torch"), dtype)
         assert_close(backend.to_host(state.params[k]), eager_params[k], TOLERANCE[dtype])
+
+
+@needs["torch"]
+def test_the_compiled_torch_engine_leaves_the_recursion_limit_as_it_found_it(monkeypatch):
+    """Inductor raises the limit to 2000 as it compiles, for good (not on a cache hit: here a stand-in for
+    torch.compile raises it on every call); a JSON reader's bound must not move with it."""
+    import torch
+
+    def compile(fn, **options):
+        def compiled(*args):
+            sys.setrecursionlimit(sys.getrecursionlimit() + 1000)
+            return fn(*args)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile)
+    limit, backend = sys.getrecursionlimit(), backends.resolve("cpu", "torch")
+    X, y, state = start(backend, "float32")
+    fit(backend, make_engine(backend, "compiled", {"batch_size": 64, "lr": 0.05, "activation": "relu"}, X, y), state, 1)
+    assert len(state.losses) == 5 and sys.getrecursionlimit() == limit
 
 
 @pytest.mark.gpu

@@ -19,6 +19,7 @@ import pytest
 
 from mlp import checkpoint, cli, evaluate, plots, predict, runlog, train
 from mlp.errors import Signalled
+from mlp.files import MAX_JSON_DEPTH
 
 from .conftest import REPO, call_cli, files_in, tiny_run
 from .test_hardening import popen_train
@@ -84,7 +85,7 @@ def test_a_resumed_log_with_a_bad_row_is_refused_whole(tiny, tmp_path, line, why
 
 @pytest.mark.parametrize("text, why", [
     ('{"epoch": ' + "[" * 100_000 + "]" * 100_000 + "}", "200,011 bytes long"),
-    ('{"epoch": ' + "[" * 1500 + "]" * 1500 + "}", "JSON nested too deeply"),
+    ('{"epoch": ' + "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH + "}", "JSON nested too deeply"),
     ('{"epoch": 1e400, "step": 5, "train_loss": 1, "val_loss": null, "val_accuracy": null, "seconds": 1}',
      "epoch is 'inf', not a whole number"),
     ('{"epoch": 1}', "not an object of the fields"),
@@ -215,6 +216,12 @@ def test_jax_under_a_small_address_space_is_refused_before_it_aborts(tiny):
     assert proc.returncode == 2, stderr
     assert "--backend jax under an address-space limit of 1.50 GiB (ulimit -v): JAX aborts the whole process" in stderr
     assert len(stderr.splitlines()) == 1
+
+
+def test_plotting_leaves_mplbackend_as_it_was(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "broken")            # a backend matplotlib lacks: its import would fail
+    assert plots.plot_format(tmp_path / "x.svg") == "svg" and plots.pyplot().get_backend().lower() == "agg"
+    assert os.environ["MPLBACKEND"] == "broken"        # for the processes this one starts
 
 
 def test_plotting_is_checked_before_any_work(tiny, tmp_path, monkeypatch):

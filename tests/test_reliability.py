@@ -12,7 +12,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -452,20 +451,45 @@ def test_out_of_memory_is_a_clear_message(data_dir, out):
     assert files_in(out) == []
 
 
-def test_ctrl_c_saves_a_checkpoint_and_the_printed_command_resumes_it(data_dir, tmp_path):
-    common = ["--data-dir", data_dir, "--batch-size", "8", "--epochs", "2"]
-    proc = subprocess.Popen([sys.executable, "-m", "mlp.train", *map(str, common), "--save", str(tmp_path / "i.npz")],
+# `python -c`: mlp.train whose second epoch waits (60 s at most) before its step 10 until a stop is
+# requested, so that a Ctrl-C sent once it says "held" lands mid-epoch however fast or loaded the machine
+HELD_IN_EPOCH_2 = """
+import runpy, sys, time
+from mlp import loop
+run, seen = loop.EagerEngine.run, set()
+def held(self, params, first, last):
+    if first == 10 and first in seen:          # the second time: in epoch 2
+        print("held", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + 60
+        while not self.stop.requested and time.monotonic() < deadline:
+            time.sleep(0.01)
+    seen.add(first)
+    return run(self, params, first, last)
+loop.EagerEngine.run, loop.EagerEngine.stop = held, None   # fit hands an engine with .stop its stop request
+sys.argv[0] = "mlp.train"
+runpy.run_module("mlp.train", run_name="__main__")
+"""
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_printed_command_resumes_it(tmp_path):
+    make_dataset(tmp_path / "data", n_train=400, labels=[3, 7])      # 50 steps an epoch
+    common = ["--data-dir", tmp_path / "data", "--batch-size", "8", "--epochs", "2"]
+    proc = subprocess.Popen([sys.executable, "-c", HELD_IN_EPOCH_2, *map(str, common), "--save", tmp_path / "i.npz"],
                             cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stderr.readline().startswith("training:")
-    assert proc.stderr.readline().startswith("epoch 1/2"), "one epoch done: stop in the middle of the second"
-    time.sleep(0.3)  # past the epoch boundary (an epoch of 1,550 steps takes over a second)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    try:
+        assert proc.stderr.readline().startswith("training:")
+        assert proc.stderr.readline().startswith("epoch 1/2")
+        assert proc.stderr.readline() == "held\n"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()     # if an assertion above failed; no-op once it has exited
+        proc.wait(timeout=60)
     assert proc.returncode == 130, stderr
     assert "interrupted at epoch 2" in stderr and f"checkpoint saved to {tmp_path / 'i.npz'}" in stderr
     assert "Traceback" not in stderr and stdout == ""
     stopped = checkpoint.load(tmp_path / "i.npz")
-    assert stopped.epoch == 1 and 0 < stopped.step_in_epoch, "interrupted in mid-epoch, not finished"
+    assert (stopped.epoch, stopped.step_in_epoch) == (1, 11), "stopped after the step under way when it came"
     # the hint is a command that works when copied: it names the data, the checkpoint and the outputs
     words = shlex.split(stderr.split("continue with: ")[1].strip())
     assert words[:3] == ["python", "-m", "mlp.train"]

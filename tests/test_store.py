@@ -48,6 +48,7 @@ def _edit(folder, change):
     (lambda m: m.update(format="mlp-rows/9"), "field 'format'"),
     (lambda m: m.update(made_by=5), "field 'made_by' is 5"),
     (lambda m: "[" * 30_000 + "]" * 30_000, "nested too deeply"),
+    (lambda m: json.dumps({**m, "pad": [[[[[[[[0]]]]]]]]}), "nested too deeply"),   # 9 deep, not 1000
     (lambda m: json.dumps({**m, "pad": "x" * 70_000}), "more than 65,536 bytes"),
     (lambda m: "{not json", "not a converted data store"),
     (lambda m: m.update(n=11), "meta.json promises uint8 (11, 784)"),
