@@ -296,10 +296,13 @@ def resampled_blocks(images: np.ndarray, labels: np.ndarray, n: int, max_shift: 
 
 def convert(data_dir, out, classes=(3, 7), *, rows: int | None = None, max_shift: int = 0, seed: int = 0,
             download: bool = True) -> dict:
-    """The class pair's training rows of the IDX files in `data_dir` as a store at `out`;
-    with `rows`, that many rows resampled from them with shifts of up to `max_shift` pixels."""
+    """The classes' training rows (a list of labels, or 'all') of the IDX files in `data_dir` as a store
+    at `out`; with `rows`, that many rows resampled from them with shifts of up to `max_shift` pixels."""
     paths = mnist_files(data_dir, download=download, quiet=True)
     images, labels = read_idx(paths["train-images"]), read_idx(paths["train-labels"])
+    classes = np.unique(labels).tolist() if classes == "all" else classes
+    if not 2 <= len(classes) <= 256:
+        raise UserError(f"--classes all: {paths['train-labels']} holds {len(classes)} labels; a store holds 2 to 256")
     images, y, _ = select_classes(images, labels, tuple(classes), str(paths["train-labels"]))
     y = y.astype(np.uint8)
     n_features = int(np.prod(images.shape[1:]))
@@ -309,10 +312,9 @@ def convert(data_dir, out, classes=(3, 7), *, rows: int | None = None, max_shift
     meta = {"classes": [int(c) for c in classes], "image_shape": list(images.shape[1:]),
             "source": str(Path(paths["train-images"]).parent)}
     if rows is None:
-        write_store(out, [(images.reshape(len(images), -1), y)], len(images), n_features,
-                    {**meta, "made_by": "convert"})
-        return {**meta, "n": len(images)}
-    write_store(out, resampled_blocks(images, y, rows, max_shift, seed), rows, n_features,
-                {**meta, "made_by": f"resampled from {len(images)} real rows, shifts up to {max_shift} px, "
-                                    f"seed {seed}"})
-    return {**meta, "n": rows}
+        blocks, n, made_by = [(images.reshape(len(images), -1), y)], len(images), "convert"
+    else:
+        blocks, n = resampled_blocks(images, y, rows, max_shift, seed), rows
+        made_by = f"resampled from {len(images)} real rows, shifts up to {max_shift} px, seed {seed}"
+    write_store(out, blocks, n, n_features, {**meta, "made_by": made_by})
+    return {**meta, "n": n}
