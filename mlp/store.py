@@ -142,6 +142,13 @@ def open_store(folder, classes=None) -> tuple[NpyRows, NpyRows, dict]:
     return X, y, meta
 
 
+def store_classes(value) -> list:
+    """The classes a store may keep (as a checkpoint does, and at most 256: its labels are bytes), or ValueError."""
+    if len(settings.check("classes", value)) > 256:
+        raise ValueError("at most 256 classes (a store's labels are bytes)")
+    return value
+
+
 def _whole(value, lo: int, hi: int = MAX_COUNT) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
 
@@ -175,8 +182,7 @@ def read_meta(folder: Path) -> dict:
         if not _whole(meta.get(field), 1):
             raise bad(field, "a whole number of at least 1")
     try:
-        if len(settings.check("classes", meta.get("classes"))) > 256:
-            raise ValueError("at most 256 classes (a store's labels are bytes)")
+        store_classes(meta.get("classes"))
     except ValueError as exc:
         raise bad("classes", str(exc)) from None
     shape = meta.get("image_shape")
@@ -300,9 +306,13 @@ def convert(data_dir, out, classes=(3, 7), *, rows: int | None = None, max_shift
     at `out`; with `rows`, that many rows resampled from them with shifts of up to `max_shift` pixels."""
     paths = mnist_files(data_dir, download=download, quiet=True)
     images, labels = read_idx(paths["train-images"]), read_idx(paths["train-labels"])
-    classes = np.unique(labels).tolist() if classes == "all" else classes
-    if not 2 <= len(classes) <= 256:
-        raise UserError(f"--classes all: {paths['train-labels']} holds {len(classes)} labels; a store holds 2 to 256")
+    if classes == "all":
+        try:
+            classes = store_classes(np.unique(labels).tolist())
+        except ValueError as exc:
+            shown = " ".join(map(str, np.unique(labels)[:20]))
+            raise UserError(f"--classes all: the labels of {paths['train-labels']} ({shown}) must be {exc}; choose "
+                            "some with --classes") from None
     images, y, _ = select_classes(images, labels, tuple(classes), str(paths["train-labels"]))
     y = y.astype(np.uint8)
     n_features = int(np.prod(images.shape[1:]))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mlp import backends
 
-from . import checkpoint, model
+from . import checkpoint, model, settings
 from .checkpoint import Checkpoint
 from .cli import (EXIT_CLUSTER_LOST, Parser, add_classes_flag, add_data_flags, add_device_flags, classes_given,
                   dask_options, exit_code, positive_int, run, setting_flag)
@@ -147,7 +147,11 @@ def load_rows(args, cfg: dict, ckpt: Checkpoint | None):
     if ckpt is not None and every and list(data.classes) != cfg["classes"]:
         raise CheckpointError(f"--classes all is {_show(data.classes)} in this data, but the checkpoint {args.resume} "
                               f"was trained on {_show(cfg['classes'])}; resume on the data it was trained on")
-    cfg["classes"] = list(data.classes)
+    try:   # labels a checkpoint can keep ('all' takes the data's)
+        cfg["classes"] = settings.check("classes", list(data.classes))
+    except ValueError as exc:
+        raise UserError(f"--classes all: the labels of {data.data_dir} ({_show(data.classes)[:60]}) must be {exc}; "
+                        "choose some with --classes") from None
     X, y = data.train.X, data.train.y
     if ckpt is not None and ckpt.config["n_features"] != X.shape[1]:
         raise CheckpointError(f"the checkpoint {args.resume} was trained on {ckpt.config['n_features']} pixels "

@@ -480,6 +480,21 @@ def test_bad_class_lists_are_one_line(ten, tmp_path, command, words, message):
     assert_refused(call_cli(main, "--data-dir", ten / "four", "--classes", *words, *flags), message, out)
 
 
+def test_all_refuses_labels_a_checkpoint_or_a_store_cannot_keep(tmp_path):
+    """A label file of int8 with -1 among its labels: before, train wrote a checkpoint that its own reader refused."""
+    from .idx_files import write_idx
+
+    make_dataset(tmp_path / "data", labels=[3, 7])
+    for split, n in (("train", 40), ("t10k", 20)):
+        write_idx(tmp_path / "data" / f"{split}-labels-idx1-ubyte.gz", np.resize(np.array([-1, 3], np.int8), n))
+    out = tmp_path / "out"
+    out.mkdir()
+    for main, flags in ((train.main, ["--save", out / "c.npz", "--quiet"]), (convert.main, ["--out", out / "s"])):
+        assert_refused(call_cli(main, "--data-dir", tmp_path / "data", "--classes", "all", *flags),
+                       "(-1 3) must be a list of 2 to 65,536 different labels (whole numbers from 0 to 2,147,483,647); "
+                       "choose some with --classes", out)
+
+
 def edited(source, path, classes):
     """`source` with its config's classes replaced, written as a file would be by hand (the meta's JSON)."""
     arrays = dict(np.load(source))
