@@ -13,22 +13,11 @@ from .errors import UserError
 from .files import atomic_write
 
 
-def _matplotlib():
-    """matplotlib, drawing with Agg: figures are only ever written to files, so $MPLBACKEND (which
-    names a backend for windows, and makes `import matplotlib` fail when it names none) is
-    set to agg for this process first."""
-    os.environ["MPLBACKEND"] = "agg"
-    import matplotlib
-
-    matplotlib.use("Agg")
-    return matplotlib
-
-
 def plot_format(path, flag: str = "--plot") -> str:
     """The matplotlib format named by `path`'s suffix, once a small figure has been written in it:
     a UserError (before any work) for no suffix, an unknown one, or a format this installation
     cannot write (.pgf without its TeX program)."""
-    matplotlib = _matplotlib()
+    plt = pyplot()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     formats = FigureCanvasAgg.get_supported_filetypes()
@@ -37,7 +26,7 @@ def plot_format(path, flag: str = "--plot") -> str:
         given = f"the suffix .{suffix} names no image format" if suffix else "no suffix to name the image format"
         raise UserError(f"{flag} {path}: {given}; end the name with one of "
                         f"{', '.join('.' + f for f in sorted(formats))} (e.g. .png)")
-    tex = matplotlib.rcParams["pgf.texsystem"] if suffix == "pgf" else None
+    tex = plt.rcParams["pgf.texsystem"] if suffix == "pgf" else None
     if tex and shutil.which(tex) is None:
         raise UserError(f"{flag} {path}: a .pgf figure needs {tex}, which is not installed; "
                         "use .pdf or .svg (or install a TeX system)")
@@ -62,10 +51,13 @@ def _cannot_write(suffix: str) -> str | None:
 
 
 def pyplot():
-    """matplotlib.pyplot, drawing with Agg."""
-    _matplotlib()
+    """matplotlib.pyplot, drawing with Agg: figures are only ever written to files, so $MPLBACKEND (which
+    names a backend for windows, and makes `import matplotlib` fail when it names none) is set to agg
+    for this process first."""
+    os.environ["MPLBACKEND"] = "agg"
     import matplotlib.pyplot as plt
 
+    plt.switch_backend("Agg")
     return plt
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from mlp import backends
 
 from . import checkpoint, model, settings
-from .checkpoint import Checkpoint
 from .cli import (EXIT_CLUSTER_LOST, Parser, add_classes_flag, add_data_flags, add_device_flags, classes_given,
                   dask_options, exit_code, positive_int, run, setting_flag)
 from .data import MNIST_MEAN, MNIST_STD, data_paths, default_data_dir, load_dataset
@@ -83,7 +82,7 @@ def build_parser() -> Parser:
 # ----------------------------------------------------------------------------- settings
 
 
-def resolve_config(args, ckpt: Checkpoint | None) -> dict:
+def resolve_config(args, ckpt) -> dict:
     """Flags given > the checkpoint's settings > DEFAULTS; a flag that contradicts the
     checkpoint is an error, since the run would no longer be the one saved."""
     cfg, given = {}, {k: getattr(args, k) for k in RUN_KEYS if getattr(args, k) is not None}
@@ -132,14 +131,13 @@ def describe(cfg: dict) -> str:
 # ----------------------------------------------------------------------------- the run
 
 
-def load_rows(args, cfg: dict, ckpt: Checkpoint | None):
+def load_rows(args, cfg: dict, ckpt):
     """The data set (its classes resolved: 'all' becomes the list), and the host rows to train on
     and to validate on ((X, y) pairs; val is None without a split). A resumed run's rows are
     normalised with its checkpoint's mean and std."""
     if (args.early_stop or args.save_best) and not cfg["val_split"]:
-        which = "--early-stop" if args.early_stop else "--save-best"
-        raise UserError(f"{which} watches the validation loss, so it needs --val-split F (e.g. 0.1): "
-                        "held-out training rows, never the test set")
+        raise UserError(f"{'--early-stop' if args.early_stop else '--save-best'} watches the validation loss, so it "
+                        "needs --val-split F (e.g. 0.1): held-out training rows, never the test set")
     norm = {"mean": ckpt.config["mean"], "std": ckpt.config["std"]} if ckpt else {"mean": MNIST_MEAN, "std": MNIST_STD}
     every = args.classes == ["all"] and not args.store      # every label of the data (with --store: the store's)
     data = load_dataset(args.data_dir, "all" if every else cfg["classes"], download=not args.no_download,
@@ -245,9 +243,8 @@ def main(argv=None) -> int:
     X, y, data_fingerprint = training_arrays(backend, data, rows, cfg["dtype"], store=store)  # to the device, once
     (n, n_features), n_val = X.shape, 0 if val is None else len(val[1])
     steps_per_epoch = batching(n, cfg["batch_size"])[1]
-    note = ckpt and checkpoint.check_same_data(ckpt, args.resume, n, data_fingerprint, steps_per_epoch)
-    if note:   # a resumed run on data it was trained on, checked as far as the checkpoint allows
-        print(f"note: {note}", file=sys.stderr)
+    if note := ckpt and checkpoint.check_same_data(ckpt, args.resume, n, data_fingerprint, steps_per_epoch):
+        print(f"note: {note}", file=sys.stderr)   # the data was checked as far as the checkpoint allows
     data_cfg = {"n_features": n_features, "image_shape": list(data.image_shape), "input": "pixels", **norm,
                 "n_train": n, "val_split": cfg["val_split"], "data_fingerprint": data_fingerprint}
     state = TrainState.fresh(backend, cfg, n_features) if ckpt is None else TrainState.from_checkpoint(backend, ckpt)
