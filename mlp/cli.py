@@ -89,12 +89,27 @@ def setting_flag(group, name: str, **kwargs) -> None:
     group.add_argument(flag(name), **{**options, **kwargs})
 
 
-def classes_arg(text: str):
+def _class_word(text: str):
     """A word of --classes: a digit 0-9, or 'all'."""
-    word = text.strip().lower()
-    if word == "all":
-        return word
-    return number(0, 9)(text)
+    return "all" if text.strip().lower() == "all" else number(0, 9)(text)
+
+
+def add_classes_flag(group) -> None:
+    group.add_argument("--classes", nargs="+", type=_class_word, metavar="C",
+                       help="the digits to tell apart, 2 to 10 of them, in label order (label 1 = the second of two), "
+                            "or 'all' for every label in the data (default: 3 7)")
+
+
+def classes_given(words) -> list | str | None:
+    """--classes: a list of 2 to 10 different digits, or 'all' (None: not given)."""
+    if words is None or words == ["all"]:
+        return words and "all"          # None, or 'all'
+    if "all" in words:
+        raise UserError(f"--classes {' '.join(map(str, words))}: 'all' stands alone (every label in the data)")
+    if len(words) < 2 or len(set(words)) != len(words):
+        raise UserError(f"--classes {' '.join(map(str, words))}: give 2 to 10 different digits in label order, "
+                        "e.g. 3 7 or 0 1 2 3 4 5 6 7 8 9, or 'all'")
+    return list(words)
 
 
 def add_device_flags(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""`python -m mlp.convert --out DIR`: the training rows of a class pair as a store on disk, written
+"""`python -m mlp.convert --out DIR`: the training rows of 2 to 10 classes as a store on disk, written
 once, that `--backend dask --store DIR` reads lazily by chunk (for training sets larger than memory).
 The store format is in `mlp.store`."""
 
@@ -6,20 +6,19 @@ import sys
 
 import numpy as np
 
-from .cli import Parser, add_data_flags, non_negative_int, number, positive_int, run, setting_flag
+from .cli import (Parser, add_classes_flag, add_data_flags, classes_given, non_negative_int, positive_int, run,
+                  setting_flag)
 from .data import default_data_dir
-from .errors import UserError
 from .outputs import check_output_dir
 from .store import convert
 
 
 def build_parser() -> Parser:
     p = Parser(prog="python -m mlp.convert",
-               description="Convert the MNIST IDX files of a class pair, once, into a store of uint8 rows on disk "
+               description="Convert the MNIST IDX files of some classes, once, into a store of uint8 rows on disk "
                            "(X.npy, y.npy, meta.json) that --backend dask reads lazily by chunk.")
     add_data_flags(p)
-    p.add_argument("--classes", nargs="+", type=number(0, 9), default=[3, 7], metavar="C",
-                   help="2 to 10 different digits, in label order (default: 3 7)")
+    add_classes_flag(p)
     p.add_argument("--out", required=True, metavar="DIR", help="the store folder to create (must not exist)")
     p.add_argument("--rows", type=positive_int, metavar="N",
                    help="a larger synthetic-but-real set: N rows drawn with replacement from the real ones")
@@ -32,10 +31,9 @@ def build_parser() -> Parser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if len(args.classes) < 2 or len(set(args.classes)) != len(args.classes):
-        raise UserError(f"--classes {' '.join(map(str, args.classes))}: give 2 to 10 different digits, e.g. 3 7")
+    classes = classes_given(args.classes) or (3, 7)
     check_output_dir(args.out, "--out", {"--data-dir": args.data_dir or default_data_dir()})   # docs/outputs.md
-    info = convert(args.data_dir, args.out, tuple(args.classes), rows=args.rows,
+    info = convert(args.data_dir, args.out, classes, rows=args.rows,
                    max_shift=args.max_shift if args.rows else 0, seed=args.seed, download=not args.no_download)
     size = info["n"] * int(np.prod(info["image_shape"]))
     print(f"wrote {args.out}: {info['n']:,} rows of classes {' '.join(map(str, info['classes']))} "

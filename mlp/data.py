@@ -23,6 +23,7 @@ from .idx import read_idx
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
+CHOOSE = "choose --classes among them"   # what to do about a class the data lacks
 
 DEFAULT_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 #: a file's download is abandoned after DOWNLOAD_GRACE_S + its size / DOWNLOAD_MIN_RATE s (63 s to 17.5 min)
@@ -208,21 +209,23 @@ def normalise(pixels, dtype="float64", *, mean: float = MNIST_MEAN, std: float =
     return x.astype(dtype, copy=False)
 
 
-def select_classes(images: np.ndarray, labels: np.ndarray, classes, name: str):
+def select_classes(images: np.ndarray, labels: np.ndarray, classes, name: str, fix: str = CHOOSE):
     """Rows whose label is one of `classes`, in file order: (their images, y = the position of each
-    one's label in `classes` (float64; for two classes, 1 = the second), their labels)."""
+    one's label in `classes` (float64; for two classes, 1 = the second), their labels). `fix`: what
+    to do about a class absent from the labels."""
     present = np.unique(labels).tolist()
     for c in classes:
         if c not in present:
             shown = ", ".join(str(v) for v in present[:20])
-            raise DataError(f"class {c} is absent from {name} (labels present: {shown}); choose --classes among them")
+            raise DataError(f"class {c} is absent from {name} (labels present: {shown}); {fix}")
     keep = np.isin(labels, classes)
     order = np.argsort(classes)
     position = order[np.searchsorted(np.asarray(classes)[order], labels[keep])]
     return images[keep], position.astype(np.float64), labels[keep]
 
 
-def load_split(images_path, labels_path, classes, dtype=np.float64, *, mean=MNIST_MEAN, std=MNIST_STD) -> Split:
+def load_split(images_path, labels_path, classes, dtype=np.float64, *, mean=MNIST_MEAN, std=MNIST_STD,
+               fix=CHOOSE) -> Split:
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim < 2:
         raise DataError(f"{images_path}: expected images (N, rows, cols), got shape {images.shape}; "
@@ -239,7 +242,7 @@ def load_split(images_path, labels_path, classes, dtype=np.float64, *, mean=MNIS
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{images_path} holds {images.shape[0]:,} images but {labels_path} holds "
                         f"{labels.shape[0]:,} labels; the two files do not belong together")
-    images, y, digits = select_classes(images, labels, classes, str(labels_path))
+    images, y, digits = select_classes(images, labels, classes, str(labels_path), fix)
     X = normalise(images, dtype, mean=mean, std=std)
     if not np.isfinite(X).all():
         bad = int(np.count_nonzero(~np.isfinite(X).all(axis=1)))
@@ -251,7 +254,7 @@ def load_split(images_path, labels_path, classes, dtype=np.float64, *, mean=MNIS
 
 
 def load_dataset(data_dir=None, classes=(3, 7), *, download: bool = True, quiet: bool = False,
-                 dtype=np.float64, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> Dataset:
+                 dtype=np.float64, mean: float = MNIST_MEAN, std: float = MNIST_STD, fix: str = CHOOSE) -> Dataset:
     """Train and test splits of the classes (a list of labels, or 'all': every label of the
     training file), normalised with `mean` and `std`, as host arrays."""
     if classes != "all":
@@ -264,8 +267,8 @@ def load_dataset(data_dir=None, classes=(3, 7), *, download: bool = True, quiet:
         if len(classes) < 2:
             raise DataError(f"--classes all: {paths['train-labels']} holds only the label {classes[0]}; a classifier "
                             "needs at least two classes")
-    train = load_split(paths["train-images"], paths["train-labels"], classes, dtype, mean=mean, std=std)
-    test = load_split(paths["test-images"], paths["test-labels"], classes, dtype, mean=mean, std=std)
+    train = load_split(paths["train-images"], paths["train-labels"], classes, dtype, mean=mean, std=std, fix=fix)
+    test = load_split(paths["test-images"], paths["test-labels"], classes, dtype, mean=mean, std=std, fix=fix)
     if train.image_shape != test.image_shape:
         raise DataError(f"train images are {train.image_shape} but test images {test.image_shape}; "
                         "the files come from different data sets")

@@ -13,26 +13,11 @@ from .errors import UserError
 from .files import atomic_write
 
 
-def _matplotlib():
-    """matplotlib, drawing with Agg: figures are only ever written to files, so $MPLBACKEND (which
-    names a backend for windows, and makes `import matplotlib` fail when it names none) is
-    unset while matplotlib is imported, then put back."""
-    given = os.environ.pop("MPLBACKEND", None)
-    try:
-        import matplotlib
-    finally:
-        if given is not None:
-            os.environ["MPLBACKEND"] = given
-
-    matplotlib.use("Agg")
-    return matplotlib
-
-
 def plot_format(path, flag: str = "--plot") -> str:
     """The matplotlib format named by `path`'s suffix, once a small figure has been written in it:
     a UserError (before any work) for no suffix, an unknown one, or a format this installation
     cannot write (.pgf without its TeX program)."""
-    matplotlib = _matplotlib()
+    plt = pyplot()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     formats = FigureCanvasAgg.get_supported_filetypes()
@@ -41,7 +26,7 @@ def plot_format(path, flag: str = "--plot") -> str:
         given = f"the suffix .{suffix} names no image format" if suffix else "no suffix to name the image format"
         raise UserError(f"{flag} {path}: {given}; end the name with one of "
                         f"{', '.join('.' + f for f in sorted(formats))} (e.g. .png)")
-    tex = matplotlib.rcParams["pgf.texsystem"] if suffix == "pgf" else None
+    tex = plt.rcParams["pgf.texsystem"] if suffix == "pgf" else None
     if tex and shutil.which(tex) is None:
         raise UserError(f"{flag} {path}: a .pgf figure needs {tex}, which is not installed; "
                         "use .pdf or .svg (or install a TeX system)")
@@ -66,10 +51,16 @@ def _cannot_write(suffix: str) -> str | None:
 
 
 def pyplot():
-    """matplotlib.pyplot, drawing with Agg."""
-    _matplotlib()
-    import matplotlib.pyplot as plt
-
+    """matplotlib.pyplot, drawing with Agg: figures are only ever written to files, so $MPLBACKEND (which
+    names a backend for windows, and makes `import matplotlib` fail when it names none) is unset while
+    matplotlib is imported, then put back."""
+    given = os.environ.pop("MPLBACKEND", None)
+    try:
+        import matplotlib.pyplot as plt
+    finally:
+        if given is not None:
+            os.environ["MPLBACKEND"] = given
+    plt.switch_backend("Agg")
     return plt
 
 
@@ -104,9 +95,7 @@ def plot_losses(path, losses, steps_per_epoch: int, title: str, rows=(), test_ac
     if val:
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "s-" if len(val) <= 50 else "-", ms=3,
                 color="tab:green", label="validation loss")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy")
+    ax.set(yscale="log", xlabel="step", ylabel="cross-entropy")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     if val:
@@ -116,12 +105,19 @@ def plot_losses(path, losses, steps_per_epoch: int, title: str, rows=(), test_ac
         if test_accuracy is not None:
             acc.axhline(100 * test_accuracy, ls="--", color="black", lw=1,
                         label=f"test accuracy at the end ({test_accuracy:.2%})")
-        acc.set_xlabel("epoch")
-        acc.set_ylabel("accuracy (%)")
+        acc.set(xlabel="epoch", ylabel="accuracy (%)")
         acc.grid(True, alpha=0.3)
         acc.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     save_figure(fig, path)
+
+
+def classes_shown(classes) -> str:
+    """How the commands and figures name a run's classes: 'classes 3 vs 7', '10 classes 0-9', '3 classes 5 1 8'."""
+    if len(classes) == 2:
+        return f"classes {classes[0]} vs {classes[1]}"
+    run = list(classes) == list(range(classes[0], classes[0] + len(classes)))
+    return f"{len(classes)} classes " + (f"{classes[0]}-{classes[-1]}" if run else " ".join(map(str, classes)))
 
 
 def _probability(p: float) -> str:
@@ -129,23 +125,65 @@ def _probability(p: float) -> str:
     return f"{p:.1e}" if p < 0.01 else f"{p:.4f}" if p > 0.99 else f"{p:.2f}"
 
 
+def _grid(n: int, cols: int = 8, size=(1.9, 2.0)):
+    """A figure of at least one panel, n panels in rows of `cols`, every axis off."""
+    cols = max(1, min(cols, n))
+    rows = max(1, -(-n // cols))
+    fig, axes = pyplot().subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False,
+                                  layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes
+
+
+def _image(row, image_shape):
+    """One input row as an image: its own shape, or a strip for 1-D inputs."""
+    return np.reshape(row, image_shape if len(image_shape) == 2 else (1, -1))
+
+
 def plot_misclassified(path, X, digits, probs, predicted, wrong, image_shape, classes, *, max_shown: int = 64) -> None:
     """A grid of misclassified images, each titled "true 7, predicted 3, P(3)=0.97" (the probability
     of the class predicted)."""
-    plt = pyplot()
     shown = wrong[:max_shown]
-    cols = max(1, min(8, len(shown)))
-    rows = max(1, -(-len(shown) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.0 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = _grid(len(shown))
     for ax, i in zip(axes.flat, shown):
-        ax.imshow(X[i].reshape(image_shape), cmap="gray")
+        ax.imshow(_image(X[i], image_shape), cmap="gray")
         label = classes[predicted[i]]
         ax.set_title(f"true {digits[i]}, predicted {label},\nP({label})={_probability(probs[i, predicted[i]])}",
                      fontsize=7)
     if not len(shown):
         axes[0, 0].text(0.5, 0.5, "no misclassified digits", ha="center", va="center")
-    which = f"{classes[0]} vs {classes[1]}" if len(classes) == 2 else f"{len(classes)} classes"
-    fig.suptitle(f"{len(wrong)} misclassified ({which}), {len(shown)} shown", fontsize=9)
+    fig.suptitle(f"{len(wrong)} misclassified ({classes_shown(classes)}), {len(shown)} shown", fontsize=9)
     save_figure(fig, path)
+
+
+def plot_confusion(path, m: np.ndarray, classes, title: str) -> None:
+    """The confusion matrix as an image: a row per true class, coloured by the share of that class
+    predicted as each column, with the counts written in (up to 30 classes)."""
+    K = len(classes)
+    share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    side = min(20.0, 2.0 + 0.55 * K)
+    fig, ax = pyplot().subplots(figsize=(side + 1.5, side))
+    shown = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set(xticks=range(K), xticklabels=classes, yticks=range(K), yticklabels=classes, xlabel="predicted class",
+           ylabel="true class")
+    if K <= 30:
+        for (i, j), count in np.ndenumerate(m):
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set_title(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_weights(path, w1: np.ndarray, image_shape, title: str, *, max_shown: int = 256) -> int:
+    """Each hidden unit's input weights (a column of w1) as an image: red pixels raise the unit's
+    input, blue ones lower it (each unit on its own symmetric scale). Returns how many were drawn."""
+    shown = min(w1.shape[1], max_shown)
+    fig, axes = _grid(shown, cols=16, size=(1.0, 1.0))
+    for ax, j in zip(axes.flat, range(shown)):
+        scale = float(np.abs(w1[:, j]).max()) or 1.0
+        ax.imshow(_image(w1[:, j], image_shape), cmap="bwr", vmin=-scale, vmax=scale)
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
+    return shown

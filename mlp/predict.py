@@ -1,5 +1,6 @@
-"""`python -m mlp.predict --checkpoint PATH IMAGE...`: P(class B) for each image, from image
-files, .npy arrays, directories of them, or stacked .npy arrays (mlp.images: what is refused).
+"""`python -m mlp.predict --checkpoint PATH IMAGE...`: each image's class and its probability (two
+classes: P(B)), from image files, .npy arrays, directories of them, or stacked .npy arrays
+(mlp.images: what is refused).
 """
 
 import csv
@@ -141,11 +142,11 @@ def main(argv=None) -> int:
     if args.csv:
         write_csv(args.csv, names, probs, predicted, classes)
         counts = np.bincount(predicted, minlength=len(classes))
-        print(f"{len(names)} images: " + ", ".join(f"{n} predicted {c}" for c, n in zip(classes, counts)))
+        print(f"{len(names)} images: " + ", ".join(f"{n} predicted {c}" for c, n in zip(classes, counts) if n))
         return 0
     for name, p, k in zip(names, probs, predicted):
-        shown = f"P({classes[1]}) = {probability(p[1])}" if len(classes) == 2 else f"P = {probability(p[k])}"
-        print(f"{name}: {shown} -> {classes[k]}")
+        j = 1 if len(classes) == 2 else k          # P(B) for two classes, else the class predicted's
+        print(f"{name}: P({classes[j]}) = {probability(p[j])} -> {classes[k]}")
     return 0
 
 

@@ -10,9 +10,9 @@ from .store import FILES as STORE_FILES, idx_rows, open_store, store_fingerprint
 
 def open_training_store(path, classes) -> tuple:
     """--store's rows, every part checked (mlp.store.open_store), before any cluster starts:
-    (X rows, y rows, meta, the folder)."""
+    (X rows, y rows, meta, the folder); `classes` (or 'all') must be the store's."""
     folder = Path(path).resolve()
-    return (*open_store(folder, classes), folder)
+    return (*open_store(folder, None if classes == "all" else classes), folder)
 
 
 def training_arrays(backend, data, rows, dtype: str, *, store=None):

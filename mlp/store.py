@@ -142,6 +142,13 @@ def open_store(folder, classes=None) -> tuple[NpyRows, NpyRows, dict]:
     return X, y, meta
 
 
+def store_classes(value) -> list:
+    """The classes a store may keep (as a checkpoint does, and at most 256: its labels are bytes), or ValueError."""
+    if len(settings.check("classes", value)) > 256:
+        raise ValueError("at most 256 classes (a store's labels are bytes)")
+    return value
+
+
 def _whole(value, lo: int, hi: int = MAX_COUNT) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
 
@@ -174,8 +181,7 @@ def read_meta(folder: Path) -> dict:
         if not _whole(meta.get(field), 1):
             raise bad(field, "a whole number of at least 1")
     try:
-        if len(settings.check("classes", meta.get("classes"))) > 256:
-            raise ValueError("at most 256 classes (a store's labels are bytes)")
+        store_classes(meta.get("classes"))
     except ValueError as exc:
         raise bad("classes", str(exc)) from None
     shape = meta.get("image_shape")
@@ -295,10 +301,17 @@ def resampled_blocks(images: np.ndarray, labels: np.ndarray, n: int, max_shift: 
 
 def convert(data_dir, out, classes=(3, 7), *, rows: int | None = None, max_shift: int = 0, seed: int = 0,
             download: bool = True) -> dict:
-    """The class pair's training rows of the IDX files in `data_dir` as a store at `out`;
-    with `rows`, that many rows resampled from them with shifts of up to `max_shift` pixels."""
+    """The classes' training rows (a list of labels, or 'all') of the IDX files in `data_dir` as a store
+    at `out`; with `rows`, that many rows resampled from them with shifts of up to `max_shift` pixels."""
     paths = mnist_files(data_dir, download=download, quiet=True)
     images, labels = read_idx(paths["train-images"]), read_idx(paths["train-labels"])
+    if classes == "all":
+        try:
+            classes = store_classes(np.unique(labels).tolist())
+        except ValueError as exc:
+            shown = " ".join(map(str, np.unique(labels)[:20]))
+            raise UserError(f"--classes all: the labels of {paths['train-labels']} ({shown}) must be {exc}; choose "
+                            "some with --classes") from None
     images, y, _ = select_classes(images, labels, tuple(classes), str(paths["train-labels"]))
     y = y.astype(np.uint8)
     n_features = int(np.prod(images.shape[1:]))
@@ -308,10 +321,9 @@ def convert(data_dir, out, classes=(3, 7), *, rows: int | None = None, max_shift
     meta = {"classes": [int(c) for c in classes], "image_shape": list(images.shape[1:]),
             "source": str(Path(paths["train-images"]).parent)}
     if rows is None:
-        write_store(out, [(images.reshape(len(images), -1), y)], len(images), n_features,
-                    {**meta, "made_by": "convert"})
-        return {**meta, "n": len(images)}
-    write_store(out, resampled_blocks(images, y, rows, max_shift, seed), rows, n_features,
-                {**meta, "made_by": f"resampled from {len(images)} real rows, shifts up to {max_shift} px, "
-                                    f"seed {seed}"})
-    return {**meta, "n": rows}
+        blocks, n, made_by = [(images.reshape(len(images), -1), y)], len(images), "convert"
+    else:
+        blocks, n = resampled_blocks(images, y, rows, max_shift, seed), rows
+        made_by = f"resampled from {len(images)} real rows, shifts up to {max_shift} px, seed {seed}"
+    write_store(out, blocks, n, n_features, {**meta, "made_by": made_by})
+    return {**meta, "n": n}

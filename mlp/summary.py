@@ -63,9 +63,8 @@ def write_metrics(path, m: dict) -> None:
 
 
 def write_loss_plot(path, m: dict, steps_per_epoch: int, backend) -> None:
-    from .plots import plot_losses
+    from .plots import classes_shown, plot_losses
 
-    a, b = m["classes"]
-    plot_losses(path, m["losses"], steps_per_epoch,
-                f"MNIST {a} vs {b}: H={m['hidden']} {m['activation']}, lr {m['lr']}, batch {m['batch_size']}, "
-                f"{m['dtype']}, {backend.name} on {backend.device}", m["history"], m["test_accuracy"])
+    title = (f"{classes_shown(m['classes'])}: H={m['hidden']} {m['activation']}, lr {m['lr']}, "
+             f"batch {m['batch_size']}, {m['dtype']}, {backend.name} on {backend.device}")
+    plot_losses(path, m["losses"], steps_per_epoch, title, m["history"], m["test_accuracy"])

@@ -13,17 +13,16 @@ from pathlib import Path
 
 from mlp import backends
 
-from . import checkpoint, model
-from .checkpoint import Checkpoint
-from .cli import (EXIT_CLUSTER_LOST, Parser, add_data_flags, add_device_flags, classes_arg, dask_options, exit_code,
-                  positive_int, run, setting_flag)
+from . import checkpoint, model, settings
+from .cli import (EXIT_CLUSTER_LOST, Parser, add_classes_flag, add_data_flags, add_device_flags, classes_given,
+                  dask_options, exit_code, positive_int, run, setting_flag)
 from .data import MNIST_MEAN, MNIST_STD, data_paths, default_data_dir, load_dataset
 from .errors import CheckpointError, ClusterLost, DivergedError, UserError
 from .files import write_failure
 from .history import EarlyStopped, History, holdout, resolve_val_split
 from .batches import batching
 from .loop import ENGINES, Interrupted, Run, StopOnSignals, TrainState, params_finite
-from .plots import plot_format
+from .plots import classes_shown, plot_format
 from .progress import Progress, epoch_train_loss, fmt_loss
 from .saver import Saver
 from .rows import STORE_FILES, open_training_store, training_arrays
@@ -46,9 +45,7 @@ def build_parser() -> Parser:
     add_device_flags(p)
     add_data_flags(p)
     g = p.add_argument_group("model")
-    g.add_argument("--classes", nargs="+", type=classes_arg, metavar="C",
-                   help="the digits to tell apart, 2 to 10 of them, in label order (label 1 = the second of two), "
-                        "or 'all' for every label in the data (default: 3 7)")
+    add_classes_flag(g)
     for name, metavar in (("hidden", "H"), ("activation", None), ("init", None), ("epochs", "N"),
                           ("batch_size", "N|full"), ("seed", "S"), ("dtype", None)):
         setting_flag(g, name, **({"metavar": metavar} if metavar else {}))
@@ -85,21 +82,7 @@ def build_parser() -> Parser:
 # ----------------------------------------------------------------------------- settings
 
 
-def classes_given(words) -> list | str | None:
-    """--classes: a list of 2 to 10 different digits, or 'all' (None: not given)."""
-    if words is None:
-        return None
-    if "all" in words:
-        if len(words) > 1:
-            raise UserError(f"--classes {' '.join(map(str, words))}: 'all' stands alone (every label in the data)")
-        return "all"
-    if len(words) < 2 or len(set(words)) != len(words):
-        raise UserError(f"--classes {' '.join(map(str, words))}: give 2 to 10 different digits in label order, "
-                        "e.g. 3 7 or 0 1 2 3 4 5 6 7 8 9, or 'all'")
-    return list(words)
-
-
-def resolve_config(args, ckpt: Checkpoint | None) -> dict:
+def resolve_config(args, ckpt) -> dict:
     """Flags given > the checkpoint's settings > DEFAULTS; a flag that contradicts the
     checkpoint is an error, since the run would no longer be the one saved."""
     cfg, given = {}, {k: getattr(args, k) for k in RUN_KEYS if getattr(args, k) is not None}
@@ -127,8 +110,6 @@ def resolve_config(args, ckpt: Checkpoint | None) -> dict:
     if ckpt is not None and ckpt.config["input"] != "pixels":
         raise CheckpointError(f"the checkpoint {args.resume} was fitted by MLPClassifier on features as given, not "
                               "on images: continue it with MLPClassifier (warm_start or partial_fit)")
-    if given.get("classes") == "all" and ckpt is not None:
-        cfg["classes_all"] = True
     return cfg
 
 
@@ -138,35 +119,37 @@ def _show(value) -> str:
 
 def describe(cfg: dict) -> str:
     """The run's model and optimiser in a few words, as the start line shows them."""
-    classes = cfg["classes"]
-    shown = f"classes {classes[0]} vs {classes[1]}" if len(classes) == 2 else f"{len(classes)} classes {_show(classes)}"
     opt = f"lr {cfg['lr']}"
     if cfg["solver"] == "adam":
         opt = f"adam ({cfg['beta1']}, {cfg['beta2']}, eps {cfg['epsilon']}), {opt}"
     elif cfg["momentum"]:
         opt = f"{'nesterov ' * cfg['nesterov']}momentum {cfg['momentum']}, {opt}"
-    return (f"{shown}; H={cfg['hidden']} {cfg['activation']} {cfg['init']} init, {opt}"
+    return (f"{classes_shown(cfg['classes'])}; H={cfg['hidden']} {cfg['activation']} {cfg['init']} init, {opt}"
             + (f", alpha {cfg['alpha']}" if cfg["alpha"] else ""))
 
 
 # ----------------------------------------------------------------------------- the run
 
 
-def load_rows(args, cfg: dict, ckpt: Checkpoint | None):
+def load_rows(args, cfg: dict, ckpt):
     """The data set (its classes resolved: 'all' becomes the list), and the host rows to train on
     and to validate on ((X, y) pairs; val is None without a split). A resumed run's rows are
     normalised with its checkpoint's mean and std."""
     if (args.early_stop or args.save_best) and not cfg["val_split"]:
-        which = "--early-stop" if args.early_stop else "--save-best"
-        raise UserError(f"{which} watches the validation loss, so it needs --val-split F (e.g. 0.1): "
-                        "held-out training rows, never the test set")
+        raise UserError(f"{'--early-stop' if args.early_stop else '--save-best'} watches the validation loss, so it "
+                        "needs --val-split F (e.g. 0.1): held-out training rows, never the test set")
     norm = {"mean": ckpt.config["mean"], "std": ckpt.config["std"]} if ckpt else {"mean": MNIST_MEAN, "std": MNIST_STD}
-    data = load_dataset(args.data_dir, "all" if cfg.pop("classes_all", False) else cfg["classes"],
-                        download=not args.no_download, quiet=args.quiet, **norm)
-    if ckpt is not None and list(data.classes) != cfg["classes"]:
+    every = args.classes == ["all"] and not args.store      # every label of the data (with --store: the store's)
+    data = load_dataset(args.data_dir, "all" if every else cfg["classes"], download=not args.no_download,
+                        quiet=args.quiet, **norm)
+    if ckpt is not None and every and list(data.classes) != cfg["classes"]:
         raise CheckpointError(f"--classes all is {_show(data.classes)} in this data, but the checkpoint {args.resume} "
-                              f"was trained on {_show(cfg['classes'])}; drop --classes to continue that run")
-    cfg["classes"] = list(data.classes)
+                              f"was trained on {_show(cfg['classes'])}; resume on the data it was trained on")
+    try:   # labels a checkpoint can keep ('all' takes the data's)
+        cfg["classes"] = settings.check("classes", list(data.classes))
+    except ValueError as exc:
+        raise UserError(f"--classes all: the labels of {data.data_dir} ({_show(data.classes)[:60]}) must be {exc}; "
+                        "choose some with --classes") from None
     X, y = data.train.X, data.train.y
     if ckpt is not None and ckpt.config["n_features"] != X.shape[1]:
         raise CheckpointError(f"the checkpoint {args.resume} was trained on {ckpt.config['n_features']} pixels "
@@ -252,16 +235,16 @@ def main(argv=None) -> int:
     cfg = resolve_config(args, ckpt)
     log = EpochLog(args.log, keep_until=ckpt.epoch if ckpt else 0) if args.log else None  # a resumed log: checked now
     cluster = dask_options(args)
-    store = (open_training_store(args.store, None if cfg["classes"] == "all" else cfg["classes"])
-             if args.store and cluster else None)   # checked now
+    store = open_training_store(args.store, cfg["classes"]) if args.store and cluster else None   # checked now
+    if store:   # its classes are the run's (--classes all: the store's)
+        cfg["classes"] = store[2]["classes"]
     backend = backends.resolve(args.device, args.backend, cluster)
     data, rows, val, norm = load_rows(args, cfg, ckpt)
     X, y, data_fingerprint = training_arrays(backend, data, rows, cfg["dtype"], store=store)  # to the device, once
     (n, n_features), n_val = X.shape, 0 if val is None else len(val[1])
     steps_per_epoch = batching(n, cfg["batch_size"])[1]
-    note = ckpt and checkpoint.check_same_data(ckpt, args.resume, n, data_fingerprint, steps_per_epoch)
-    if note:   # a resumed run on data it was trained on, checked as far as the checkpoint allows
-        print(f"note: {note}", file=sys.stderr)
+    if note := ckpt and checkpoint.check_same_data(ckpt, args.resume, n, data_fingerprint, steps_per_epoch):
+        print(f"note: {note}", file=sys.stderr)   # the data was checked as far as the checkpoint allows
     data_cfg = {"n_features": n_features, "image_shape": list(data.image_shape), "input": "pixels", **norm,
                 "n_train": n, "val_split": cfg["val_split"], "data_fingerprint": data_fingerprint}
     state = TrainState.fresh(backend, cfg, n_features) if ckpt is None else TrainState.from_checkpoint(backend, ckpt)
