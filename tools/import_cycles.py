@@ -7,8 +7,6 @@ module importing from a floor above its own (docs/architecture.md): each floor m
 from itself and the floors below. Prints both; exit status 1 when there is any.
 """
 
-from __future__ import annotations
-
 import ast
 import sys
 from pathlib import Path
@@ -74,32 +72,16 @@ def imports(mods: dict[str, Path]) -> dict[str, set[str]]:
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
-    """The strongly connected components of more than one module (Tarjan's algorithm)."""
-    index, low, stack, on, out = {}, {}, [], set(), []
-
-    def visit(v):
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on.add(v)
-        for w in edges[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            group = []
-            while not group or group[-1] != v:
-                group.append(stack.pop())
-                on.discard(group[-1])
-            if len(group) > 1:
-                out.append(sorted(group))
-
-    sys.setrecursionlimit(10_000)
+    """The groups of more than one module that reach each other through their imports."""
+    reach = {}
     for v in edges:
-        if v not in index:
-            visit(v)
-    return out
+        reach[v], todo = set(), [v]
+        while todo:
+            new = edges[todo.pop()] - reach[v]
+            reach[v] |= new
+            todo += new
+    groups = {tuple(sorted({v} | {w for w in reach[v] if v in reach[w]})) for v in edges}
+    return sorted(list(g) for g in groups if len(g) > 1)
 
 
 def main(root: str = ".") -> int:
