@@ -15,9 +15,8 @@ Commands that need what a CPU machine lacks (a GPU, other machines, a pid) or th
 exit status 1 when any command failed or printed something other than what the docs show.
 """
 
-from __future__ import annotations
-
 import argparse
+import itertools
 import os
 import re
 import shutil
@@ -58,11 +57,7 @@ def commands(path: Path):
         elif kind == "text":
             for i, line in enumerate(body):
                 if line.startswith("$ "):
-                    shown = []
-                    for after in body[i + 1:]:
-                        if after.startswith("$ "):
-                            break
-                        shown.append(after)
+                    shown = list(itertools.takewhile(lambda after: not after.startswith("$ "), body[i + 1:]))
                     yield start + i, line[2:].split("  #")[0].strip(), shown
 
 
@@ -89,20 +84,14 @@ def bash_commands(start: int, body: list[str]):
 
 
 def skipped(command: str) -> str | None:
-    for pattern, why in SKIP:
-        if re.search(pattern, command, re.M):
-            return why
-    return None
+    return next((why for pattern, why in SKIP if re.search(pattern, command, re.M)), None)
 
 
 def matches(shown: list[str], printed: str) -> str | None:
     """None when every shown line appears in what was printed (timings as any number), else the first missing."""
     normal = [TIMING.sub("T", line.strip()) for line in printed.splitlines()]
-    for line in shown:
-        line = line.strip()
-        if not line or line == "..." or line.startswith("..."):
-            continue
-        if TIMING.sub("T", line) not in normal:
+    for line in map(str.strip, shown):
+        if line and not line.startswith("...") and TIMING.sub("T", line) not in normal:
             return line
     return None
 
