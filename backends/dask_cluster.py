@@ -149,19 +149,16 @@ class DaskBackend(Backend):
         if getattr(x, HOST, None) is not None:
             return np.array(getattr(x, HOST), copy=True)
         if hasattr(x, "dask"):
-            if self.device == "cpu" and not self._on_cluster(x):
+            from dask import delayed
+            from distributed import futures_of
+
+            if self.device == "cpu" and not futures_of(x) and not any(
+                    str(name).startswith(("rows-", "labels-")) for name in x.dask.layers):
                 x = x.compute(scheduler="sync")
             else:
-                from dask import delayed
-
                 x = wait_result(self.client, self.client.compute(delayed(as_numpy, pure=True)(x)),
                                 timeout=self.options.timeout)
         return np.array(as_numpy(x), copy=True)
-
-    def _on_cluster(self, x) -> bool:
-        from distributed import futures_of
-
-        return bool(futures_of(x)) or any(str(name).startswith(("rows-", "labels-")) for name in x.dask.layers)
 
     @property
     def device_name(self) -> str:
@@ -174,7 +171,6 @@ class DaskBackend(Backend):
             return arr
         return arr.map_blocks(to_device, dtype=arr.dtype, meta=np.empty((0,) * arr.ndim, arr.dtype))
 
-    # -- arrays ---------------------------------------------------------------------------
     def wrap(self, host):
         """A small host array as a one-chunk dask array (on GPU workers: moved there by the workers)."""
         import dask.array as da
@@ -225,7 +221,6 @@ class DaskBackend(Backend):
             chunk = min(chunk, max(256, min(limits) // (8 * 8 * features)))
         return chunk
 
-    # -- the cluster ----------------------------------------------------------------------
     def cluster_memory(self) -> tuple[int | None, str]:
         """(bytes, of what) that the persisted rows would live in: the workers' memory limits on CPU
         workers (None when a worker has none); on GPU workers their GPUs' memory (NVML, else CuPy on each
@@ -266,10 +261,7 @@ def _token(rows) -> str:
     return tokenize(repr(rows), path, os.path.getmtime(path) if path else None)  # a rewritten file: new keys
 
 
-# ----------------------------------------------------------------------------- opening
-
-
-_OPEN: list = []
+_OPEN: list = []   # the backends dask_backend opened and close() has not closed
 
 
 def release_all() -> None:
@@ -320,9 +312,6 @@ def _describe(backend: DaskBackend) -> str:
         "LocalCluster" if backend.cluster is not None else f"scheduler {backend.options.scheduler}")
     host = cpu_name() if backend.cluster is not None and backend.device == "cpu" else f"{len(workers)} workers"
     return f"{where}: {len(workers)} worker processes, {threads} threads; {host}"
-
-
-# ----------------------------------------------------------------------------- memory
 
 
 def _worker_memory(reset: bool) -> dict:
