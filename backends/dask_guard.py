@@ -53,15 +53,6 @@ def describe(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {' '.join(str(exc).split())[:160]}"
 
 
-def graph_error(exc: BaseException) -> str | None:
-    """The scheduler could not unpickle the tasks (its environment lacks something); else None."""
-    if isinstance(exc, RuntimeError) and "deserialization of the task graph" in str(exc):
-        cause = exc.__cause__
-        return "the scheduler cannot read this run's tasks" + (
-            f" ({cause.__class__.__name__}: {cause}); install this package there" if cause else "")
-    return None
-
-
 def identity(client, timeout: float) -> dict:
     """The scheduler's identity with every worker's info (what scheduler_info() gives, bounded)."""
     try:
@@ -131,10 +122,12 @@ def wait_result(client, future, *, timeout: float, stop=lambda: False, hint: str
                 done.clear()
             except errors as exc:
                 raise ClusterLost(describe(exc) + hint) from None
-            except RuntimeError as exc:
-                if graph_error(exc) is None:
+            except RuntimeError as exc:   # the scheduler cannot unpickle the tasks: its environment lacks something
+                if "deserialization of the task graph" not in str(exc):
                     raise
-                raise ClusterLost(graph_error(exc)) from None
+                cause = exc.__cause__
+                raise ClusterLost("the scheduler cannot read this run's tasks" + (
+                    f" ({cause.__class__.__name__}: {cause}); install this package there" if cause else "")) from None
         if stop():
             with contextlib.suppress(Exception):
                 future.cancel()
