@@ -19,9 +19,6 @@ from mlp.errors import BackendError
 
 from .dask_guard import TIMEOUTS, ClusterError, check_environment, identity
 
-SUPPORTED_PROTOCOLS = ("tcp",)
-START_HINT = "start it with `dask scheduler`, and workers with `dask worker ADDRESS`"
-
 
 # ----------------------------------------------------------------------------- the address
 
@@ -32,7 +29,7 @@ def scheduler_address(text: str) -> str:
     scheme, sep, location = given.partition("://")
     if not sep:
         scheme, location = "tcp", given
-    if scheme.lower() not in SUPPORTED_PROTOCOLS:
+    if scheme.lower() != "tcp":
         raise BackendError(f"--scheduler {given}: the {scheme}:// protocol is not supported; use tcp://HOST:PORT "
                            "(the address `dask scheduler` prints)")
     m = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(\d{1,5})", location)
@@ -60,8 +57,8 @@ async def check_scheduler(address: str, timeout: float) -> dict:
         why = (f"connection refused: nothing listens on port {port} there" if isinstance(exc, ConnectionRefusedError)
                else os.strerror(exc.errno) if getattr(exc, "errno", None)
                else str(exc) or f"no answer within {timeout:g} s: a firewall, or the host is down")
-        raise ClusterError(f"cannot reach the Dask scheduler at {address} ({why}); "
-                           f"{START_HINT.replace('ADDRESS', address)}, check the address, or leave out --scheduler "
+        raise ClusterError(f"cannot reach the Dask scheduler at {address} ({why}); start it with `dask scheduler`, "
+                           f"and workers with `dask worker {address}`, check the address, or leave out --scheduler "
                            "(and $DASK_SCHEDULER_ADDRESS) for a local cluster") from None
     from distributed.comm import connect   # 2. the Dask handshake and 'identity', within what is left
 
@@ -87,7 +84,7 @@ async def check_scheduler(address: str, timeout: float) -> dict:
     return reply
 
 
-# ----------------------------------------------------------------------------- clients
+# ----------------------------------------------------------------------------- clients and clusters
 
 
 def discard(client) -> None:
@@ -136,7 +133,7 @@ def closing_if_interrupted():
         raise
 
 
-# ----------------------------------------------------------------------------- noise
+# ----------------------------------------------------------------------------- connecting
 
 
 def quiet(verbose: bool) -> None:
@@ -150,9 +147,6 @@ def quiet(verbose: bool) -> None:
         if name in roots or name.startswith(tuple(r + "." for r in roots)):
             logging.getLogger(name).setLevel(logging.CRITICAL + 1)
     warnings.filterwarnings("ignore", module=r"distributed(\..*)?$")
-
-
-# ----------------------------------------------------------------------------- connecting
 
 
 def connect(kind: str, options):
