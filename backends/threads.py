@@ -56,32 +56,25 @@ def cgroup_cpu_limit(root: str | os.PathLike = "/") -> float | None:
     for line in lines:
         _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
         if controllers == "":                                   # v2: one unified hierarchy
-            mounts, read = [root / "sys/fs/cgroup"], _v2
+            mounts, files = [root / "sys/fs/cgroup"], ("cpu.max",)
         elif "cpu" in controllers.split(","):                   # v1: cpu or cpu,cpuacct
-            mounts, read = [root / "sys/fs/cgroup" / m for m in ("cpu,cpuacct", "cpu", "cpuacct,cpu")], _v1
+            mounts = [root / "sys/fs/cgroup" / m for m in ("cpu,cpuacct", "cpu", "cpuacct,cpu")]
+            files = ("cpu.cfs_quota_us", "cpu.cfs_period_us")
         else:
             continue
         parts = [p for p in path.strip().split("/") if p]
         for mount in mounts:
             for i in range(len(parts), -1, -1):                 # a container sees its own cgroup as the root
-                limit = read(mount.joinpath(*parts[:i]))
+                limit = _quota(mount.joinpath(*parts[:i]), files)
                 if limit is not None:
                     limits.append(limit)
     return min(limits) if limits else None
 
 
-def _v2(folder: Path) -> float | None:
+def _quota(folder: Path, files: tuple) -> float | None:
+    """quota / period as the files of a cgroup folder say them (v2: 'max 100000' without a quota; v1: -1)."""
     try:
-        quota, period = (folder / "cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError, ZeroDivisionError):
-        return None
-
-
-def _v1(folder: Path) -> float | None:
-    try:
-        quota = int((folder / "cpu.cfs_quota_us").read_text())
-        period = int((folder / "cpu.cfs_period_us").read_text())
+        quota, period = map(int, " ".join((folder / f).read_text() for f in files).split()[:2])
         return quota / period if quota > 0 and period > 0 else None
     except (OSError, ValueError):
         return None
