@@ -16,38 +16,31 @@ def threads_for(backend, n_rows: int, config: dict, requested="auto"):
     return backends.thread_limits(backend, min(n_rows, CHUNK_ROWS), config["n_features"], config["hidden"], requested)
 
 
-def outputs(backend, params, X, activation, y=None, *, chunk: int = CHUNK_ROWS) -> dict:
+def outputs(backend, params, X, activation, y=None) -> dict:
     """For the host rows X (already normalised) and the model `params` on the backend, in chunks
     of rows to bound memory: 'probs' (n, C) and 'predicted' (n,) labels; with labels y, also
     the mean cross-entropy 'loss'."""
     dtype = "float32" if "float32" in str(params["w1"].dtype) else "float64"
     n, total = X.shape[0], 0.0
     probs, predicted = [], []
-    for start in range(0, n, chunk):
-        z2 = model.forward(params, backend.asarray(X[start:start + chunk], dtype), activation)[2]   # (rows, K)
+    for start in range(0, n, CHUNK_ROWS):
+        rows = slice(start, start + CHUNK_ROWS)
+        z2 = model.forward(params, backend.asarray(X[rows], dtype), activation)[2]   # (rows, K)
         probs.append(backend.to_host(model.probabilities(z2)))
         predicted.append(backend.to_host(model.predicted(z2)))
         if y is not None:
-            yc = backend.asarray(y[start:start + chunk], dtype)
-            total += float(backend.to_host(model.mean_loss(z2, yc))) * z2.shape[0]
+            total += float(backend.to_host(model.mean_loss(z2, backend.asarray(y[rows], dtype)))) * z2.shape[0]
     out = {"probs": np.concatenate(probs).astype(np.float64), "predicted": np.concatenate(predicted).astype(np.int64)}
     if y is not None:
         out["loss"] = total / n
     return out
 
 
-def score(backend, params, X, y, activation, *, chunk: int = CHUNK_ROWS) -> dict:
-    """Mean cross-entropy, accuracy, the confusion matrix and the probabilities over (X, y)."""
-    out = outputs(backend, params, X, activation, y, chunk=chunk)
-    truth = y.astype(np.int64)
+def score(backend, params, X, y, activation) -> dict:
+    """Mean cross-entropy, accuracy, the probabilities, and the K x K confusion matrix over (X, y): its
+    rows are the true classes, its columns the predicted ones (in label order)."""
+    out = outputs(backend, params, X, activation, y)
+    truth, K = y.astype(np.int64), out["probs"].shape[1]
     correct = int(np.sum(out["predicted"] == truth))
-    n_classes = out["probs"].shape[1]
     return {**out, "accuracy": correct / len(y), "correct": correct, "n": len(y),
-            "confusion": confusion_matrix(truth, out["predicted"], n_classes)}
-
-
-def confusion_matrix(y, predicted, n_classes: int = 2) -> np.ndarray:
-    """K x K counts: rows are the true class, columns the predicted class (in label order)."""
-    m = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(m, (y.astype(int), predicted.astype(int)), 1)
-    return m
+            "confusion": np.bincount(truth * K + out["predicted"], minlength=K * K).reshape(K, K).astype(np.int64)}
