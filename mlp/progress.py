@@ -14,13 +14,6 @@ def fmt_loss(value) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
-def _bar_size() -> dict:
-    """The terminal's size for tqdm: some terminals (and `script`) report 0 x 0, which
-    makes tqdm hide its bar; shutil falls back to 100 x 24 there."""
-    size = shutil.get_terminal_size((100, 24))
-    return {"ncols": min(120, size.columns), "nrows": size.lines}
-
-
 class Progress:
     """The run's bar and epoch lines. `fit` calls `step(k)` after every k steps and
     `epoch_end(state)`; the command calls `epoch_line(state, row)` once the epoch's figures
@@ -28,16 +21,16 @@ class Progress:
 
     def __init__(self, epochs: int, steps_per_epoch: int, state, *, enabled: bool):
         self.epochs, self.steps_per_epoch, self.enabled = epochs, steps_per_epoch, enabled
-        self.tty = enabled and sys.stderr.isatty()
         self.every = max(1, epochs // 20)
         self.bar = None
-        if self.tty:
+        if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=epochs * steps_per_epoch, initial=state.step,
-                            unit="epoch" if steps_per_epoch == 1 else "step",
-                            desc=f"epoch {min(state.epoch + 1, epochs)}/{epochs}", file=sys.stderr, dynamic_ncols=False,
-                            **_bar_size())
+            # some terminals (and `script`) say 0 x 0, which makes tqdm hide its bar: shutil says 100 x 24 there
+            size = shutil.get_terminal_size((100, 24))
+            self.bar = tqdm(total=epochs * steps_per_epoch, initial=state.step, unit="epoch" if steps_per_epoch == 1
+                            else "step", desc=f"epoch {min(state.epoch + 1, epochs)}/{epochs}", file=sys.stderr,
+                            dynamic_ncols=False, ncols=min(120, size.columns), nrows=size.lines)
 
     def step(self, k: int = 1) -> None:
         if self.bar is not None:
@@ -58,11 +51,9 @@ class Progress:
             self.note(f"epoch {state.epoch}/{self.epochs}  {'  '.join(figures)}  {state.epoch_seconds[-1]:.3f} s")
 
     def note(self, text: str) -> None:
-        if not self.enabled:
-            return
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
-        else:
+        elif self.enabled:
             print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
