@@ -1,4 +1,4 @@
-"""The IDX format of MNIST: a streaming, bounded reader and an atomic writer.
+"""The IDX format of MNIST: a streaming, bounded reader.
 
 An IDX file is 0x0000, a type code, a dimension count, the dimensions (big-endian uint32)
 and the array. Reading checks all of it; a gzip file is streamed and never decompressed
@@ -6,6 +6,7 @@ beyond the size its header promises plus one byte.
 """
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -49,24 +50,9 @@ def _idx_header(head: bytes, name: str) -> tuple[np.dtype, int]:
         raise DataError(f"{name}: {len(head)} bytes is too short for an IDX file (not an IDX file?)")
     zero, code, ndim = head[:2], head[2], head[3]
     if zero != b"\x00\x00" or code not in IDX_TYPES or not 1 <= ndim <= MAX_IDX_DIMS:
-        raise DataError(
-            f"{name}: wrong magic number 0x{head[:4].hex()} (an IDX file starts 0x0000, a type code "
-            f"0x08-0x0E and a dimension count from 1 to {MAX_IDX_DIMS}); is this an MNIST images/labels file?"
-        )
+        raise DataError(f"{name}: wrong magic number 0x{head[:4].hex()} (an IDX file starts 0x0000, a type code 0x08-"
+                        f"0x0E and a dimension count from 1 to {MAX_IDX_DIMS}); is this an MNIST images/labels file?")
     return np.dtype(IDX_TYPES[code]), ndim
-
-
-def _check_dims(dims: tuple, dtype: np.dtype, name: str, size_limit: int) -> int:
-    """The element count of `dims`, refusing a product beyond MAX_IDX_BYTES (or beyond what
-    the file can hold) before anything is allocated."""
-    count = 1
-    for d in dims:
-        count *= d  # Python integers: no overflow
-    nbytes = count * dtype.itemsize
-    if nbytes > min(MAX_IDX_BYTES, size_limit):
-        raise DataError(f"{name}: its header claims shape {dims} ({nbytes:,} bytes), more than the file "
-                        "can hold; the file is corrupt or not an IDX file")
-    return count
 
 
 def _read_idx_stream(f, name: str, size_limit: int) -> np.ndarray:
@@ -77,7 +63,10 @@ def _read_idx_stream(f, name: str, size_limit: int) -> np.ndarray:
     if len(dim_bytes) < 4 * ndim:
         raise DataError(f"{name}: truncated in its header ({4 + len(dim_bytes)} of {header} bytes); download it again")
     dims = tuple(int(d) for d in np.frombuffer(dim_bytes, ">u4"))
-    count = _check_dims(dims, dtype, name, size_limit)
+    count = math.prod(dims)   # a Python integer: no overflow; refused beyond what the file can hold, before allocating
+    if count * dtype.itemsize > min(MAX_IDX_BYTES, size_limit):
+        raise DataError(f"{name}: its header claims shape {dims} ({count * dtype.itemsize:,} bytes), more than the "
+                        "file can hold; the file is corrupt or not an IDX file")
     expected = header + count * dtype.itemsize
     out = np.empty(count, dtype)
     view, got = memoryview(out).cast("B"), 0
@@ -87,12 +76,9 @@ def _read_idx_stream(f, name: str, size_limit: int) -> np.ndarray:
             break
         got += n
     if got < len(view):
-        raise DataError(
-            f"{name}: truncated: its header promises shape {dims} ({expected:,} bytes) "
-            f"but the file holds {header + got:,}; download it again"
-        )
-    extra = f.read(1)
-    if extra:
+        raise DataError(f"{name}: truncated: its header promises shape {dims} ({expected:,} bytes) "
+                        f"but the file holds {header + got:,}; download it again")
+    if f.read(1):
         raise DataError(f"{name}: unexpected bytes after the {dims} array its header describes "
                         "(more than its header promises); the file is corrupt or not an IDX file")
     return out.reshape(dims).astype(dtype.newbyteorder("="))
