@@ -52,10 +52,6 @@ def written_path(path) -> Path:
     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-
-
 def remove_stale_temporaries(path) -> None:
     """Remove `.NAME.<pid>-*.tmp` files beside `path` whose process no longer runs (a write
     killed with SIGKILL, or a power cut); those of live processes are left alone."""
@@ -99,7 +95,7 @@ def atomic_write(path, mode: str = "wb", **open_args):
                                         "replaced", str(target))
         remove_stale_temporaries(target)
         perms = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask()
-        tmp = _tmp_name(target)
+        tmp = target.parent / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     except OSError as exc:
         exc.output = Path(path)
