@@ -37,12 +37,10 @@ def _int(d: dict, key: str, path, lo: int = 0, hi: int = MAX_COUNT, prefix: str 
     return value
 
 
-def _float(d: dict, key: str, path, *, positive: bool = False, prefix: str = "", default=None) -> float:
+def _float(d: dict, key: str, path, *, prefix: str = "", default=None) -> float:
     value = d.setdefault(key, default) if default is not None else d.get(key)
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-          and (value > 0 if positive else True))
-    if not ok:
-        raise _bad(path, prefix + key, value, "a finite number" + (" > 0" if positive else ""))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _bad(path, prefix + key, value, "a finite number")
     return float(value)
 
 
@@ -70,8 +68,7 @@ def parse_meta(text: str, path, fmt: str = FORMAT) -> dict:
         _int(meta, key, path)
     if meta["step"] < meta["step_in_epoch"]:
         raise _bad(path, "step", meta["step"], f"at least step_in_epoch ({meta['step_in_epoch']})")
-    meta.setdefault("partial_epoch_seconds", 0.0)
-    if _float(meta, "partial_epoch_seconds", path) < 0:
+    if _float(meta, "partial_epoch_seconds", path, default=0.0) < 0:
         raise _bad(path, "partial_epoch_seconds", meta["partial_epoch_seconds"], "0 or more")
     if not isinstance(meta.get("rng_state"), dict):
         raise _bad(path, "rng_state", meta.get("rng_state"), "the NumPy generator's state (a JSON object)")
