@@ -4,10 +4,9 @@ Arrays: w1, b1, w2, b2 (in the run's dtype), the optimiser's state (v_w1... for 
 m_w1..., v_w1... and t for Adam), losses (every step so far), epoch_seconds, and `meta`, a
 JSON text holding the run's settings (mlp.settings: model shape, activation, init, optimiser,
 batch size, seed, dtype, classes), its inputs (pixels and their normalisation, or features as
-given), where it stopped (epoch, step,
-step within the epoch, the NumPy RNG state at the start of that epoch) and the versions
-of the libraries that wrote it. Parameters are stored as host arrays, so a checkpoint
-saved on a GPU loads on a CPU and the other way round.
+given), where it stopped (epoch, step, step within the epoch, the NumPy RNG state at the start
+of that epoch) and the versions of the libraries that wrote it. Parameters are stored as host
+arrays, so a checkpoint saved on a GPU loads on a CPU and the other way round.
 """
 
 import json
