@@ -1,14 +1,6 @@
 """The project's errors, at the bottom of the house: every module may import this one, and it imports
-none of ours. Errors that are the user's to fix: the CLIs print their one-line message and exit.
-
-    exit 2  UserError (bad flag, missing or corrupt file, impossible device, ...)
-    exit 3  DivergedError (the loss or the parameters stopped being finite)
-    exit 4  out of memory (CPU or GPU), with the size asked for and what to reduce
-    exit 5  ClusterLost: the Dask cluster failed mid-run (mlp.train saves the last completed step first)
-    exit 129  stopped by SIGHUP, 130 by Ctrl-C (SIGINT), 143 by SIGTERM (128 + the signal's
-              number; a checkpoint is saved first when --save is given)
-    exit 141  stdout was closed (`| head -1`): the command stops quietly
-"""
+none of ours. The commands print each as one line and exit with its code (mlp.cli.run; docs/errors.md):
+2 UserError, 3 DivergedError, 4 out of memory, 5 ClusterLost, 128 + N the signal N (Signalled)."""
 
 import signal
 
@@ -57,4 +49,3 @@ class Signalled(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-

@@ -112,4 +112,3 @@ class History:
     def close(self) -> None:
         if self.log is not None:
             self.log.close()
-
