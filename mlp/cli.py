@@ -89,15 +89,12 @@ def setting_flag(group, name: str, **kwargs) -> None:
     group.add_argument(flag(name), **{**options, **kwargs})
 
 
-def _class_word(text: str):
-    """A word of --classes: a digit 0-9, or 'all'."""
-    return "all" if text.strip().lower() == "all" else number(0, 9)(text)
-
-
 def add_classes_flag(group) -> None:
-    group.add_argument("--classes", nargs="+", type=_class_word, metavar="C",
+    digit = number(0, 9)
+    group.add_argument("--classes", nargs="+", metavar="C",
                        help="the digits to tell apart, 2 to 10 of them, in label order (label 1 = the second of two), "
-                            "or 'all' for every label in the data (default: 3 7)")
+                            "or 'all' for every label in the data (default: 3 7)",
+                       type=lambda word: "all" if word.strip().lower() == "all" else digit(word))
 
 
 def classes_given(words) -> list | str | None:
@@ -113,8 +110,7 @@ def classes_given(words) -> list | str | None:
 
 
 def add_device_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu",
-                   help="where to compute: cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--device", default="cpu", help="where to compute: cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--backend", default=None, choices=BACKENDS, metavar="LIB",
                    help=f"array library: {', '.join(BACKENDS)} (default: auto = numpy on cpu; on cuda the "
                         "first of jax, torch that sees the GPU (both have a compiled engine), else cupy); "
@@ -155,8 +151,7 @@ def dask_options(args):
     given = [f for f in FLAGS if getattr(args, f, None) is not None]
     if args.backend != "dask":
         if given:
-            flag = "--" + given[0].replace("_", "-")
-            raise UserError(f"{flag} applies to --backend dask only; add --backend dask or drop it")
+            raise UserError(f"{flag(given[0])} applies to --backend dask only; add --backend dask or drop it")
         return None
     from mlp.backends.dask_cluster import CONNECT_TIMEOUT_S, Options   # its values are checked by the backend
 
@@ -170,8 +165,7 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="folder with the four MNIST IDX files (default: $MLP_DATA_DIR, else ~/.cache/mlp/mnist); "
                         "missing files are downloaded there and checksum-verified")
-    p.add_argument("--no-download", action="store_true",
-                   help="never download: fail if the data dir lacks the files")
+    p.add_argument("--no-download", action="store_true", help="never download: fail if the data dir lacks the files")
 
 
 def _raise_signalled(signum, frame):
@@ -183,8 +177,7 @@ def _raise_signalled(signum, frame):
 def _signals():
     """SIGTERM and SIGHUP unwind like Ctrl-C (temporary files are removed on the way out);
     a write past `ulimit -f` fails with EFBIG instead of killing the process (SIGXFSZ)."""
-    wanted = {signal.SIGTERM: _raise_signalled, signal.SIGHUP: _raise_signalled,
-              signal.SIGXFSZ: signal.SIG_IGN}
+    wanted = {signal.SIGTERM: _raise_signalled, signal.SIGHUP: _raise_signalled, signal.SIGXFSZ: signal.SIG_IGN}
     previous, unraisable = {}, sys.unraisablehook
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
         for signum, handler in wanted.items():
