@@ -105,7 +105,11 @@ def mnist_files(data_dir=None, *, download: bool = True, quiet: bool = False) ->
         raise DataError(f"data dir {data_dir} lacks {names}; {_files_help(data_dir)} (or drop --no-download)")
     if missing:
         mirror = os.environ.get("MLP_MNIST_MIRROR") or DEFAULT_MIRROR
-        created = _make_dirs(data_dir)
+        created = [p for p in reversed([data_dir, *data_dir.parents]) if not p.exists()]
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"cannot create data dir {data_dir} ({exc.strerror}); choose another --data-dir") from None
         try:
             for key in missing:
                 name, sha256, size = MNIST_FILES[key]
@@ -116,15 +120,6 @@ def mnist_files(data_dir=None, *, download: bool = True, quiet: bool = False) ->
                     d.rmdir()
             raise
     return found
-
-
-def _make_dirs(path: Path) -> list[Path]:
-    created = [p for p in reversed([path, *path.parents]) if not p.exists()]
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create data dir {path} ({exc.strerror}); choose another --data-dir") from None
-    return created
 
 
 def _download(url: str, dest: Path, sha256: str, size: int, quiet: bool) -> Path:
