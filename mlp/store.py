@@ -40,6 +40,7 @@ BLOCK_ROWS = 65_536          # rows written at a time: bounded memory however la
 LABEL_BLOCK = 1 << 24        # labels checked at a time (16 MB)
 MAX_META_BYTES = 1 << 16
 TMP_SUFFIX = ".convert-tmp"
+AGAIN = "convert the data again with python -m mlp.convert"
 
 
 # ----------------------------------------------------------------------------- lazy rows
@@ -55,16 +56,14 @@ class NpyRows:
                 shape, fortran, dtype = read_npy_header(f)
                 self.offset = f.tell()
         except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read {self.path} as a .npy array ({exc}); convert the data again "
-                            "with python -m mlp.convert") from None
+            raise DataError(f"cannot read {self.path} as a .npy array ({exc}); {AGAIN}") from None
         if fortran:
-            raise DataError(f"{self.path} is stored in Fortran order; convert the data again with "
-                            "python -m mlp.convert")
+            raise DataError(f"{self.path} is stored in Fortran order; {AGAIN}")
         self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
         expected = self.offset + int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize
         if os.path.getsize(self.path) != expected:
             raise DataError(f"{self.path} is truncated or padded ({os.path.getsize(self.path):,} bytes, its header "
-                            f"promises {expected:,}); convert the data again with python -m mlp.convert")
+                            f"promises {expected:,}); {AGAIN}")
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
@@ -112,8 +111,7 @@ class IdxRows:
 
 def idx_rows(images_path, labels_path, classes) -> tuple[IdxRows, IdxRows]:
     """(X, y) lazy rows of the classes in IDX files (reads them here once, for the shape)."""
-    X, y = _pair_rows(str(images_path), str(labels_path), tuple(int(c) for c in classes),
-                      os.path.getmtime(images_path))
+    X, y = _pair_rows(str(images_path), str(labels_path), tuple(int(c) for c in classes), os.path.getmtime(images_path))
     return (IdxRows(images_path, labels_path, classes, "X", X.shape),
             IdxRows(images_path, labels_path, classes, "y", y.shape))
 
@@ -171,7 +169,7 @@ def read_meta(folder: Path) -> dict:
     def bad(field: str, need: str) -> DataError:
         shown = repr(meta.get(field) if isinstance(meta, dict) else meta)
         return DataError(f"{path}: field {field!r} is {shown[:60]}, but must be {need}; the file is corrupt or was "
-                         "edited: convert the data again with python -m mlp.convert")
+                         f"edited: {AGAIN}")
 
     if not isinstance(meta, dict):
         raise bad("meta", "a JSON object")
