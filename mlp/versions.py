@@ -20,5 +20,4 @@ def version(dist: str) -> str | None:
 
 def versions() -> dict:
     """Python's version and those of the installed packages in VERSIONED."""
-    found = {dist: version(dist) for dist in VERSIONED}
-    return {"python": platform.python_version(), **{dist: v for dist, v in found.items() if v is not None}}
+    return {"python": platform.python_version(), **{d: v for d in VERSIONED if (v := version(d)) is not None}}
