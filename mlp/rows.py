@@ -16,11 +16,10 @@ def open_training_store(path, classes) -> tuple:
 
 
 def training_arrays(backend, data, rows, dtype: str, *, store=None):
-    """(X (N, D), y (N,), the rows' fingerprint) of the run on the backend. Elsewhere than Dask:
-    the host `rows` (the training rows less any validation split), moved to the device once.
-    Dask: lazy uint8 rows that the workers read themselves (the pair's rows of the IDX files, or
-    `store`'s, what open_training_store gave), normalised in the graph. A store's fingerprint
-    covers its metadata and labels."""
+    """(X (N, D), y (N,), the rows' fingerprint) of the run on the backend: the host `rows` (the training
+    rows less any validation split) moved to the device once; on Dask, lazy uint8 rows that the workers
+    read themselves (of the IDX files, or of `store`, from open_training_store: its fingerprint covers
+    its metadata and labels), normalised in the graph."""
     from_rows = getattr(backend, "from_rows", None)
     if from_rows is None:
         X, y = rows
