@@ -301,17 +301,13 @@ def dask_backend(kind: str, index: int | None, options: Options | None = None) -
                           client=client, cluster=cluster, options=options,
                           info={"checked_workers": workers, "warnings": kept})
     _OPEN.append(backend)
-    backend.info["description"] = _describe(backend)
+    workers = identity(client, options.timeout)["workers"].values()
+    where = (f"scheduler {options.scheduler}" if cluster is None else "LocalCluster" if kind == "cpu"
+             else "LocalCUDACluster")
+    host = cpu_name() if cluster is not None and kind == "cpu" else f"{len(workers)} workers"
+    backend.info["description"] = (f"{where}: {len(workers)} worker processes, "
+                                   f"{sum(w.get('nthreads', 0) for w in workers)} threads; {host}")
     return backend
-
-
-def _describe(backend: DaskBackend) -> str:
-    workers = identity(backend.client, backend.options.timeout)["workers"].values()
-    threads = sum(w.get("nthreads", 0) for w in workers)
-    where = "LocalCUDACluster" if backend.cluster is not None and backend.device != "cpu" else (
-        "LocalCluster" if backend.cluster is not None else f"scheduler {backend.options.scheduler}")
-    host = cpu_name() if backend.cluster is not None and backend.device == "cpu" else f"{len(workers)} workers"
-    return f"{where}: {len(workers)} worker processes, {threads} threads; {host}"
 
 
 def _worker_memory(reset: bool) -> dict:
