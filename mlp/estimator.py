@@ -106,41 +106,20 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"MLPClassifier(engine='compiled'): the {backend.name} backend on {backend.device} has no "
                              "compiled engine; use engine='eager' or 'auto', or backend='torch' or 'jax'")
         features = rows(self, X, MNIST_MEAN, MNIST_STD)
-        dtype, n = cfg["dtype"], len(y)
         w = None if sample_weight is None else _check_sample_weight(sample_weight, X, ensure_non_negative=True)
-        arrays = [on(backend, features, dtype), backend.asarray(y, dtype), None if w is None else on(backend, w, dtype)]
+        arrays = [on(backend, features, cfg["dtype"]), backend.asarray(y, cfg["dtype"]),
+                  None if w is None else on(backend, w, cfg["dtype"])]
         val = None
-        if self.early_stopping:
-            kept, held = train_test_split(np.arange(n), test_size=self.validation_fraction, random_state=cfg["seed"],
-                                          stratify=y if len(classes) == 2 else None)
+        if self.early_stopping:                 # as scikit-learn's: stratified for two classes
+            kept, held = train_test_split(np.arange(len(y)), test_size=self.validation_fraction,
+                                          random_state=cfg["seed"], stratify=y if len(classes) == 2 else None)
             if len(held) < 2:
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
                                  "your dataset.")
             val, arrays = ([a if a is None else backend.xp.take(a, backend.asarray(i), axis=0) for a in arrays]
                            for i in (held, kept))
-        fitted = self._record(go_on)
-        best, stop, n = {}, SimpleNamespace(requested=False), arrays[0].shape[0]
-
-        steps = batching(n, cfg["batch_size"])[1]
-
-        def epoch_end(state: TrainState):
-            loss = epoch_losses(state.losses[-steps:], n, cfg["batch_size"])[0]
-            fitted["loss_curve_"].append(loss)
-            fitted["t_"] += n
-            key = "best_validation_score_" if self.early_stopping else "best_loss_"
-            if self.early_stopping:
-                fitted["validation_scores_"].append(_accuracy(backend, state.params, val, cfg["activation"]))
-            gain = (fitted["validation_scores_"][-1] - fitted[key]) if self.early_stopping else fitted[key] - loss
-            fitted["_no_improvement_count"] = fitted["_no_improvement_count"] + 1 if gain < self.tol else 0
-            if gain > 0:
-                fitted[key] = fitted["validation_scores_"][-1] if self.early_stopping else loss
-                best["params"] = state.params
-            if self.verbose:
-                print(f"Iteration {state.epoch}, loss = {loss:.8f}")
-                if self.early_stopping:
-                    print(f"Validation score: {fitted['validation_scores_'][-1]:f}")
-            stop.requested = fitted["_no_improvement_count"] > self.n_iter_no_change
-
+        n = arrays[0].shape[0]
+        watch = _Watch(self, self._record(go_on), n, cfg, backend, val)
         data = {"n_features": arrays[0].shape[1], "image_shape": list(shape), "input": self.input, "n_train": n,
                 "val_split": self.validation_fraction if self.early_stopping else 0.0}
         if self.input == "pixels":
@@ -148,13 +127,13 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         state = self._start(backend, cfg, data["n_features"], incremental, go_on)
         with Run(backend, cfg, *arrays, state=state, engine=self.engine, threads=cfg["threads"]) as run:
             try:
-                run.fit(1 if incremental else cfg["epochs"], on_epoch_end=epoch_end, stop=stop, shuffle=self.shuffle)
+                run.fit(1 if incremental else cfg["epochs"], on_epoch_end=watch, stop=watch, shuffle=self.shuffle)
             except Interrupted:                # tol and n_iter_no_change stopped it
                 pass
             ckpt = run.checkpoint(data, validation=None)
-        params = best["params"] if self.early_stopping and best else state.params
+        params = watch.best if self.early_stopping and watch.best else state.params
         out = backend.to_host if to_numpy else (lambda a: a)
-        return self._fitted({k: out(params[k]) for k in model.PARAM_NAMES}, classes, ckpt, state.epoch, **fitted)
+        return self._fitted({k: out(params[k]) for k in model.PARAM_NAMES}, classes, ckpt, state.epoch, **watch.fitted)
 
     def _fitted(self, params: dict, classes: np.ndarray, ckpt, n_iter: int, **record) -> MLPClassifier:
         """Set the fitted attributes: the parameters, the classes, the checkpoint save() starts from."""
@@ -221,6 +200,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         check_same_namespace(X, self, attribute="_fitted_on", method=method)
         backend, to_numpy = backend_for(self, X)
         xp, config = backend.xp, getattr(self, "_checkpoint", SimpleNamespace(config={})).config
+        activation = config.get("activation", self.activation)
         dtype = "float32" if "float32" in str(self.coefs_[0].dtype) else "float64"     # the model's
         features = on(backend, rows(self, X, config.get("mean", MNIST_MEAN), config.get("std", MNIST_STD)), dtype)
         params = {k: on(backend, host(v) if to_numpy else v, dtype) for k, v in self._params().items()}
@@ -228,8 +208,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         out = []
         with threads_for(backend, n, {"n_features": features.shape[1], "hidden": H}, setting(self, "threads")):
             for i in range(0, n, CHUNK_ROWS):
-                z2 = model.forward(params, features[i:min(i + CHUNK_ROWS, n), :], config.get("activation",
-                                                                                             self.activation))[2]
+                z2 = model.forward(params, features[i:min(i + CHUNK_ROWS, n), :], activation)[2]
                 if not log:
                     out.append(model.probabilities(z2))
                 elif z2.shape[1] > 1:
@@ -253,12 +232,12 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         """Write the model as an mlp checkpoint (.npz), as mlp.train --save does, through the
         commands' output policy (mlp.outputs: refused, with a UserError, where they refuse)."""
         check_is_fitted(self, ["coefs_", "classes_"])
+        classes = host(self.classes_).tolist()
         try:
-            labels_ = host(self.classes_)
-            classes = settings.check("classes", labels_.tolist() if labels_.dtype.kind in "iu" else None)
+            classes = settings.check("classes", classes)
         except ValueError as exc:
-            raise ValueError(f"save() keeps the classes as mlp.train's --classes: {exc}; these are "
-                             f"{labels_.tolist()[:10]}: map them to such numbers before fit") from None
+            raise ValueError(f"save() keeps the classes as --classes does, {exc}; these are {classes[:10]}: map them "
+                             "to such numbers before fit") from None
         params = {k: host(v) for k, v in self._params().items()}
         ckpt = dataclasses.replace(self._checkpoint, params={**self._checkpoint.params, **params},
                                    config={**self._checkpoint.config, "classes": classes})
@@ -287,13 +266,43 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                            best_validation_score_=None, n_features_in_=c["n_features"])
 
 
+class _Watch:
+    """scikit-learn's bookkeeping at each epoch's end: loss_curve_, t_, the validation score (on
+    the held-out rows `val`, with early_stopping), the best so far, and its stop rule:
+    `requested` once the loss (or score) has not improved by tol for more than n_iter_no_change
+    epochs (loop.fit then stops the run)."""
+
+    def __init__(self, est: MLPClassifier, fitted: dict, n: int, cfg: dict, backend, val=None):
+        self.est, self.fitted, self.n, self.cfg, self.backend, self.val = est, fitted, n, cfg, backend, val
+        self.steps, self.best, self.requested = batching(n, cfg["batch_size"])[1], None, False
+
+    def __call__(self, state: TrainState) -> None:
+        fitted, est = self.fitted, self.est
+        loss = epoch_losses(state.losses[-self.steps:], self.n, self.cfg["batch_size"])[0]
+        fitted["loss_curve_"].append(loss)
+        fitted["t_"] += self.n
+        if self.val is None:
+            key, value, gain = "best_loss_", loss, fitted["best_loss_"] - loss
+        else:
+            value = self.accuracy(state.params)
+            fitted["validation_scores_"].append(value)
+            key, gain = "best_validation_score_", value - fitted["best_validation_score_"]
+        fitted["_no_improvement_count"] = fitted["_no_improvement_count"] + 1 if gain < est.tol else 0
+        if gain > 0:
+            fitted[key], self.best = value, state.params
+        if est.verbose:
+            print(f"Iteration {state.epoch}, loss = {loss:.8f}")
+            if self.val is not None:
+                print(f"Validation score: {value:f}")
+        self.requested = fitted["_no_improvement_count"] > est.n_iter_no_change
+
+    def accuracy(self, params) -> float:
+        """scikit-learn's validation score: the (weighted) fraction of the held-out rows predicted right."""
+        (X, y, w), xp = self.val, self.backend.xp
+        predicted = model.predicted(model.forward(params, X, self.cfg["activation"])[2])
+        right = xp.astype(xp.astype(predicted, y.dtype) == y, y.dtype)
+        return float(self.backend.to_host(xp.mean(right) if w is None else xp.sum(w * right) / xp.sum(w)))
+
+
 def _or(value, default):
     return default if value is None else value
-
-
-def _accuracy(backend, params, val, activation: str) -> float:
-    """scikit-learn's validation score: the (weighted) fraction of the held-out rows predicted right."""
-    X, y, w = val
-    xp = backend.xp
-    right = xp.astype(xp.astype(model.predicted(model.forward(params, X, activation)[2]), y.dtype) == y, y.dtype)
-    return float(backend.to_host(xp.mean(right) if w is None else xp.sum(w * right) / xp.sum(w)))

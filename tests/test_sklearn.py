@@ -2,8 +2,9 @@
 weights and losses as its MLPClassifier from the same start (docs/python-api.md).
 
 scikit-learn's array API checks need SCIPY_ARRAY_API=1 before SciPy is imported, which no test may
-set for the others: they run in a pytest process of their own (test_array_api_in_its_own_process),
-and skip here, as scikit-learn skips them without it.
+set for the others: each test of the array API runs in a pytest process of its own that has it
+(`_in_own_process`), and so do the array API checks of check_estimator, which skip here, as
+scikit-learn skips them without it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ sklearn = pytest.importorskip("sklearn")
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.neural_network import MLPClassifier as TheirMLP  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
-from sklearn.utils.estimator_checks import check_array_api_input, parametrize_with_checks  # noqa: E402
+from sklearn.utils.estimator_checks import (check_array_api_input, check_estimator,  # noqa: E402
+                                            parametrize_with_checks)
 
 from mlp import MLPClassifier  # noqa: E402
 
@@ -36,36 +38,50 @@ def test_scikit_learn_checks(estimator, check):
     check(estimator)
 
 
-def test_array_api_in_its_own_process():
+def _in_own_process(request) -> None:
+    """Run this test again in a pytest of its own with SCIPY_ARRAY_API=1; its outcome is this one's."""
     env = {**os.environ, "SCIPY_ARRAY_API": "1"}
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", "-n",
-                          "0", "tests/test_sklearn.py", "-k", "array_api and not own_process"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert " passed" in out.stdout and " failed" not in out.stdout
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:randomly", "-p", "no:cacheprovider",
+                          "-n", "0", request.node.nodeid], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600)
+    if out.returncode == 0 and " skipped" in out.stdout and " passed" not in out.stdout:
+        pytest.skip(out.stdout.strip().splitlines()[-2].split(": ", 1)[-1])
+    assert out.returncode == 0 and " passed" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+def test_array_api_checks_of_check_estimator(request):
+    if not ARRAY_API:
+        return _in_own_process(request)
+    for estimator in (MLPClassifier(), MLPClassifier(activation="tanh")):
+        failed = [r for r in check_estimator(estimator, on_fail=None) if r["status"] == "failed"]
+        assert not failed, [(r["check_name"], str(r["exception"])[:300]) for r in failed]
 
 
 CPU = [("array_api_strict", "CPU_DEVICE"), ("array_api_strict", "device1"), ("torch", "cpu")]
-GPU = [pytest.param("cupy", None, marks=[pytest.mark.gpu, needs_gpu]),
-       pytest.param("torch", "cuda", marks=[pytest.mark.gpu, needs_torch_gpu])]
+PLACES = [pytest.param(CPU, id="cpu"),
+          pytest.param([("cupy", None)], id="cupy", marks=[pytest.mark.gpu, needs_gpu]),
+          pytest.param([("torch", "cuda")], id="torch-cuda", marks=[pytest.mark.gpu, needs_torch_gpu])]
 
 
-@pytest.mark.skipif(not ARRAY_API, reason="SCIPY_ARRAY_API=1 only: run by test_array_api_in_its_own_process")
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("namespace, device", CPU + GPU)
-def test_array_api_values(namespace, device, dtype):
-    """scikit-learn's check_array_api_input with check_values: fitted on X of the namespace and
-    device, the attributes and every method's results are those of NumPy's, there."""
-    for estimator in (MLPClassifier(), MLPClassifier(activation="tanh", solver="adam", batch_size=8)):
-        check_array_api_input("MLPClassifier", estimator, namespace, device, dtype, check_values=True,
-                              check_sample_weight=True)
+@pytest.mark.parametrize("places", PLACES)
+def test_array_api_values(request, places):
+    """scikit-learn's check_array_api_input with check_values: fitted on X of each namespace and
+    device, float64 and float32, the attributes and every method's results are NumPy's, there."""
+    if not ARRAY_API:
+        return _in_own_process(request)
+    for namespace, device in places:
+        for dtype in ("float64", "float32"):
+            for estimator in (MLPClassifier(), MLPClassifier(activation="tanh", solver="adam", batch_size=8)):
+                check_array_api_input("MLPClassifier", estimator, namespace, device, dtype, check_values=True,
+                                      check_sample_weight=True)
 
 
-@pytest.mark.skipif(not ARRAY_API, reason="SCIPY_ARRAY_API=1 only: run by test_array_api_in_its_own_process")
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_jax_gpu])])
-def test_array_api_jax(device):
+def test_array_api_jax(request, device):
     """scikit-learn has no JAX check: X a JAX array trains in JAX on its device, and the results
     are JAX arrays there, with NumPy's values."""
+    if not ARRAY_API:
+        return _in_own_process(request)
     jax = pytest.importorskip("jax")
     X, y = load_digits(n_class=3, return_X_y=True)
     X = StandardScaler().fit_transform(X)
