@@ -211,7 +211,8 @@ def lock(path, flag: str) -> bool:
 
 def unlock(path) -> None:
     """Remove, then unlock, the lock file `lock(path)` took (as release_locks does for all)."""
-    _release(_lock_path(path), _held.pop(_lock_path(path), None))
+    lock_path = _lock_path(path)
+    _release(lock_path, _held.pop(lock_path, None))
 
 
 def release_locks() -> None:

@@ -24,7 +24,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from mlp import MLPClassifier, checkpoint, evaluate, files, loop, model, predict, train  # noqa: E402
 from mlp.data import load_dataset, mnist_files, normalise, read_idx  # noqa: E402
-from mlp.errors import UserError  # noqa: E402
+from mlp.errors import DataError, UserError  # noqa: E402
 
 from .conftest import REPO, call_cli, make_dataset  # noqa: E402
 
@@ -354,7 +354,8 @@ def test_nothing_global_changes(rows, backend):
     MLPClassifier(backend=backend, **SMALL).fit(X, y)     # the library's first use (its pools, its imports)
     before = _process_state()
     est = MLPClassifier(backend=backend, **SMALL).fit(X, y).partial_fit(X, y)
-    est.predict(X), est.predict_proba(X), est.score(X, y)
+    outputs = [*est.coefs_, est.predict(X), est.predict_proba(X), est.predict_log_proba(X)]
+    assert all(isinstance(a, np.ndarray) for a in outputs) and isinstance(est.score(X, y), float)   # NumPy in, out
     assert _process_state() == before
 
 
@@ -431,6 +432,12 @@ def test_two_threads_fit_as_each_alone(rows, monkeypatch):
     for mine, theirs in zip(results, alone):
         for a, b in zip(mine, theirs):
             np.testing.assert_array_equal(a, b)
+
+
+def test_the_data_hint_names_the_python_arguments(tmp_path):
+    with pytest.raises(DataError, match=r"point --data-dir \(in Python: data_dir=\) at a folder .* in Python: "
+                                        r"download=True\)$"):
+        mnist_files(tmp_path, download=False)
 
 
 def test_the_python_api_page_runs(data_dir, monkeypatch, tmp_path):
