@@ -18,7 +18,8 @@ PLACES = {"mlp": "mlp", "backends": "mlp.backends", "bench": "mlp.bench"}
 #: the floors, top first; a module not named here is on the floor of its package (bench: top)
 FLOORS = {
     "top": ["mlp.bench"],
-    "commands": ["mlp.train", "mlp.evaluate", "mlp.predict", "mlp.convert", "mlp.cli", "mlp.estimator"],
+    "commands": ["mlp.train", "mlp.evaluate", "mlp.predict", "mlp.convert", "mlp.cli", "mlp.estimator",
+                 "mlp.estimator_inputs"],
     "run": ["mlp.loop", "mlp.history", "mlp.progress", "mlp.scoring", "mlp.summary", "mlp.saver", "mlp.rows",
             "mlp.plots", "mlp.runlog"],
     "devices": ["mlp.backends"],
