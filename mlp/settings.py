@@ -10,7 +10,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
-from .model import ACTIVATIONS, DTYPES, INITS, SOLVERS
+from .model import ACTIVATIONS, DTYPES, INITS
+from .optimisers import SOLVERS
 
 MAX_DIM = 1 << 31               # features, hidden units, image sizes
 MAX_COUNT = 1 << 62             # epochs, steps, rows
