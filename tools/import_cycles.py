@@ -23,7 +23,8 @@ FLOORS = {
     "run": ["mlp.loop", "mlp.history", "mlp.progress", "mlp.scoring", "mlp.summary", "mlp.saver", "mlp.rows",
             "mlp.plots", "mlp.runlog"],
     "devices": ["mlp.backends"],
-    "data": ["mlp.model", "mlp.data", "mlp.store", "mlp.checkpoint", "mlp.checkpoint_meta", "mlp.images"],
+    "data": ["mlp.model", "mlp.optimisers", "mlp.data", "mlp.store", "mlp.checkpoint", "mlp.checkpoint_meta",
+             "mlp.images"],
     "ground": ["mlp.errors", "mlp.files", "mlp.outputs", "mlp.idx", "mlp.npz", "mlp.batches", "mlp.versions"],
 }
 LEVEL = {name: len(FLOORS) - i for i, names in enumerate(FLOORS.values()) for name in names}
