@@ -25,7 +25,7 @@ from .oom import describe_out_of_memory, is_out_of_memory
 from .threads import choose as choose_threads
 from .threads import limits as thread_limits
 
-__all__ = ["Backend", "BackendError", "BACKENDS", "DTYPES", "INSTALL_HINT", "resolve", "release", "parse_device",
+__all__ = ["Backend", "BackendError", "BACKENDS", "DTYPES", "INSTALL_HINT", "resolve", "of", "release", "parse_device",
            "cpu_name", "is_out_of_memory", "describe_out_of_memory", "keep_freed_memory", "choose_threads",
            "thread_limits"]
 
@@ -64,6 +64,28 @@ def resolve(device: str = "cpu", backend: str | None = None, options=None) -> Ba
     chosen = FACTORIES[backend](index)
     if kind == "cpu":
         keep_freed_memory()
+    return chosen
+
+
+def of(array) -> Backend:
+    """The Backend of `array`'s own library, on `array`'s device (what the estimator computes on
+    under scikit-learn's array API dispatch)."""
+    import array_api_compat as compat
+
+    xp, dev = compat.array_namespace(array), compat.device(array)
+    name = next((n for n in (*AUTO_CUDA, "numpy", "array_api_strict") if getattr(compat, f"is_{n}_namespace")(xp)),
+                None)
+    text = str(dev).lower()       # cpu, TFRT_CPU_0, cuda:0, <CUDA Device 0> (CuPy), ...
+    kind = "cpu" if name in ("numpy", "array_api_strict") or "cpu" in text else \
+        "cuda" if text.lstrip("<").startswith(("cuda", "gpu")) else None
+    if name is None or kind is None:
+        raise BackendError(f"arrays of {type(array).__module__} on {dev} have no backend here: give NumPy, CuPy, "
+                           "PyTorch, JAX or array_api_strict arrays on the CPU or a CUDA GPU")
+    index = getattr(dev, "index", None) if name == "torch" else getattr(dev, "id", None)
+    chosen = resolve("cpu" if kind == "cpu" else f"cuda:{index or 0}", name)
+    if name == "array_api_strict":      # its devices are named, not numbered: arrays go to this one
+        xp = chosen.xp
+        chosen = dataclasses.replace(chosen, _asarray=lambda host, dtype: xp.asarray(host, device=dev, copy=True))
     return chosen
 
 

@@ -49,7 +49,7 @@ class Backend:
         host = np.asarray(host_array)
         if dtype is not None:
             host = host.astype(dtype, copy=False)
-        return self._asarray(np.ascontiguousarray(host), dtype)
+        return self._asarray(np.asarray(host, order="C"), dtype)   # C order; a 0-d array stays 0-d (Adam's t)
 
     def to_host(self, x) -> np.ndarray:
         """Copy a device array (or 0-d loss) back to a NumPy array."""

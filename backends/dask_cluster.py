@@ -128,7 +128,7 @@ class DaskBackend(Backend):
     def asarray(self, host_array, dtype: str | None = None):
         """A host array on the cluster: small ones as one chunk, rows in chunks of --chunk-rows; either
         way it keeps its host data, which to_host and the engine read without asking the cluster."""
-        host = np.ascontiguousarray(host_array, dtype=dtype)    # cast on the host, as Backend.asarray does
+        host = np.asarray(host_array, dtype=dtype, order="C")    # cast on the host, as Backend.asarray does
         if host.ndim < 2 or host.nbytes <= 1 << 20:
             return self.wrap(host)
         import dask.array as da

@@ -145,10 +145,17 @@ def _jax_address_space() -> None:
 def _jax(index: int | None) -> Backend:
     # JAX takes 75% of each GPU's memory when it first uses one, unless told not to; here it takes
     # what it uses, so that test workers, bench workers, a second run and other libraries share
-    # the GPU (an explicit setting is kept; it must come before JAX's first use of a GPU)
+    # the GPU (an explicit setting is kept). JAX reads it when its clients start (jax.devices()):
+    # set for that moment only, so that the process's environment is left as it was
+    added = "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    _jax_address_space()
-    jax = _import("jax", "jax")
+    try:
+        _jax_address_space()
+        jax = _import("jax", "jax")
+        jax.devices()
+    finally:
+        if added:
+            del os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"]
     jax.config.update("jax_enable_x64", True)  # float64 stays float64 when asked for
     # float32 products in full float32, as NumPy, CuPy and torch (TF32 off) do here, not TF32
     jax.config.update("jax_default_matmul_precision", "highest")

@@ -15,6 +15,7 @@ import contextlib
 import math
 import os
 import sys
+import threading
 from pathlib import Path
 
 from mlp.errors import UserError
@@ -80,6 +81,7 @@ def _quota(folder: Path, files: tuple) -> float | None:
         return None
 
 
+_sizing = threading.RLock()   # the pools are the process's: while one run sizes them, another waits
 _jax = {}   # the thread count chosen last for JAX, which its compiled engine reads when it compiles
 
 
@@ -141,7 +143,8 @@ def choose(backend, batch: int, d: int, h: int, requested="auto") -> int | None:
 @contextlib.contextmanager
 def limits(backend, batch: int, d: int, h: int, requested="auto"):
     """Size the CPU thread pools for this run (`count`) and yield the count; on leaving, every
-    pool is as it was (BLAS through threadpoolctl, torch's, the count JAX compiles with)."""
+    pool is as it was (BLAS through threadpoolctl, torch's, the count JAX compiles with). The
+    pools are process-wide: a run in another thread waits here until this one has left."""
     n = count(backend, batch, d, h, requested)
     if n is None:
         yield None
@@ -150,7 +153,7 @@ def limits(backend, batch: int, d: int, h: int, requested="auto"):
 
     torch = sys.modules.get("torch") if backend.name == "torch" else None
     before = (torch.get_num_threads() if torch else None, _jax.get("threads"))
-    with threadpool_limits(limits=n, user_api="blas"):
+    with _sizing, threadpool_limits(limits=n, user_api="blas"):
         try:
             if torch:
                 torch.set_num_threads(n)

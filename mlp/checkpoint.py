@@ -28,7 +28,7 @@ from .versions import versions
 @dataclass
 class Checkpoint:
     params: dict                     # name -> host array (w1 (D, H), b1 (H,), w2 (H, K), b2 (K,)), and
-                                     # the optimiser's slots (mlp.model.Optimiser.slot_names)
+                                     # the optimiser's slots (mlp.optimisers.Optimiser.slots)
     config: dict                     # settings.RUN_KEYS + n_features, image_shape, input, mean, std
     epoch: int = 0                   # completed epochs
     step: int = 0                    # completed steps in all
@@ -109,7 +109,7 @@ def load(path) -> Checkpoint:
             config = validate_config(meta["config"], path)
             D, H, dtype = config["n_features"], config["hidden"], config["dtype"]
             shapes = param_shapes(D, H, outputs(len(config["classes"])))
-            shapes.update({k: () if k == "t" else shapes[k[2:]] for k in optimiser(config).slot_names()})
+            shapes.update(optimiser(config).slot_shapes(shapes))
             params = {}
             for name, shape in shapes.items():
                 if name not in z.names:
@@ -142,7 +142,7 @@ def load(path) -> Checkpoint:
 
 
 def optimiser(config: dict):
-    """The mlp.model.Optimiser of a run's settings."""
+    """The mlp.optimisers.Optimiser of a run's settings."""
     return Optimiser(**{k: config[k] for k in ("solver", "lr", "momentum", "nesterov", "beta1", "beta2", "epsilon")})
 
 

@@ -90,7 +90,8 @@ def data_paths(data_dir, filename: str | None = None) -> list[Path]:
 
 def _files_help(data_dir: Path) -> str:
     names = ", ".join(f for f, _, _ in MNIST_FILES.values())
-    return f"put the four files ({names}) in {data_dir} or point --data-dir at a folder that has them"
+    return (f"put the four files ({names}) in {data_dir} or point --data-dir (in Python: data_dir=) at a folder "
+            "that has them")
 
 
 def mnist_files(data_dir=None, *, download: bool = True, quiet: bool = False) -> dict[str, Path]:
@@ -102,7 +103,8 @@ def mnist_files(data_dir=None, *, download: bool = True, quiet: bool = False) ->
     missing = [key for key, p in found.items() if p is None]
     if missing and not download:
         names = ", ".join(MNIST_FILES[k][0] for k in missing)
-        raise DataError(f"data dir {data_dir} lacks {names}; {_files_help(data_dir)} (or drop --no-download)")
+        raise DataError(f"data dir {data_dir} lacks {names}; {_files_help(data_dir)} (or drop --no-download; in "
+                        "Python: download=True)")
     if missing:
         mirror = os.environ.get("MLP_MNIST_MIRROR") or DEFAULT_MIRROR
         created = [p for p in reversed([data_dir, *data_dir.parents]) if not p.exists()]

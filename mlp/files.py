@@ -193,16 +193,20 @@ def read_json(text: str, max_depth: int = MAX_JSON_DEPTH):
 _held: dict = {}   # lock file -> filelock.FileLock
 
 
-def lock(path, flag: str) -> None:
+def _lock_path(path) -> Path:
+    target = written_path(path)
+    return target.parent / f".{target.name}.lock"
+
+
+def lock(path, flag: str) -> bool:
     """Take an exclusive lock on `.NAME.lock` beside the target of `path` for the rest of the
-    process (again for the same file: nothing to do), or raise a UserError if another process
-    holds it (another run writes the same file)."""
+    process, or until `unlock(path)`, and return True (again for the same file: nothing to do,
+    False); a UserError if another process holds it (another run writes the same file)."""
     import filelock
 
-    target = written_path(path)
-    lock_path = target.parent / f".{target.name}.lock"
+    lock_path = _lock_path(path)
     if lock_path in _held:
-        return
+        return False
     held = filelock.FileLock(lock_path, timeout=0, fallback_to_soft=False)
     try:
         held.acquire()
@@ -213,6 +217,13 @@ def lock(path, flag: str) -> None:
         raise UserError(f"{flag} {path}: cannot lock it with {lock_path} ({exc.strerror}); "
                         "check the folder's permissions or choose another path") from None
     _held[lock_path] = held
+    return True
+
+
+def unlock(path) -> None:
+    """Remove, then unlock, the lock file `lock(path)` took (as release_locks does for all)."""
+    lock_path = _lock_path(path)
+    _release(lock_path, _held.pop(lock_path, None))
 
 
 def release_locks() -> None:
@@ -220,7 +231,11 @@ def release_locks() -> None:
     a run that opened the file in between finds it unlinked once it gets the lock, and
     filelock treats that as not acquired, so no two runs ever hold the same name."""
     while _held:
-        lock_path, held = _held.popitem()
+        _release(*_held.popitem())
+
+
+def _release(lock_path: Path, held) -> None:
+    if held is not None:
         with contextlib.suppress(OSError):
             os.unlink(lock_path)
         with contextlib.suppress(Exception):

@@ -217,7 +217,7 @@ class Run:
         self._stack.close()
 
     def fit(self, epochs: int, **kwargs) -> TrainState:
-        """Train until `epochs` epochs are complete (`fit`'s progress, on_epoch_end and stop)."""
+        """Train until `epochs` epochs are complete (`fit`'s progress, on_epoch_end, stop, shuffle)."""
         return fit(self.backend, self.engine, self.state, epochs, **kwargs)
 
     def close_engine(self) -> None:
@@ -238,14 +238,15 @@ class Run:
 
 
 def fit(backend, engine: Engine, state: TrainState, epochs: int, *, progress=None, on_epoch_end=None,
-        stop=None) -> TrainState:
+        stop=None, shuffle: bool = True) -> TrainState:
     """Train `engine`'s rows until `epochs` epochs are complete.
 
     A minibatch epoch visits the rows in a fresh permutation drawn from `state.rng` on the host
-    (so every engine and backend sees the same batches); a full-batch epoch is one step on the
-    rows in order. Losses come back to the host once per epoch (and at a stop). Raises
-    DivergedError on a non-finite loss, Interrupted when `stop` is requested, ClusterLost when the
-    engine's cluster failed (the state is then that of the last completed step)."""
+    (so every engine and backend sees the same batches), or in order when not `shuffle`; a
+    full-batch epoch is one step on the rows in order. Losses come back to the host once per
+    epoch (and at a stop). Raises DivergedError on a non-finite loss, Interrupted when `stop` is
+    requested, ClusterLost when the engine's cluster failed (the state is then that of the last
+    completed step)."""
     n, batch = engine.n, engine.batch
     steps_per_epoch = batching(n, batch)[1]
     if stop is not None and hasattr(engine, "stop"):
@@ -255,7 +256,7 @@ def fit(backend, engine: Engine, state: TrainState, epochs: int, *, progress=Non
             state.epoch_rng_state = state.rng.bit_generator.state
         else:  # resuming inside an epoch: redraw the same permutation
             state.rng.bit_generator.state = state.epoch_rng_state
-        engine.begin_epoch(None if is_full_batch(n, batch) else state.rng.permutation(n))
+        engine.begin_epoch(None if is_full_batch(n, batch) else state.rng.permutation(n) if shuffle else np.arange(n))
         started, epoch_losses = time.perf_counter(), []
         first = state.step_in_epoch
         while state.step_in_epoch < steps_per_epoch:

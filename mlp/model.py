@@ -1,4 +1,4 @@
-"""A two-layer MLP, forward and backward written by hand, and the optimisers that train it.
+"""A two-layer MLP, forward and backward written by hand; mlp.optimisers moves its parameters.
 
     z1   = X @ w1 + b1          X (B, D)   w1 (D, H)   b1 (H,)    z1 (B, H)
     a1   = relu(z1) | tanh(z1)                                    a1 (B, H)
@@ -14,16 +14,16 @@ knows which library or device it runs on; that lives in `backends/`.
 """
 
 import math
-from dataclasses import dataclass
 
 from array_api_compat import array_namespace, device
+
+from .optimisers import Optimiser, update  # noqa: F401  (model.update: the exercise's step, p <- p - lr g)
 
 PARAM_NAMES = ("w1", "b1", "w2", "b2")
 WEIGHTS = ("w1", "w2")                  # what L2 decays (biases are not decayed)
 ACTIVATIONS = ("relu", "tanh")
 INITS = ("classic", "normal", "he", "xavier")
 DTYPES = ("float32", "float64")
-SOLVERS = ("sgd", "adam")
 
 
 def outputs(n_classes: int) -> int:
@@ -244,83 +244,8 @@ def l2_loss(params: dict, alpha: float, B):
 
 
 def l2_grads(params: dict, grads: dict, alpha: float, B) -> dict:
-    """The gradients with L2's added: d_w += alpha w / B for w1 and w2."""
-    return {k: grads[k] + alpha * params[k] / B if k in WEIGHTS else grads[k] for k in PARAM_NAMES}
-
-
-# ----------------------------------------------------------------------------- optimisers
-
-
-@dataclass(frozen=True)
-class Optimiser:
-    """How a step moves the parameters: plain gradient descent (solver sgd, momentum 0), SGD with
-    momentum (Nesterov's or not), or Adam. Its state, when it has one, is carried beside the
-    parameters in one dict (`slots`), so every engine carries it as it carries them."""
-
-    solver: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.0
-    nesterov: bool = False
-    beta1: float = 0.9
-    beta2: float = 0.999
-    epsilon: float = 1e-8
-
-    def slot_names(self) -> tuple:
-        """The state's arrays: v_p (velocity) for momentum; m_p, v_p (moments) and t for Adam."""
-        if self.solver == "adam":
-            return (*(f"m_{k}" for k in PARAM_NAMES), *(f"v_{k}" for k in PARAM_NAMES), "t")
-        return tuple(f"v_{k}" for k in PARAM_NAMES) if self.momentum else ()
-
-    def slots(self, params: dict) -> dict:
-        """The state at step 0: zeros like each parameter (t: a 0-d zero)."""
-        xp = array_namespace(*params.values())
-        return {k: xp.zeros_like(params[k[2:]] if k != "t" else params["b2"][0]) for k in self.slot_names()}
-
-    def step(self, state: dict, grads: dict) -> dict:
-        """The parameters and slots after one step on `grads`."""
-        if self.solver == "adam":
-            return adam(state, grads, self)
-        if self.momentum:
-            return momentum(state, grads, self)
-        return update(state, grads, self.lr)
-
-
-def update(params: dict, grads: dict, lr: float) -> dict:
-    """Plain gradient descent: p <- p - lr * dp, for w1, b1, w2, b2."""
-    return {k: params[k] - lr * grads[k] for k in PARAM_NAMES}
-
-
-def momentum(state: dict, grads: dict, opt: Optimiser) -> dict:
-    """SGD with momentum mu (scikit-learn's SGDOptimizer; torch.optim.SGD at a constant lr):
-        v <- mu v - lr g
-        p <- p + v                  (Nesterov: p <- p + mu v - lr g, with the new v)"""
-    new = {}
-    for k in PARAM_NAMES:
-        p, g, v = state[k], grads[k], state[f"v_{k}"]
-        v = opt.momentum * v - opt.lr * g                       # (shape of p)
-        new[k] = p + (opt.momentum * v - opt.lr * g if opt.nesterov else v)
-        new[f"v_{k}"] = v
-    return new
-
-
-def adam(state: dict, grads: dict, opt: Optimiser) -> dict:
-    """Adam, Kingma & Ba's Algorithm 1, as torch.optim.Adam computes it:
-        t <- t + 1
-        m <- b1 m + (1 - b1) g               v <- b2 v + (1 - b2) g^2
-        m^ = m / (1 - b1^t)                  v^ = v / (1 - b2^t)
-        p <- p - lr m^ / (sqrt(v^) + eps)"""
-    xp = array_namespace(state["t"])
-    t = state["t"] + 1.0                                        # ()  the step's number
-    new = {"t": t}
-    for k in PARAM_NAMES:
-        p, g, m, v = state[k], grads[k], state[f"m_{k}"], state[f"v_{k}"]
-        m = opt.beta1 * m + (1.0 - opt.beta1) * g
-        v = opt.beta2 * v + (1.0 - opt.beta2) * (g * g)
-        m_hat = m / (1.0 - opt.beta1 ** t)
-        v_hat = v / (1.0 - opt.beta2 ** t)
-        new[k] = p - opt.lr * m_hat / (xp.sqrt(v_hat) + opt.epsilon)
-        new[f"m_{k}"], new[f"v_{k}"] = m, v
-    return new
+    """The gradients with L2's added: d_w += alpha w / B for w1 and w2 (alpha / B: one 0-d factor)."""
+    return {k: grads[k] + (alpha / B) * params[k] if k in WEIGHTS else grads[k] for k in PARAM_NAMES}
 
 
 def train_step(state: dict, X, y, w=None, *, opt: Optimiser, activation: str = "relu", alpha: float = 0.0):

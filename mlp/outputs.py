@@ -129,11 +129,12 @@ def _same_file(target: Path, path, other) -> bool:
         return False
 
 
-def check_outputs(outputs: dict, inputs: dict | None = None, allowed=()) -> None:
+def check_outputs(outputs: dict, inputs: dict | None = None, allowed=()) -> list:
     """Check every output (`{"--save": path, ...}`, None values skipped) with `check_output_path`;
     no two outputs, and no output and input (`{"--resume": path, ...}`), may name the same file
     (after links and hard links); `allowed` lists pairs of flags that may (`("--save",
-    "--resume")`: continuing a run in place). Then lock each output for the rest of the run."""
+    "--resume")`: continuing a run in place). Then lock each output for the rest of the run, and
+    return those this call locked (files.unlock releases one sooner)."""
     outs = [(flag, path) for flag, path in outputs.items() if path is not None]
     targets = {flag: check_output_path(path, flag) for flag, path in outs}
     ins = [(flag, path) for flag, path in (inputs or {}).items() if path]
@@ -146,8 +147,7 @@ def check_outputs(outputs: dict, inputs: dict | None = None, allowed=()) -> None
             if (flag, other) not in allowed and _same_file(targets[flag], path, other_path):
                 raise UserError(f"{flag} {path} is also the input {other}; writing it would destroy what is "
                                 "being read: choose another output file")
-    for flag, path in outs:
-        lock(path, flag)
+    return [path for flag, path in outs if lock(path, flag)]
 
 
 def check_output_dir(path, flag: str, inputs: dict | None = None) -> Path:

@@ -10,7 +10,8 @@ import math
 import numbers
 from dataclasses import dataclass
 
-from .model import ACTIVATIONS, DTYPES, INITS, SOLVERS
+from .model import ACTIVATIONS, DTYPES, INITS
+from .optimisers import SOLVERS
 
 MAX_DIM = 1 << 31               # features, hidden units, image sizes
 MAX_COUNT = 1 << 62             # epochs, steps, rows
@@ -142,12 +143,13 @@ def flag(name: str) -> str:
 
 
 def optimiser_conflicts(cfg: dict, given) -> str | None:
-    """Why the optimiser settings `given` (names set explicitly) do nothing with the others of
-    `cfg`, as a sentence naming the flag, or None when each of them does something."""
+    """Why one of the optimiser settings `given` (names set explicitly) would do nothing with the
+    others of `cfg`, and the fix, as a sentence naming its flag; None when each does something."""
     for name in given:
         solver = OPTIMISER.get(name)
         if solver is not None and solver != cfg["solver"]:
-            return f"{flag(name)} applies to --solver {solver}, and this run's solver is {cfg['solver']}"
+            return (f"{flag(name)} applies to --solver {solver} only, and this run's solver is {cfg['solver']}: "
+                    f"drop {flag(name)}, or train with --solver {solver}")
     if "nesterov" in given and cfg["nesterov"] and not cfg["momentum"]:
-        return "--nesterov needs --momentum M > 0 (Nesterov's is a kind of momentum)"
+        return "--nesterov is a kind of momentum, and this run's --momentum is 0: add --momentum M (e.g. 0.9)"
     return None

@@ -8,6 +8,7 @@ import sys
 
 from .files import atomic_write
 from .progress import fmt_loss
+from .settings import RUN_KEYS
 from .versions import versions
 
 
@@ -41,7 +42,7 @@ def metrics(backend, cfg: dict, state, test: dict, history, *, engine: str, n_tr
         "median_epoch_seconds": statistics.median(epoch_s) if epoch_s else None,
         "device": backend.device, "device_name": backend.device_name, "backend": backend.name, "engine": engine,
         "threads": cfg.get("threads"),   # CPU threads of the array library (None: not this process's, GPU or Dask)
-        **{k: cfg[k] for k in ("dtype", "hidden", "activation", "init", "epochs", "batch_size", "lr", "seed")},
+        **{k: cfg[k] for k in (*RUN_KEYS, "epochs")},   # the run's settings, the optimiser's among them
         "completed_epochs": state.epoch, "steps": state.step, "classes": list(cfg["classes"]),
         "val_split": cfg["val_split"], "n_train": n_train, "n_val": n_val, "n_test": test["n"],
         "confusion": test["confusion"].tolist(), "versions": versions(),

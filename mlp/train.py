@@ -53,11 +53,9 @@ def build_parser() -> Parser:
                    help="how steps run: eager = one model.train_step call per step from Python; compiled = "
                         "the epoch's steps as one device program, where the backend has one; auto = compiled "
                         "where available, else eager (default: auto)")
-    o = p.add_argument_group("optimiser (docs/training.md: the update rules)")
-    for name in OPTIMISER:
+    o = p.add_argument_group("optimiser (docs/training.md#optimisers: the update rules)")
+    for name in dict.fromkeys(("solver", "lr", *OPTIMISER)):   # --lr beside --solver: it is every solver's
         setting_flag(o, name)
-        if name == "solver":
-            setting_flag(o, "lr")
     o = p.add_argument_group("output")
     o.add_argument("--save", metavar="PATH",
                    help="write a checkpoint (.npz) at the end, on Ctrl-C and every --checkpoint-every epochs")
@@ -94,14 +92,13 @@ def resolve_config(args, ckpt) -> dict:
             continue
         saved = ckpt.config[key]
         if key in given and given[key] != saved and given[key] != "all":   # 'all': checked once the data is read
-            raise CheckpointError(f"{flag(key)} {_show(given[key])} contradicts the checkpoint {args.resume}, which "
-                                  f"was trained with {flag(key)} {_show(saved)}; drop the flag to continue that run, "
+            raise CheckpointError(f"{_given(key, given[key])} contradicts the checkpoint {args.resume}, which was "
+                                  f"trained with {_given(key, saved)}; drop the flag to continue that run, "
                                   "or start a new one without --resume")
         cfg[key] = saved
     cfg["init"] = cfg["init"] or model.default_init(cfg["activation"])
-    why = optimiser_conflicts(cfg, [k for k in OPTIMISER if k in given])
-    if why:
-        raise UserError(f"{why}: drop it, or choose the solver it belongs to")
+    if why := optimiser_conflicts(cfg, [k for k in OPTIMISER if k in given]):
+        raise UserError(why)
     cfg["epochs"] = args.epochs or (int(ckpt.meta.get("target_epochs", ckpt.epoch)) if ckpt else DEFAULTS["epochs"])
     cfg["val_split"] = resolve_val_split(args.val_split, ckpt, args.resume)
     if ckpt is not None and ckpt.epoch >= cfg["epochs"]:
@@ -117,15 +114,16 @@ def _show(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
+def _given(key: str, value) -> str:   # as its flag gives it: '--lr 0.1', '--classes 3 7', 'no --nesterov'
+    return (flag(key) if value else f"no {flag(key)}") if isinstance(value, bool) else f"{flag(key)} {_show(value)}"
+
+
 def describe(cfg: dict) -> str:
     """The run's model and optimiser in a few words, as the start line shows them."""
-    opt = f"lr {cfg['lr']}"
-    if cfg["solver"] == "adam":
-        opt = f"adam ({cfg['beta1']}, {cfg['beta2']}, eps {cfg['epsilon']}), {opt}"
-    elif cfg["momentum"]:
-        opt = f"{'nesterov ' * cfg['nesterov']}momentum {cfg['momentum']}, {opt}"
+    opt = (f"adam (beta1 {cfg['beta1']}, beta2 {cfg['beta2']}, epsilon {cfg['epsilon']}), " if cfg["solver"] == "adam"
+           else f"{'nesterov ' * cfg['nesterov']}momentum {cfg['momentum']}, " if cfg["momentum"] else "")
     return (f"{classes_shown(cfg['classes'])}; H={cfg['hidden']} {cfg['activation']} {cfg['init']} init, {opt}"
-            + (f", alpha {cfg['alpha']}" if cfg["alpha"] else ""))
+            f"lr {cfg['lr']}" + (f", alpha {cfg['alpha']}" if cfg["alpha"] else ""))
 
 
 # ----------------------------------------------------------------------------- the run

@@ -101,10 +101,13 @@ def test_the_start_line_says_what_auto_picked_and_why(gpus, tmp_path):
 
 
 def test_jax_takes_only_what_it_uses_unless_told_otherwise(monkeypatch):
-    pytest.importorskip("jax")
+    jax = pytest.importorskip("jax")
+    seen, devices = [], jax.devices      # the setting as JAX's clients start (jax.devices()), then after
+    monkeypatch.setattr(jax, "devices", lambda *a: seen.append(os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"))
+                        or devices(*a))
     monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
     libraries.FACTORIES["jax"](None)
-    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert seen[0] == "false" and "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ    # no trace left
     monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "true")     # the user's own setting is kept
     libraries.FACTORIES["jax"](None)
-    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "true"
+    assert seen[-1] == os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "true"

@@ -16,11 +16,13 @@ PLACES = {"mlp": "mlp", "backends": "mlp.backends", "bench": "mlp.bench"}
 #: the floors, top first; a module not named here is on the floor of its package (bench: top)
 FLOORS = {
     "top": ["mlp.bench"],
-    "commands": ["mlp.train", "mlp.evaluate", "mlp.predict", "mlp.convert", "mlp.cli", "mlp.estimator"],
+    "commands": ["mlp.train", "mlp.evaluate", "mlp.predict", "mlp.convert", "mlp.cli", "mlp.estimator",
+                 "mlp.estimator_inputs"],
     "run": ["mlp.loop", "mlp.history", "mlp.progress", "mlp.scoring", "mlp.summary", "mlp.saver", "mlp.rows",
             "mlp.plots", "mlp.runlog"],
     "devices": ["mlp.backends"],
-    "data": ["mlp.model", "mlp.data", "mlp.store", "mlp.checkpoint", "mlp.checkpoint_meta", "mlp.images"],
+    "data": ["mlp.model", "mlp.optimisers", "mlp.data", "mlp.store", "mlp.checkpoint", "mlp.checkpoint_meta",
+             "mlp.images"],
     "ground": ["mlp.errors", "mlp.files", "mlp.outputs", "mlp.idx", "mlp.npz", "mlp.batches", "mlp.versions"],
 }
 LEVEL = {name: len(FLOORS) - i for i, names in enumerate(FLOORS.values()) for name in names}
