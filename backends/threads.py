@@ -14,7 +14,6 @@ Dask is left alone: its workers run one thread each.
 import contextlib
 import math
 import os
-import sys
 import threading
 from pathlib import Path
 
@@ -93,17 +92,22 @@ def xla_options(device) -> dict | None:
     return {"xla_cpu_multi_thread_eigen": _jax["threads"] > 1}
 
 
-def apply(backend, n: int) -> None:
-    """Limit the CPU thread pools of `backend`'s library to n threads, for the rest of the process
-    (the bench's workers; a run puts them back after: `limits`)."""
+def _set(backend, n: int | None) -> None:
+    """torch's pool, or the count JAX compiles with (None: JAX's own), to n; NumPy's is BLAS's."""
     if backend.name == "torch":
         import torch
 
         torch.set_num_threads(n)
     elif backend.name == "jax":
-        _jax["threads"] = n
+        _jax.pop("threads", None) if n is None else _jax.update(threads=n)
+
+
+def apply(backend, n: int) -> None:
+    """Limit the CPU thread pools of `backend`'s library to n threads, for the rest of the process
+    (the bench's workers; a run puts them back after: `limits`)."""
     from threadpoolctl import threadpool_limits
 
+    _set(backend, n)
     threadpool_limits(limits=n, user_api="blas")   # NumPy's BLAS (every backend's host arrays)
 
 
@@ -151,16 +155,10 @@ def limits(backend, batch: int, d: int, h: int, requested="auto"):
         return
     from threadpoolctl import threadpool_limits
 
-    torch = sys.modules.get("torch") if backend.name == "torch" else None
-    before = (torch.get_num_threads() if torch else None, _jax.get("threads"))
-    with _sizing, threadpool_limits(limits=n, user_api="blas"):
+    with _sizing, threadpool_limits(limits=n, user_api="blas"):   # BLAS's put back on leaving
+        before = current(backend) if backend.name in ("torch", "jax") else None   # read once the pools are ours
         try:
-            if torch:
-                torch.set_num_threads(n)
-            if backend.name == "jax":
-                _jax["threads"] = n
+            _set(backend, n)
             yield n
         finally:
-            if torch:
-                torch.set_num_threads(before[0])
-            _jax.pop("threads", None) if before[1] is None else _jax.update(threads=before[1])
+            _set(backend, before)

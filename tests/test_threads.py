@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import threading
 
 import pytest
 
@@ -121,6 +122,37 @@ def test_torch_threads_are_set():
     b = backends.resolve("cpu", "torch")
     assert backends.choose_threads(b, 64, D, H) == 1 and torch.get_num_threads() == 1
     assert backends.choose_threads(b, 64, D, H, requested=2) == 2 and torch.get_num_threads() == 2
+
+
+@pytest.mark.usefixtures("restore_pools")
+def test_a_run_that_waited_for_the_pools_puts_back_what_was_there_before_both(monkeypatch):
+    """A run in another thread waits while one holds the pools; on leaving it puts back what was there
+    before the first (here: no count for JAX), not what it saw while waiting (the first run's count)."""
+    pytest.importorskip("jax")
+    b = backends.resolve("cpu", "jax")
+
+    class Watched:          # the pools' lock, saying when the other thread asks for it
+        lock, asked = threading.RLock(), threading.Event()
+
+        def __enter__(self):
+            if threading.current_thread() is not threading.main_thread():
+                self.asked.set()
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            return self.lock.__exit__(*exc)
+
+    def run_with_two():
+        with threads.limits(b, 64, D, H, requested=2):
+            pass
+
+    monkeypatch.setattr(threads, "_sizing", Watched())
+    with threads.limits(b, 64, D, H, requested=1):
+        waiting = threading.Thread(target=run_with_two)
+        waiting.start()
+        assert threads._sizing.asked.wait(timeout=60) and threads._jax == {"threads": 1}
+    waiting.join(timeout=60)
+    assert not waiting.is_alive() and threads._jax == {}
 
 
 @pytest.mark.usefixtures("restore_pools")
