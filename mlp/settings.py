@@ -121,8 +121,7 @@ SETTINGS = {s.name: s for s in (
     Setting("epochs", "int", 10, "total epochs of the run, counting those of --resume's checkpoint", 1, MAX_COUNT),
     Setting("threads", "int", "auto", "CPU threads of the array library: auto = 1 for small steps, more for "
             "large ones, up to the cores this process may use; never from the load", 1, MAX_THREADS, words=("auto",)),
-    _f("val_split", 0.0, "hold out this fraction of the training rows for validation", 0, 1, hi_open=True,
-       run=False),
+    _f("val_split", 0.0, "hold out this fraction of the training rows for validation", 0, 1, hi_open=True, run=False),
 )}
 
 #: the settings that define a run (kept in checkpoints; a resume must not contradict them)
