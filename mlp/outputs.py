@@ -18,10 +18,6 @@ from .files import describe_kind, lock, written_path
 _TMP_EXTRA = len(".") + len("." + "9" * 7 + "-" + "0" * 8 + ".tmp")
 
 
-def _via(path, target: Path) -> str:
-    return "" if Path(os.path.abspath(path)) == target else f" (a link to {target})"
-
-
 def check_output_path(path, flag: str) -> Path:
     """The file a write of `path` replaces (its link target), after checking that it can be
     written and replaced; a UserError naming `flag` and the cause if not."""
@@ -36,7 +32,7 @@ def check_output_path(path, flag: str) -> Path:
         fix = {errno.ELOOP: "give a path without a loop of links",
                errno.ENAMETOOLONG: "choose a shorter name"}.get(exc.errno, "check its folders' permissions")
         raise UserError(f"{flag} {str(path)[:200]}: cannot be looked up ({exc.strerror}); {fix}") from None
-    via = _via(path, target)
+    via = "" if Path(os.path.abspath(path)) == target else f" (a link to {target})"
     if target.parts[1:2] == ("proc",) and target.is_symlink():
         raise UserError(f"{flag} {path}: names an open file of a process (a standard stream or /dev/fd/N), "
                         "not a file; outputs are written as files: give a file name")
@@ -122,9 +118,7 @@ def _check_name(path, flag: str, target: Path) -> None:
 def _same_file(target: Path, path, other) -> bool:
     """Whether `path` (which writes `target`) and `other` name one file: after links, or as hard links."""
     try:
-        if written_path(other) == target:
-            return True
-        return os.path.samefile(path, other)
+        return written_path(other) == target or os.path.samefile(path, other)
     except (OSError, ValueError):
         return False
 
