@@ -79,26 +79,20 @@ def plot_losses(path, losses, steps_per_epoch: int, title: str, rows=(), test_ac
     With validation figures in `rows` (one dict per epoch: step, val_loss, val_accuracy) the
     validation loss is drawn beside them, and a second panel shows the validation accuracy
     per epoch (and the test accuracy reached at the end, as a dashed line)."""
-    plt = pyplot()
     losses = np.asarray(losses, dtype=np.float64)
-    steps = np.arange(1, len(losses) + 1)
     val = [r for r in rows if r.get("val_loss") is not None]
-    fig, axes = plt.subplots(1, 2 if val else 1, figsize=(11 if val else 7, 4), squeeze=False)
+    fig, axes = pyplot().subplots(1, 2 if val else 1, figsize=(11 if val else 7, 4), squeeze=False)
     ax = axes[0, 0]
-    ax.plot(steps, losses, lw=0.6, alpha=0.5, color="tab:blue", label="training loss per step")
+    ax.plot(np.arange(1, len(losses) + 1), losses, lw=0.6, alpha=0.5, color="tab:blue", label="training loss per step")
     n_epochs = len(losses) // steps_per_epoch
     if n_epochs:
         per_epoch = losses[: n_epochs * steps_per_epoch].reshape(n_epochs, steps_per_epoch).mean(axis=1)
-        ends = np.arange(1, n_epochs + 1) * steps_per_epoch
-        ax.plot(ends, per_epoch, "o-" if n_epochs <= 50 else "-", ms=3, color="tab:red",
-                label="training loss, mean per epoch")
+        ax.plot(np.arange(1, n_epochs + 1) * steps_per_epoch, per_epoch, "o-" if n_epochs <= 50 else "-", ms=3,
+                color="tab:red", label="training loss, mean per epoch")
+    ax.set(yscale="log", xlabel="step", ylabel="cross-entropy")
     if val:
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "s-" if len(val) <= 50 else "-", ms=3,
                 color="tab:green", label="validation loss")
-    ax.set(yscale="log", xlabel="step", ylabel="cross-entropy")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    if val:
         acc = axes[0, 1]
         acc.plot([r["epoch"] for r in val], [100 * r["val_accuracy"] for r in val], "s-", ms=3,
                  color="tab:green", label="validation accuracy")
@@ -106,8 +100,9 @@ def plot_losses(path, losses, steps_per_epoch: int, title: str, rows=(), test_ac
             acc.axhline(100 * test_accuracy, ls="--", color="black", lw=1,
                         label=f"test accuracy at the end ({test_accuracy:.2%})")
         acc.set(xlabel="epoch", ylabel="accuracy (%)")
-        acc.grid(True, alpha=0.3)
-        acc.legend(fontsize=8)
+    for a in axes.flat:
+        a.grid(True, which="both", alpha=0.3)   # minor lines: the log scale's (a linear axis has none)
+        a.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     save_figure(fig, path)
 

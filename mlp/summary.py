@@ -50,9 +50,8 @@ def metrics(backend, cfg: dict, state, test: dict, history, *, engine: str, n_tr
 
 
 def summary_line(m: dict, test: dict, backend) -> str:
-    val = ""
-    if m["val_loss"] is not None:
-        val = f" | val loss {fmt_loss(m['val_loss'])} | val accuracy {m['val_accuracy']:.2%}"
+    val = (f" | val loss {fmt_loss(m['val_loss'])} | val accuracy {m['val_accuracy']:.2%}"
+           if m["val_loss"] is not None else "")
     return (f"final train loss {fmt_loss(m['train_loss'])}{val} | test loss {fmt_loss(m['test_loss'])} | test accuracy "
             f"{m['test_accuracy']:.2%} ({test['correct']}/{test['n']}) | median "
             f"{m['median_epoch_seconds']:.3f} s/epoch | {backend.name} ({m['engine']}) on {backend.device_name}")
