@@ -19,15 +19,12 @@ def cpu_name() -> str:
 
 @functools.cache
 def keep_freed_memory(limit_bytes: int = 1 << 30) -> bool:
-    """Ask glibc's malloc to keep freed blocks (up to `limit_bytes`) for reuse.
+    """Ask glibc's malloc to keep freed blocks (up to `limit_bytes`) for reuse, process-wide (every CPU backend,
+    every CPU peer of the benchmark); MLP_MALLOC_DEFAULTS=1 leaves malloc alone. True if applied.
 
-    A full-batch step allocates its (N, H) temporaries afresh every epoch. By default
-    glibc hands blocks over a few MB straight back to the kernel when they are freed, so
-    the next epoch page-faults them in again (thousands of faults per epoch at N=12,396,
-    H=128). Raising the mmap and trim thresholds makes malloc reuse them instead, the CPU
-    analogue of CuPy's memory pool.
-    Process-wide; applied to every CPU backend (and to every CPU peer in the benchmark).
-    Set MLP_MALLOC_DEFAULTS=1 to leave malloc alone. Returns True if applied."""
+    A full-batch step allocates its (N, H) temporaries afresh every epoch, and glibc hands blocks over a few MB
+    back to the kernel when they are freed, so the next epoch page-faults them in again (thousands of faults per
+    epoch at N=12,396, H=128): higher mmap and trim thresholds reuse them instead, as CuPy's memory pool does."""
     if os.environ.get("MLP_MALLOC_DEFAULTS") == "1" or platform.system() != "Linux":
         return False
     try:
@@ -56,7 +53,6 @@ def memory() -> dict:
     reset_peak_memory (Linux's VmHWM, which psutil does not report; elsewhere getrusage's peak)}."""
     import psutil
 
-    peak = None
     try:
         with open("/proc/self/status") as f:
             peak = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")), None)
