@@ -86,8 +86,7 @@ class DaskEngine:
         self.backend, self.batch, self.n = backend, batch, X.shape[0]
         # the uint8 rows behind X when it came from backend.from_rows (normalised in the chunk task),
         # else X's own (already float) chunks
-        X8, y8, dtype = backend.info.get("uint8_rows", {}).get(X.name, (X, y, None))
-        self.dtype = dtype
+        X8, y8, self.dtype = backend.info.get("uint8_rows", {}).get(X.name, (X, y, None))
         if X8.ndim == 2 and X8.chunks[1] != (X8.shape[1],):
             X8 = X8.rechunk({1: -1})                    # whole rows per chunk
         y8 = y8.rechunk((X8.chunks[0],))                # the labels in the rows' chunks
