@@ -46,10 +46,7 @@ class Backend:
     def asarray(self, host_array, dtype: str | None = None):
         """Copy a host (NumPy) array to this device, optionally cast to 'float32'/'float64' on the
         host first, so that every backend receives bit-identical values."""
-        host = np.asarray(host_array)
-        if dtype is not None:
-            host = host.astype(dtype, copy=False)
-        return self._asarray(np.asarray(host, order="C"), dtype)   # C order; a 0-d array stays 0-d (Adam's t)
+        return self._asarray(np.asarray(host_array, dtype=dtype, order="C"), dtype)   # a 0-d array stays 0-d (Adam's t)
 
     def to_host(self, x) -> np.ndarray:
         """Copy a device array (or 0-d loss) back to a NumPy array."""
@@ -76,7 +73,6 @@ def parse_device(device: str) -> tuple[str, int | None]:
     text = (device or "").strip().lower()
     if text == "cpu":
         return "cpu", None
-    m = re.fullmatch(r"(cuda|gpu)(?::(\d+))?", text)
-    if m:
+    if m := re.fullmatch(r"(cuda|gpu)(?::(\d+))?", text):
         return "cuda", int(m.group(2) or 0)
     raise BackendError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
