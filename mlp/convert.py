@@ -2,9 +2,8 @@
 once, that `--backend dask --store DIR` reads lazily by chunk (for training sets larger than memory).
 The store format is in `mlp.store`."""
 
+import math
 import sys
-
-import numpy as np
 
 from .cli import (Parser, add_classes_flag, add_data_flags, classes_given, non_negative_int, positive_int, run,
                   setting_flag)
@@ -35,7 +34,7 @@ def main(argv=None) -> int:
     check_output_dir(args.out, "--out", {"--data-dir": args.data_dir or default_data_dir()})   # docs/outputs.md
     info = convert(args.data_dir, args.out, classes, rows=args.rows,
                    max_shift=args.max_shift if args.rows else 0, seed=args.seed, download=not args.no_download)
-    size = info["n"] * int(np.prod(info["image_shape"]))
+    size = info["n"] * math.prod(info["image_shape"])
     print(f"wrote {args.out}: {info['n']:,} rows of classes {' '.join(map(str, info['classes']))} "
           f"({size / 1e6:,.1f} MB of uint8 pixels); train on it with --backend dask --store {args.out}")
     return 0
@@ -44,8 +43,7 @@ def main(argv=None) -> int:
 main.prog = "mlp.convert"
 
 
-def cli() -> None:
-    """Console-script entry point (mlp-convert)."""
+def cli() -> None:   # the mlp-convert console script
     sys.exit(run(main))
 
 
