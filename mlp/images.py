@@ -39,8 +39,6 @@ def _npy_pixels(path: Path) -> np.ndarray:
 def scale_pixels(arr: np.ndarray, path) -> np.ndarray:
     """An .npy array's values as pixels in [0, 1]: uint8 and other integers in 0..255 are divided
     by 255, floats must already lie in [0, 1]; anything else is refused."""
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float64) / 255
     if np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
         if arr.size and (arr.min() < 0 or arr.max() > 255):
             raise UserError(f"{path}: {arr.dtype} values from {arr.min()} to {arr.max()}; integer pixels must lie "
