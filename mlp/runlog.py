@@ -32,8 +32,6 @@ class EpochLog:
         self.file = None
         self.error: OSError | None = None
 
-    # ------------------------------------------------------------------ reading
-
     def _refuse(self, line: int, why: str) -> UserError:
         return UserError(f"--log {self.path}: line {line} is not a row of this log ({why}); it was left as it "
                          "was: fix or delete that line (or the file), or give another --log")
@@ -110,8 +108,6 @@ class EpochLog:
         if key == "val_accuracy" and not 0 <= number <= 1 or key == "seconds" and not 0 <= number < math.inf:
             raise self._refuse(n, f"{key} {value} is out of range")
         return number
-
-    # ------------------------------------------------------------------ writing
 
     def _text(self, rows, header: bool = False) -> str:
         if self.json:
