@@ -45,12 +45,10 @@ def save(path, ckpt: Checkpoint) -> None:
     meta = {**ckpt.meta, "format": FORMAT, "config": ckpt.config, "epoch": ckpt.epoch, "step": ckpt.step,
             "step_in_epoch": ckpt.step_in_epoch, "rng_state": ckpt.rng_state,
             "partial_epoch_seconds": ckpt.partial_epoch_seconds, "versions": versions()}
-    arrays = {k: np.asarray(v) for k, v in ckpt.params.items()}
-    arrays["losses"] = np.asarray(ckpt.losses, dtype=np.float64)
-    arrays["epoch_seconds"] = np.asarray(ckpt.epoch_seconds, dtype=np.float64)
-    arrays["meta"] = np.array(json.dumps(meta))
+    losses, seconds = (np.asarray(a, dtype=np.float64) for a in (ckpt.losses, ckpt.epoch_seconds))
     with atomic_write(path) as f:
-        np.savez(f, **arrays)
+        np.savez(f, **{k: np.asarray(v) for k, v in ckpt.params.items()}, losses=losses, epoch_seconds=seconds,
+                 meta=np.array(json.dumps(meta)))
 
 
 def save_or_rescue(path, ckpt: Checkpoint, previous: str | None = None) -> None:
@@ -78,8 +76,7 @@ def load(path) -> Checkpoint:
     against the metadata (so a header claiming TiBs is refused before any allocation), and
     every metadata field is validated before use (see `validate_config` and `check_position`)."""
     path = Path(path)
-    kind = describe_kind(path)
-    if kind is not None:
+    if (kind := describe_kind(path)) is not None:
         raise CheckpointError(f"checkpoint {path} is {kind}, not a file; give the path that --save wrote")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; give the path that --save wrote")
@@ -131,12 +128,9 @@ def load(path) -> Checkpoint:
                                   "(they can run code); use a checkpoint written by --save") from None
         raise CheckpointError(f"checkpoint {path} is corrupt ({exc}); use another checkpoint or "
                               "a file written by --save") from None
-    ckpt = Checkpoint(
-        params=params, config=config, epoch=meta["epoch"], step=meta["step"],
-        step_in_epoch=meta["step_in_epoch"], rng_state=meta["rng_state"], losses=losses,
-        epoch_seconds=epoch_seconds, partial_epoch_seconds=meta["partial_epoch_seconds"],
-        meta={k: v for k, v in meta.items() if k not in STRUCTURE},
-    )
+    ckpt = Checkpoint(params=params, config=config, losses=losses, epoch_seconds=epoch_seconds,   # and where it stopped
+                      **{k: meta[k] for k in STRUCTURE if k not in ("format", "config")},
+                      meta={k: v for k, v in meta.items() if k not in STRUCTURE})
     _check(ckpt, path)
     return ckpt
 
