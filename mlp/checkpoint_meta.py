@@ -115,8 +115,7 @@ def validate_config(c: dict, path) -> dict:
             or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_DIM for v in shape)
             or math.prod(shape) != c["n_features"]):
         raise _bad(path, p + "image_shape", shape, f"one or two sizes whose product is n_features ({c['n_features']})")
-    c.setdefault("input", "pixels")
-    if c["input"] not in INPUTS:
+    if c.setdefault("input", "pixels") not in INPUTS:
         raise _bad(path, p + "input", c["input"], "one of " + ", ".join(INPUTS))
     # the pixel normalisation: pixels lie in [0, 1], so must their mean, and their spread
     for key, lo, hi, default in (("mean", 0.0, 1.0, MNIST_MEAN), ("std", 1e-3, 1.0, MNIST_STD)):
