@@ -35,8 +35,7 @@ def holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]
         raise UserError(f"--val-split {fraction} holds out {k} of {n:,} training rows; "
                         f"choose a fraction that leaves at least one row on each side")
     val = np.sort(np.random.default_rng([seed, 1]).permutation(n)[:k])
-    train = np.setdiff1d(np.arange(n), val, assume_unique=True)
-    return train, val
+    return np.setdiff1d(np.arange(n), val, assume_unique=True), val
 
 
 def validation_figures(backend, params, Xv, yv, activation: str) -> tuple[float, float]:
