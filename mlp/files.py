@@ -26,6 +26,9 @@ MAX_LINKS = 40
 #: how deep the JSON we read may nest (arrays in objects ...): ours nests 3 deep at most
 MAX_JSON_DEPTH = 8
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+#: the files that are not regular files, as the messages name them
+KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+         (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
 def _umask() -> int:
@@ -154,12 +157,7 @@ def describe_kind(path) -> str | None:
         mode = os.stat(path).st_mode
     except (OSError, ValueError):
         return None
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return None
+    return next((name for test, name in KINDS if test(mode)), None)
 
 
 def check_input_file(path, what: str) -> Path:
