@@ -211,10 +211,9 @@ def select_classes(images: np.ndarray, labels: np.ndarray, classes, name: str, f
     one's label in `classes` (float64; for two classes, 1 = the second), their labels). `fix`: what
     to do about a class absent from the labels."""
     present = np.unique(labels).tolist()
-    for c in classes:
-        if c not in present:
-            shown = ", ".join(str(v) for v in present[:20])
-            raise DataError(f"class {c} is absent from {name} (labels present: {shown}); {fix}")
+    if absent := [c for c in classes if c not in present]:
+        shown = ", ".join(str(v) for v in present[:20])
+        raise DataError(f"class {absent[0]} is absent from {name} (labels present: {shown}); {fix}")
     keep = np.isin(labels, classes)
     order = np.argsort(classes)
     position = order[np.searchsorted(np.asarray(classes)[order], labels[keep])]
@@ -275,7 +274,6 @@ def load_dataset(data_dir=None, classes=(3, 7), *, download: bool = True, quiet:
 
 def fingerprint(split: Split) -> str:
     """SHA-256 of a split's rows and labels (as loaded): resume checks it is the same data."""
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(split.X, dtype=np.float64).data)
+    digest = hashlib.sha256(np.ascontiguousarray(split.X, dtype=np.float64).data)
     digest.update(np.ascontiguousarray(split.y, dtype=np.float64).data)
     return digest.hexdigest()
