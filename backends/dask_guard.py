@@ -26,14 +26,11 @@ def cluster_errors() -> tuple:
     from distributed import KilledWorker
     from distributed.client import FutureCancelledError, FuturesCancelledError
     from distributed.comm.core import CommClosedError
+    from distributed.scheduler import NoValidWorkerError, NoWorkerError   # distributed >= 2024.8 has both
     from distributed.utils import CancelledError
 
-    extra = []
-    with contextlib.suppress(ImportError):
-        from distributed.scheduler import NoValidWorkerError, NoWorkerError
-
-        extra = [NoWorkerError, NoValidWorkerError]
-    return (KilledWorker, FutureCancelledError, FuturesCancelledError, CancelledError, CommClosedError, *extra)
+    return (KilledWorker, FutureCancelledError, FuturesCancelledError, CancelledError, CommClosedError, NoWorkerError,
+            NoValidWorkerError)
 
 
 def describe(exc: BaseException) -> str:
