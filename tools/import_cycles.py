@@ -39,11 +39,9 @@ def modules(root: Path) -> dict[str, Path]:
 
 
 def floor(module: str) -> int | None:
-    while module:
-        if module in LEVEL:
-            return LEVEL[module]
+    while module and module not in LEVEL:
         module = module.rpartition(".")[0]
-    return None
+    return LEVEL.get(module)
 
 
 def imports(mods: dict[str, Path]) -> dict[str, set[str]]:
