@@ -33,8 +33,8 @@ def expand(names: list[str]) -> list[str]:
 
 
 class DaskOurs(Impl):
-    def __init__(self, backend: str, device: str, dtype: str, lr: float):
-        super().__init__(device, dtype, lr)
+    def __init__(self, backend: str, device: str, dtype: str):
+        super().__init__(device, dtype)
         from mlp import backends
         from mlp.backends.dask_cluster import Options
 
@@ -66,12 +66,6 @@ class DaskOurs(Impl):
 
     def epoch(self):
         self.params, (self.loss,) = self.engine.run(self.params, 0, 1)
-
-    def last_loss(self):
-        return float(self.loss)          # the Dask engine's losses are on the host
-
-    def first_loss(self):
-        return self.last_loss()          # full batch: an epoch is one step, so its first loss is its last
 
     def device_name(self):
         return self.backend.device_name
