@@ -16,6 +16,7 @@ from mlp.bench.floor import epoch_flops, epoch_gemm_flops, epoch_min_bytes, floo
 from mlp.bench.impls import PEERS
 
 from .conftest import call_cli, run_cli
+from .idx_files import write_idx
 
 FIELDS = ("impl", "backend", "device", "device_name", "dtype", "n", "d", "hidden", "median_ms", "min_ms", "max_ms",
           "epochs_timed", "gflops", "fraction_of_floor", "peak_mem_bytes")
@@ -208,6 +209,21 @@ def test_the_first_steps_losses_are_float64_numpys(data_dir, impl, backend, n, h
         assert made.second_loss() == (None if batch is None else pytest.approx(second, rel=1e-9, abs=0))
     if classes == 10:       # MNIST 3 and 7 only: ten classes' labels are drawn, all of them
         assert sorted(set(y.tolist())) == list(range(10))
+
+
+def test_ten_classes_take_a_ten_class_sets_own_labels_and_else_draw_them(tmp_path):
+    from mlp.bench import reference
+
+    rng = np.random.default_rng(1)
+    for name, digits in (("ten", np.arange(200) % 10), ("two", np.where(np.arange(200) % 2, 7, 3))):
+        (tmp_path / name).mkdir()
+        for split in ("train", "t10k"):
+            write_idx(tmp_path / name / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (200, 28, 28), np.uint8))
+            write_idx(tmp_path / name / f"{split}-labels-idx1-ubyte.gz", digits.astype(np.uint8))
+    assert reference.training_split(tmp_path / "ten", 10, download=False).y.tolist() == (np.arange(200) % 10).tolist()
+    drawn = reference.training_split(tmp_path / "two", 10, download=False).y
+    assert drawn.tolist() == np.random.default_rng(0).integers(0, 10, 200).tolist()
+    assert reference.training_split(tmp_path / "two", 2, download=False).y.tolist() == (np.arange(200) % 2).tolist()
 
 
 def test_the_second_step_depends_on_the_optimiser(data_dir):
