@@ -144,7 +144,8 @@ class Sklearn(Impl):
         if full:
             self.clf.set_params(warm_start=True)                      # fit() continues from these arrays
         else:   # each fit starts afresh, as a user's; the model at our start gives the first step's loss
-            first = self.permutation(X.shape[0])[:self.batch]
+            perm = self.permutation(len(X))
+            first = slice(None) if perm is None else perm[:self.batch]               # B >= N: full batch
             self.loss = log_loss(self.y[first], self.clf.predict_proba(self.X[first]), labels=classes)
 
     def epoch(self):
@@ -176,7 +177,7 @@ class Estimator(Impl):
     """Ours through mlp.MLPClassifier on the rows' pixels (exactly: they are normalised bytes), from
     the same seeded start as the other rows: its first steps' losses are checked as theirs."""
 
-    ours, epochs_per_call = True, DEFAULTS["epochs"]
+    ours, epochs_per_call, threads = True, DEFAULTS["epochs"], "auto"
 
     def set_threads(self, requested, batch, d, h):
         self.threads = requested
