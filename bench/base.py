@@ -22,6 +22,13 @@ COMPILED = {("jax", "cpu"), ("jax", "cuda"), ("torch", "cpu"), ("torch", "cuda")
 SKLEARN_EPOCHS_PER_FIT = 5
 
 
+def pixels(X: np.ndarray) -> np.ndarray:
+    """The bench's rows as the uint8 pixels they were normalised from (exactly: they are bytes)."""
+    from mlp.data import MNIST_MEAN, MNIST_STD
+
+    return np.rint((X.astype(np.float64) * MNIST_STD + MNIST_MEAN) * 255).astype(np.uint8)
+
+
 class Unavailable(Exception):
     """This implementation is not run here (library not installed, a CPU-only peer on a GPU, full
     batch only): a skip, with its reason. An installed library that cannot use the device (a

@@ -31,7 +31,7 @@ from mlp.plots import plot_format
 from mlp.summary import wrote
 
 from . import busy, reference, report, targets
-from .dask_impl import expand, summary as dask_summary
+from .dask_impl import expand
 from .flags import LONGEST_WAIT_S, build_parser, size  # noqa: F401  (size: for tests/test_outputs.py)
 from .floor import epoch_flops
 from .impls import COMPILED, ESTIMATOR, LIBRARY, MINIBATCH_PEERS, PEERS
@@ -271,8 +271,6 @@ def metadata(argv, records, real_shape) -> dict:
 def write_outputs(args, result) -> int:
     table = report.markdown(result)
     print(table)
-    for line in dask_summary(result["records"]):
-        print("dask:", line, file=sys.stderr)
     if args.json:
         with atomic_write(args.json, "w") as f:
             json.dump(result, f, indent=1, default=_jsonable)

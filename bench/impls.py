@@ -30,7 +30,7 @@ from mlp.batches import batching
 from mlp.settings import DEFAULTS
 
 from .base import COMPILED, ESTIMATOR, LIBRARY, MINIBATCH_PEERS, OPTIMISERS, PEERS, SKLEARN_EPOCHS_PER_FIT, Impl, \
-    Unavailable, check_available
+    Unavailable, check_available, pixels
 
 __all__ = ["COMPILED", "ESTIMATOR", "LIBRARY", "MINIBATCH_PEERS", "OPTIMISERS", "PEERS", "Impl", "Unavailable", "make"]
 
@@ -184,9 +184,7 @@ class Estimator(Impl):
         return super().set_threads(requested, batch, d, h)
 
     def setup(self, X, y, params):
-        from mlp.data import MNIST_MEAN, MNIST_STD
-
-        self.pixels = np.rint((X.astype(np.float64) * MNIST_STD + MNIST_MEAN) * 255).astype(np.uint8)
+        self.pixels = pixels(X)
         self.y, self.hidden = y, params["w1"].shape[1]
 
     def epoch(self):
