@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     probes = run_probes(sweep["devices"], sweep["dtypes"])
     records = measure_all(args, sweep, real.shape[0], real.shape[1], report.rates(probes))
     splits = {c: train if c == 2 else reference.training_split(args.data_dir, c, download=not args.no_download)
-              for c in {r["classes"] for r in records if r.get("status") == "ok"}}
+              for c in {reference.config(r)[3] for r in records if r.get("status") == "ok"}}
     result = {"meta": metadata(argv, records, real.shape), "probes": probes,
               "records": report.enrich([r for r in records if not r.get("busy")], probes,
                                        reference.first_losses(splits, records)),

@@ -4,9 +4,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from . import busy, targets
 from mlp.model import outputs
 
+from . import busy, targets
 from .floor import epoch_flops, epoch_min_bytes, floor_seconds
 from .reference import check, config, describe, device_kind, label, place
 
