@@ -163,14 +163,12 @@ class Sklearn(Impl):
 
 
 def fit_our_classifier(pixels, y, *, hidden: int, lr: float, epochs: int, batch: int, dtype: str, threads):
-    """mlp.MLPClassifier(...).fit(pixels, y), as a Python-API user writes it; every step's loss.
-    Today's parameter names (mlp.train's flags): the one place to change when they become
-    scikit-learn's (hidden_layer_sizes=(hidden,), learning_rate_init=lr, max_iter=epochs,
-    input="pixels"; the step losses then in the fitted model's checkpoint)."""
+    """mlp.MLPClassifier(...).fit(pixels, y), as a Python-API user writes it; every step's loss."""
     from mlp import MLPClassifier
 
-    return MLPClassifier(hidden=hidden, lr=lr, epochs=epochs, batch_size=batch, dtype=dtype,
-                         threads=threads).fit(pixels, y).losses_
+    est = MLPClassifier(hidden_layer_sizes=(hidden,), learning_rate_init=lr, max_iter=epochs, batch_size=batch,
+                        dtype=dtype, threads=threads, input="pixels")
+    return est.fit(pixels, y)._checkpoint.losses
 
 
 class Estimator(Impl):
