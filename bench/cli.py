@@ -22,6 +22,7 @@ import numpy as np
 from mlp import backends
 from mlp.backends.threads import usable_cores
 from mlp.data import data_paths, default_data_dir
+from mlp.model import outputs
 from mlp.versions import versions
 from mlp.errors import UserError
 from mlp.files import atomic_write
@@ -30,10 +31,10 @@ from mlp.plots import plot_format
 from mlp.summary import wrote
 
 from . import busy, reference, report, targets
-from .dask_impl import expand, summary as dask_summary
+from .dask_impl import expand
 from .flags import LONGEST_WAIT_S, build_parser, size  # noqa: F401  (size: for tests/test_outputs.py)
 from .floor import epoch_flops
-from .impls import COMPILED, LIBRARY, MINIBATCH_PEERS, PEERS
+from .impls import COMPILED, ESTIMATOR, LIBRARY, MINIBATCH_PEERS, PEERS
 from .targets import REAL
 from .worker import RECORD_KEYS, RESULT_MARK
 
@@ -42,6 +43,7 @@ DEFAULT_HIDDEN = [128, 1024]
 DEFAULT_BATCHES = [64, 512, 4096]  # the minibatch sweep, at N = real and H = 128 (the default job is B = 64)
 DEFAULT_BACKENDS = {"cpu": ["numpy", "torch", "jax"], "cuda": ["cupy", "torch", "jax"]}
 GEMM_LIBRARIES = {"cpu": ["numpy", "torch"], "cuda": ["cupy", "torch"]}   # no JAX: no device-wide sync to time by
+OPTIMISER_ENGINES = (("numpy", "eager"), ("jax", "compiled"), ("torch", "eager"))   # ours's rows with momentum, Adam
 
 
 def run_worker(spec: dict, timeout: float) -> dict:
@@ -131,26 +133,45 @@ def rows(kind: str, backend_names, peers, batch) -> list:
     return ours + [(p, LIBRARY[p], None) for p in peers if batch is None or p in MINIBATCH_PEERS]
 
 
+def configs(args, sweep, kind: str, real_n: int) -> list:
+    """(dtype, H, N, B, C classes, optimiser, rows) of each configuration on a device of `kind`: the
+    full-batch and minibatch sweeps (two classes, plain GD), then beside the default job's (its
+    configuration, or --quick's minibatch one) ten classes and, on the CPU, momentum and Adam:
+    ours and torch-expert (one row each with --quick), and the estimators, ours and scikit-learn's."""
+    sizes = [2_000] if args.quick else [real_n if s == REAL else 4 * real_n if s == "4x" else s
+                                        for s in (args.sizes or DEFAULT_SIZES[kind])]
+    names, peers = args.backends or DEFAULT_BACKENDS[kind], sweep["peers"]
+    plain = [(dtype, h, n, None) for dtype in sweep["dtypes"] for h in sweep["hidden"] for n in sizes]
+    h, n = (sweep["hidden"][0], sizes[0]) if args.quick else (128, real_n)   # the minibatch sweep's
+    plain += [(dtype, h, n, b) for dtype in sweep["dtypes"] for b in sweep["batches"]]
+    out = [(*c, 2, "sgd", rows(kind, names, peers, c[3])) for c in plain]
+    job = ("float32", h, n, 512 if args.quick else 64)
+    if args.busy or job not in plain:
+        return out
+    ten = rows(kind, names, [p for p in peers if p == "torch-expert"], job[3])
+    out.append((*job, 10, "sgd", ten[:1] if args.quick else ten))
+    mine = [r for r in ten if r[0] != "ours" or r[1:] in OPTIMISER_ENGINES]
+    out += [(*job, 2, opt, mine[:1] if args.quick else mine)
+            for opt in (("adam",) if args.quick else ("momentum", "adam")) if kind == "cpu"]
+    if "sklearn" in peers and kind == "cpu" and not args.quick:
+        out += [(*job, c, "sgd", [(ESTIMATOR, "numpy", None), ("sklearn", "sklearn", None)]) for c in (2, 10)]
+    return out
+
+
 def measure_all(args, sweep, real_n: int, d: int, rates: dict) -> list:
     records = []
     for device in sweep["devices"]:
         kind = reference.device_kind(device)
         cap = args.max_epoch_seconds or (1.0 if kind == "cpu" else 10.0)
-        sizes = [2_000] if args.quick else [real_n if s == REAL else 4 * real_n if s == "4x" else s
-                                             for s in (args.sizes or DEFAULT_SIZES[kind])]
-        configs = [(dtype, h, n, None) for dtype in sweep["dtypes"] for h in sweep["hidden"] for n in sizes]
-        configs += [(dtype, sweep["hidden"][0] if args.quick else 128, sizes[0] if args.quick else real_n, b)
-                    for dtype in sweep["dtypes"] for b in sweep["batches"]]
-        for dtype, h, n, batch in configs:
+        for dtype, h, n, batch, classes, optimiser, planned in configs(args, sweep, kind, real_n):
             gemm = rates[(kind, dtype)][0]
-            estimate = 2 * epoch_flops(n, d, h) / gemm if gemm else 0.0
-            for (impl, backend, engine), threads, k in itertools.product(
-                    rows(kind, args.backends or DEFAULT_BACKENDS[kind], sweep["peers"], batch), args.threads,
-                    sweep["busy"]):
+            estimate = 2 * epoch_flops(n, d, h, k=outputs(classes)) / gemm if gemm else 0.0
+            for (impl, backend, engine), threads, k in itertools.product(planned, args.threads, sweep["busy"]):
                 spec = {"mode": "measure", "impl": impl, "backend": backend, "engine": engine, "batch": batch,
-                        "device": device, "dtype": dtype, "n": n, "hidden": h, "epochs": args.epochs,
-                        "min_epochs": args.min_epochs, "budget_s": args.budget, "warmup": args.warmup, "lr": 0.1,
-                        "seed": 0, "data_dir": args.data_dir, "threads_requested": threads, "busy": k}
+                        "device": device, "dtype": dtype, "n": n, "hidden": h, "classes": classes,
+                        "optimiser": optimiser, "epochs": args.epochs, "min_epochs": args.min_epochs,
+                        "budget_s": args.budget, "warmup": args.warmup, "seed": 0, "data_dir": args.data_dir,
+                        "threads_requested": threads, "busy": k}
                 why_not = None
                 if args.quick and (impl == "torch-compile" or (backend, engine, kind) == ("torch", "compiled", "cpu")):
                     why_not = "not run by --quick (compiling the step takes longer than the quick sweep)"
@@ -162,6 +183,7 @@ def measure_all(args, sweep, real_n: int, d: int, rates: dict) -> list:
                     r = busy.measure(run_worker, spec, timeout=max(600.0, 40 * estimate * (args.warmup + args.epochs)))
                 records.append(r)
                 head = (f"{report.label(r):26s} {device:6s} {dtype} N={n:>9,} H={h:>5} B={batch or 'full':>5}"
+                        + (f" C={classes}" if classes != 2 else "") + (f" {optimiser}" if optimiser != "sgd" else "")
                         + (f" busy {k}" if sweep["busy"] != [0] else ""))
                 print(f"{head}: {r['median_ms']:10.3f} ms (min {r['min_ms']:.3f}, {r['epochs_timed']} epochs, "
                       f"threads {r.get('threads') or '-'})" if r.get("status") == "ok"
@@ -183,18 +205,18 @@ def main(argv=None) -> int:
     if args.plot:
         plot_format(args.plot)
     started = time.time()
-    from mlp.data import load_dataset   # loaded (downloaded if need be) once here; workers only read it
-
-    train = load_dataset(args.data_dir, (3, 7), download=not args.no_download, quiet=False).train   # float64
+    # loaded (downloaded if need be) once here, float64; workers only read it
+    train = reference.training_split(args.data_dir, download=not args.no_download, quiet=False)
     real = train.X
     probes = run_probes(sweep["devices"], sweep["dtypes"])
     records = measure_all(args, sweep, real.shape[0], real.shape[1], report.rates(probes))
+    splits = {c: train if c == 2 else reference.training_split(args.data_dir, c, download=not args.no_download)
+              for c in {reference.config(r)[3] for r in records if r.get("status") == "ok"}}
     result = {"meta": metadata(argv, records, real.shape), "probes": probes,
               "records": report.enrich([r for r in records if not r.get("busy")], probes,
-                                       reference.first_losses(train, records)),
+                                       reference.first_losses(splits, records)),
               "busy": [r for r in records if r.get("busy")]}   # beside competitors: the busy table only
     result["speedups"] = report.speedups(result["records"])
-    result["slopes"] = report.slopes(result["records"])
     result["targets"] = targets.verdicts(result)
     result["meta"]["wall_seconds"] = round(time.time() - started, 1)
     return write_outputs(args, result)
@@ -249,8 +271,6 @@ def metadata(argv, records, real_shape) -> dict:
 def write_outputs(args, result) -> int:
     table = report.markdown(result)
     print(table)
-    for line in dask_summary(result["records"]):
-        print("dask:", line, file=sys.stderr)
     if args.json:
         with atomic_write(args.json, "w") as f:
             json.dump(result, f, indent=1, default=_jsonable)

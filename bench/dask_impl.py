@@ -14,7 +14,7 @@ import weakref
 
 import numpy as np
 
-from .base import Impl
+from .base import Impl, pixels
 
 
 def expand(names: list[str]) -> list[str]:
@@ -33,8 +33,8 @@ def expand(names: list[str]) -> list[str]:
 
 
 class DaskOurs(Impl):
-    def __init__(self, backend: str, device: str, dtype: str, lr: float):
-        super().__init__(device, dtype, lr)
+    def __init__(self, backend: str, device: str, dtype: str):
+        super().__init__(device, dtype)
         from mlp import backends
         from mlp.backends.dask_cluster import Options
 
@@ -46,16 +46,15 @@ class DaskOurs(Impl):
 
     def setup(self, X, y, params):
         from mlp.backends.dask_cluster import worker_memory
-        from mlp.data import MNIST_MEAN, MNIST_STD
         from mlp.loop import make_engine
         from mlp.store import open_store, write_store
 
         b = self.backend
-        pixels = np.rint((X.astype(np.float64) * MNIST_STD + MNIST_MEAN) * 255).astype(np.uint8)
+        rows = pixels(X)
         store = os.path.join(self.folder, "rows")
-        write_store(store, [(pixels, y.astype(np.uint8))], len(pixels), pixels.shape[1],
+        write_store(store, [(rows, y.astype(np.uint8))], len(rows), rows.shape[1],
                     {"classes": [3, 7], "image_shape": [28, 28]})
-        del pixels
+        del rows
         self.base = {a: m["rss"] for a, m in worker_memory(b.client, reset=True).items()}
         Xr, yr, _ = open_store(store)
         X, y = b.from_rows(Xr, yr, self.dtype)
@@ -66,12 +65,6 @@ class DaskOurs(Impl):
 
     def epoch(self):
         self.params, (self.loss,) = self.engine.run(self.params, 0, 1)
-
-    def last_loss(self):
-        return float(self.loss)          # the Dask engine's losses are on the host
-
-    def first_loss(self):
-        return self.last_loss()          # full batch: an epoch is one step, so its first loss is its last
 
     def device_name(self):
         return self.backend.device_name
@@ -88,22 +81,3 @@ class DaskOurs(Impl):
         self.backend.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
-
-def summary(records: list) -> list[str]:
-    """Lines on the Dask rows: overhead per step against NumPy, strong scaling, worker memory per row."""
-    ok = [r for r in records if r.get("status") == "ok" and r["impl"] == "ours"]
-    lines = []
-    for r in sorted((r for r in ok if str(r["backend"]).startswith("dask")),
-                    key=lambda r: (r["dtype"], r["hidden"], r["n"], r["backend"])):
-        same = [q for q in ok if all(q[k] == r[k] for k in ("device", "dtype", "n", "hidden"))]
-        ref = next((q for q in same if q["backend"] == "numpy"), None)
-        one = next((q for q in same if q["backend"] == "dask:1"), None)
-        text = f"{r['backend']:7s} {r['dtype']} N={r['n']:>9,} H={r['hidden']:>5}: {r['median_ms']:9.1f} ms/step"
-        if ref:
-            ratio = r["median_ms"] / ref["median_ms"]
-            text += f", {r['median_ms'] - ref['median_ms']:+9.1f} ms vs numpy ({ratio:.2f}x)"
-        if one and one is not r:
-            text += f", 1->{r['workers']} workers speed-up {one['median_ms'] / r['median_ms']:.2f}x"
-        text += f", worker peak memory {r['worker_peak_mem_bytes_per_row']:,.0f} B/row"
-        lines.append(text)
-    return lines

@@ -63,8 +63,8 @@ def build_parser() -> Parser:
     p = Parser(prog="python -m bench", description="full-batch and minibatch training epochs, ours and peers, "
                "CPU and GPU, side by side")
     p.add_argument("--quick", action="store_true",
-                   help="a tiny sweep in seconds (a smoke test: N=2,000, H=32, float32, 3 epochs, minibatch B=512; "
-                        "no torch.compile)")
+                   help="a tiny sweep in seconds (a smoke test: N=2,000, H=32, float32, 3 epochs, minibatch B=512, "
+                        "one row of ten classes and one of Adam; no torch.compile)")
     p.add_argument("--device", type=csv(str), metavar="LIST",
                    help="devices, e.g. cpu or cpu,cuda (default: cpu, plus cuda where CuPy sees a GPU)")
     p.add_argument("--backends", type=csv(str), metavar="LIST",
@@ -76,7 +76,8 @@ def build_parser() -> Parser:
                    help="rows N of the full-batch sweep ('real' = all real training rows; larger sizes resample "
                         "them) (default: real and 4x real on cpu; real,1e5,1e6 on cuda)")
     p.add_argument("--batches", type=csv(COUNT), metavar="LIST",
-                   help="the minibatch sweep at N = real, H = 128: rows per step (default: 64,512,4096)")
+                   help="the minibatch sweep at N = real, H = 128: rows per step (default: 64,512,4096); with 64 "
+                        "and float32, the default job's other rows: ten classes, momentum, Adam, the estimators")
     p.add_argument("--no-minibatch", action="store_true", help="skip the minibatch sweep")
     p.add_argument("--hidden", type=csv(number(1, MAX_DIM)), metavar="LIST",
                    help="hidden widths H (default: 128,1024)")

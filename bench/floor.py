@@ -1,11 +1,12 @@
 """The hardware's limit for one epoch: operation and byte counts, and measured rates.
 
-FLOPs of one full-batch epoch, N rows, D inputs, H hidden units (multiply-add = 2):
+FLOPs of one full-batch epoch, N rows, D inputs, H hidden units, K outputs (1 for two classes,
+C for C > 2; multiply-add = 2):
 
     X @ w1                  2 N D H         X.T @ d_z1          2 N D H
-    a1 @ w2, a1.T @ d_z2    4 N H           elementwise (N, H)  ~7 N H   (bias, relu, outer
-    elementwise (N, 1)      ~20 N                                         product, mask, sums)
-    update                  2 (D H + 2 H + 1)
+    a1 @ w2, a1.T @ d_z2    4 N H K         d_z2 @ w2.T         2 N H K
+    elementwise (N, H)      ~5 N H          elementwise (N, K)  ~20 N K   (bias, relu, mask, sums; head)
+    update                  2 (D H + H + H K + K)   (plain GD's: the floor of every optimiser)
 
 The matrix products dominate (D = 784 pixels for MNIST), so the floor is the GEMM time at the device's
 measured rate. The byte floor is reading X once (N D itemsize), plus y and the
@@ -19,26 +20,26 @@ import time
 import numpy as np
 
 
-def epoch_flops(n: int, d: int, h: int, steps: int = 1) -> int:
+def n_params(d: int, h: int, k: int = 1) -> int:
+    return d * h + h + h * k + k
+
+
+def epoch_flops(n: int, d: int, h: int, steps: int = 1, k: int = 1) -> int:
     """FLOPs of an epoch over n rows in `steps` steps (1: full batch): the update runs per step."""
-    gemm = epoch_gemm_flops(n, d, h)
-    elementwise = 7 * n * h + 20 * n
-    update = 2 * (d * h + 2 * h + 1)
-    return gemm + elementwise + steps * update
+    return epoch_gemm_flops(n, d, h, k) + 5 * n * h + 20 * n * k + steps * 2 * n_params(d, h, k)
 
 
-def epoch_gemm_flops(n: int, d: int, h: int) -> int:
-    return 4 * n * d * h + 4 * n * h
+def epoch_gemm_flops(n: int, d: int, h: int, k: int = 1) -> int:
+    return 4 * n * d * h + 6 * n * h * k
 
 
-def epoch_min_bytes(n: int, d: int, h: int, itemsize: int) -> int:
-    params = d * h + 2 * h + 1
-    return itemsize * (n * d + n + 2 * params)
+def epoch_min_bytes(n: int, d: int, h: int, itemsize: int, k: int = 1) -> int:
+    return itemsize * (n * d + n + 2 * n_params(d, h, k))
 
 
-def floor_seconds(n, d, h, itemsize, gemm_flops_per_s, bytes_per_s, steps: int = 1) -> float:
-    compute = epoch_flops(n, d, h, steps) / gemm_flops_per_s
-    memory = epoch_min_bytes(n, d, h, itemsize) / bytes_per_s if bytes_per_s else 0.0
+def floor_seconds(n, d, h, itemsize, gemm_flops_per_s, bytes_per_s, steps: int = 1, k: int = 1) -> float:
+    compute = epoch_flops(n, d, h, steps, k) / gemm_flops_per_s
+    memory = epoch_min_bytes(n, d, h, itemsize, k) / bytes_per_s if bytes_per_s else 0.0
     return max(compute, memory)
 
 

@@ -19,9 +19,9 @@
 #              (bounded, about 8 minutes with the tests; never measured yet, see the notes) is
 #                  --backends cupy,torch,jax --peers torch-expert --dtype float32
 #                  --sizes real,100000,1000000 --hidden 1024 --batches 64 --epochs 10 --budget 1
-#              i.e. the default job B=64 (H=128) on every GPU engine (CuPy eager, torch eager, torch
-#              CUDA graph, JAX eager and compiled) and full batch at three sizes with the expert
-#              PyTorch peer. --full: the whole sweep, `--device cpu,cuda` with the bench's defaults
+#              i.e. the default job B=64 (H=128), two classes and ten, on every GPU engine (CuPy eager,
+#              torch eager, torch CUDA graph, JAX eager and compiled) and full batch at three sizes, with
+#              the expert PyTorch peer. --full: the whole sweep, `--device cpu,cuda` with the bench's defaults
 #              (tens of minutes). Flags after `--` are appended to the GPU bench command. The bench
 #              holds every row's first-step loss to float64 NumPy's (bench/reference.py) and exits 1
 #              on an error, a mismatch or an unchecked row.

@@ -10,13 +10,16 @@ parameters, so the loss of its first step must agree with ours (the report check
                     lax.scan on JAX; the epoch in CUDA graphs on torch + CUDA)
     torch-manual    our formulation written in torch ops, eager (full batch)
     torch-expert    what a PyTorch expert writes: addmm for the bias, in-place relu_,
-                    aten.threshold_backward, addmm_/sub_ updates in place, eager
+                    aten.threshold_backward, addmm_/sub_ updates in place, eager; ten classes:
+                    cross-entropy by hand; momentum and Adam: torch.optim (fused)
     torch-autograd  nn.Linear + ReLU + nn.Linear, BCEWithLogitsLoss, optim.SGD, eager (full batch)
     torch-compile   torch.compile of the torch-manual step (full batch)
     jax-jit         the same step in jax.numpy, hand-written, under jax.jit (full batch)
     sklearn         MLPClassifier(solver='sgd', batch_size=N, momentum=0, alpha=0), timed
                     as fit(max_iter=k) / k, which validates its input once per k epochs (CPU,
-                    full batch)
+                    full batch); in minibatch, a fresh fit of the default job, as a Python-API
+                    user runs it, timed as fit / its epochs
+    mlp.MLPClassifier   ours, the same way: fit(pixels, labels) of the default job / its epochs
 """
 
 import numpy as np
@@ -24,10 +27,12 @@ import numpy as np
 from mlp.backends import resolve, threads
 from mlp.batches import batching
 
-from .base import COMPILED, LIBRARY, MINIBATCH_PEERS, PEERS, SKLEARN_EPOCHS_PER_FIT, Impl, Unavailable, \
-    check_available
+from mlp.settings import DEFAULTS
 
-__all__ = ["COMPILED", "LIBRARY", "MINIBATCH_PEERS", "PEERS", "Impl", "Unavailable", "make"]
+from .base import COMPILED, ESTIMATOR, LIBRARY, MINIBATCH_PEERS, OPTIMISERS, PEERS, SKLEARN_EPOCHS_PER_FIT, Impl, \
+    Unavailable, check_available, pixels
+
+__all__ = ["COMPILED", "ESTIMATOR", "LIBRARY", "MINIBATCH_PEERS", "OPTIMISERS", "PEERS", "Impl", "Unavailable", "make"]
 
 
 class Ours(Impl):
@@ -38,14 +43,16 @@ class Ours(Impl):
         self.backend, self.engine_name = resolve(self.device, backend), engine
 
     def setup(self, X, y, params):
-        from mlp import loop
+        from mlp import loop, model
         from mlp.errors import UserError
 
         b = self.backend
         self.n = X.shape[0]
         self.X, self.y = b.asarray(X, self.dtype), b.asarray(y, self.dtype)
         self.params = {k: b.asarray(v, self.dtype) for k, v in params.items()}
-        cfg = {"batch_size": self.batch or "full", "lr": self.lr, "activation": "relu"}
+        self.params |= model.Optimiser(**self.settings).slots(self.params)      # the optimiser's state: zeros
+        cfg = {"batch_size": self.batch or "full", "activation": "relu", "classes": list(range(self.classes)),
+               **self.settings}
         self.steps = batching(self.n, cfg["batch_size"])[1]
         try:
             self.engine = loop.make_engine(b, self.engine_name, cfg, self.X, self.y)
@@ -60,19 +67,13 @@ class Ours(Impl):
             self.params, losses = self.engine.run(self.params, first, min(self.steps, first + self.engine.segment))
             self.losses.append(losses)
 
-    def _losses(self):
-        from mlp.loop import host_losses
-
-        return host_losses(self.backend, self.losses)
-
     def sync(self):
         self.backend.synchronize(self.params, self.losses)
 
-    def first_loss(self):
-        return float(self._losses()[0])
+    def step_losses(self):
+        from mlp.loop import host_losses
 
-    def last_loss(self):
-        return float(self._losses()[-1])
+        return host_losses(self.backend, self.losses)
 
     def close(self):
         getattr(getattr(self, "engine", None), "close", lambda: None)()   # CUDA graphs and their pools
@@ -118,53 +119,98 @@ class JaxJit(Impl):
 
 
 class Sklearn(Impl):
-    epochs_per_call = SKLEARN_EPOCHS_PER_FIT
-
     def setup(self, X, y, params):
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
+        from sklearn.metrics import log_loss
         from sklearn.neural_network import MLPClassifier
 
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        warnings.filterwarnings("ignore", message="Got `batch_size`")   # the 2 rows that build the model
         self.X = np.ascontiguousarray(X, dtype=self.dtype)
         self.y = y.astype(np.int64)
-        self.clf = MLPClassifier(hidden_layer_sizes=(params["w1"].shape[1],), activation="relu", solver="sgd",
-                                 batch_size=X.shape[0], learning_rate="constant", learning_rate_init=self.lr,
-                                 momentum=0.0, nesterovs_momentum=False, alpha=0.0, shuffle=False,
-                                 max_iter=self.epochs_per_call, tol=0.0, n_iter_no_change=10**9, random_state=0)
-        self.clf.partial_fit(self.X[:2], self.y[:2], classes=[0, 1])  # builds the model
-        self.clf.set_params(warm_start=True)                          # fit() continues from these arrays
+        full = self.batch is None
+        self.epochs_per_call = SKLEARN_EPOCHS_PER_FIT if full else DEFAULTS["epochs"]
+        self.clf = MLPClassifier(hidden_layer_sizes=(params["w1"].shape[1],), solver="sgd", learning_rate_init=self.lr,
+                                 batch_size=self.batch or X.shape[0], max_iter=self.epochs_per_call, momentum=0.0,
+                                 alpha=0.0, random_state=0, **(dict(shuffle=False, tol=0.0, n_iter_no_change=10**9)
+                                                               if full else {}))
+        classes = list(range(self.classes))
+        self.clf.partial_fit(self.X[:2], self.y[:2], classes=classes)  # builds the model
         for target, source in zip(self.clf.coefs_ + self.clf.intercepts_,
                                   (params["w1"], params["w2"], params["b1"], params["b2"])):
             target[...] = source  # in place: warm_start keeps these very arrays
+        if full:
+            self.clf.set_params(warm_start=True)                      # fit() continues from these arrays
+        else:   # each fit starts afresh, as a user's; the model at our start gives the first step's loss
+            perm = self.permutation(len(X))
+            first = slice(None) if perm is None else perm[:self.batch]               # B >= N: full batch
+            self.loss = log_loss(self.y[first], self.clf.predict_proba(self.X[first]), labels=classes)
 
     def epoch(self):
         self.clf.fit(self.X, self.y)                                   # epochs_per_call epochs
         self.curve = self.clf.loss_curve_[-self.epochs_per_call:]
 
+    def step_losses(self):
+        return self.curve          # full batch: a step per epoch; minibatch: each epoch's mean
+
     def first_loss(self):
-        return float(self.curve[0])
+        return float(self.curve[0] if self.batch is None else self.loss)
 
-    def last_loss(self):
-        return float(self.curve[-1])
+    def second_loss(self):
+        return None
 
 
-def make(impl: str, backend: str | None, device: str, dtype: str, lr: float, *, engine: str = "eager",
-         batch=None, seed: int = 0) -> Impl:
+def fit_our_classifier(pixels, y, *, hidden: int, lr: float, epochs: int, batch: int, dtype: str, threads):
+    """mlp.MLPClassifier(...).fit(pixels, y), as a Python-API user writes it; every step's loss."""
+    from mlp import MLPClassifier
+
+    est = MLPClassifier(hidden_layer_sizes=(hidden,), learning_rate_init=lr, max_iter=epochs, batch_size=batch,
+                        dtype=dtype, threads=threads, input="pixels")
+    return est.fit(pixels, y)._checkpoint.losses
+
+
+class Estimator(Impl):
+    """Ours through mlp.MLPClassifier on the rows' pixels (exactly: they are normalised bytes), from
+    the same seeded start as the other rows: its first steps' losses are checked as theirs."""
+
+    ours, epochs_per_call, threads = True, DEFAULTS["epochs"], "auto"
+
+    def set_threads(self, requested, batch, d, h):
+        self.threads = requested
+        return super().set_threads(requested, batch, d, h)
+
+    def setup(self, X, y, params):
+        self.pixels = pixels(X)
+        self.y, self.hidden = y, params["w1"].shape[1]
+
+    def epoch(self):
+        self.losses = fit_our_classifier(self.pixels, self.y, hidden=self.hidden, lr=self.lr, batch=self.batch,
+                                         epochs=self.epochs_per_call, dtype=self.dtype, threads=self.threads)
+
+    def step_losses(self):
+        return self.losses
+
+
+def make(impl: str, backend: str | None, device: str, dtype: str, optimiser: str = "sgd", *, engine: str = "eager",
+         batch=None, seed: int = 0, classes: int = 2) -> Impl:
     check_available(impl, backend, device)
-    if batch is not None and impl not in ("ours", *MINIBATCH_PEERS):
+    if batch is not None and impl not in ("ours", "sklearn", ESTIMATOR, *MINIBATCH_PEERS):
         raise Unavailable(f"{impl} is timed in full batch only")
+    if optimiser not in OPTIMISERS or (optimiser != "sgd" and impl not in ("ours", "torch-expert")):
+        raise Unavailable(f"{impl} is timed with plain gradient descent only")
     from .torch_peers import TorchAutograd, TorchCompile, TorchExpert, TorchManual
 
-    kwargs = {"batch": batch, "seed": seed}
+    kwargs = {"batch": batch, "seed": seed, "classes": classes}
     if impl == "ours" and backend.partition(":")[0] == "dask":
         if batch is not None:
             raise Unavailable("ours on dask is timed in full batch only (a minibatch is at least one chunk)")
         from .dask_impl import DaskOurs
 
-        return DaskOurs(backend, device, dtype, lr)
+        return DaskOurs(backend, device, dtype)
     if impl == "ours":
-        return Ours(backend, engine, device, dtype, lr, **kwargs)
+        return Ours(backend, engine, device, dtype, optimiser, **kwargs)
     return {"torch-manual": TorchManual, "torch-expert": TorchExpert, "torch-autograd": TorchAutograd,
-            "torch-compile": TorchCompile, "jax-jit": JaxJit, "sklearn": Sklearn}[impl](device, dtype, lr, **kwargs)
+            "torch-compile": TorchCompile, "jax-jit": JaxJit, "sklearn": Sklearn,
+            ESTIMATOR: Estimator}[impl](device, dtype, optimiser, **kwargs)

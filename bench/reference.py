@@ -1,9 +1,12 @@
-"""What every row is held to: its first step's loss against float64 NumPy's.
+"""What every row is held to: its first steps' losses against float64 NumPy's.
 
-Every row's first step starts from the same parameters (he init, seed 0) on the same rows (in
-minibatch, the first B of the seeded permutation), so its loss depends on (N, H, B) alone and is
-computed once per configuration, in float64 NumPy, in chunks of rows. A row that disagrees, or
-that could not be checked, fails the bench; a row skipped for a reason that is not an error does not.
+Every row starts from the same parameters (he init, from a generator seeded 0, which then draws
+each epoch's permutation, as mlp.loop does) on the same rows (in minibatch, the first B of that
+permutation), so its first step's loss depends on its configuration (N, H, B, C classes) alone and
+is computed once per configuration, in float64 NumPy, in chunks of rows. In minibatch, the loss
+of the second step, on the next B rows, checks the first step's update too: NumPy's float64 step of
+the row's optimiser (mlp.model's; for Adam, mlp.model.adam). A row that disagrees, or that could
+not be checked, fails the bench; a row skipped for a reason that is not an error does not.
 """
 
 import numpy as np
@@ -11,10 +14,14 @@ import numpy as np
 from mlp import model
 from mlp.batches import batch_rows, is_full_batch
 
+from .base import OPTIMISERS
+
 TOLERANCE = {"float32": 1e-4, "float64": 1e-9}   # |loss - float64 NumPy's| / float64 NumPy's
 CHUNK_ROWS = 16_384
+LABEL_SEED = 0                                   # the drawn labels of more classes than the data has
 IDENTITY = ("impl", "backend", "engine", "threads_requested")          # which row
-CONFIG = ("device", "dtype", "n", "hidden", "batch", "busy")           # the work it does, and where
+CONFIG = ("device", "dtype", "n", "hidden", "batch", "classes", "optimiser", "busy")   # the work, and where
+DEFAULT = {"threads_requested": "auto", "busy": 0, "classes": 2, "optimiser": "sgd"}  # what older records leave out
 
 
 def device_kind(device: str | None) -> str:
@@ -27,54 +34,72 @@ def row_index(real_n: int, n: int, seed: int = 0) -> np.ndarray:
     return np.arange(n) if n <= real_n else np.random.default_rng(seed).integers(0, real_n, n)
 
 
-def training_rows(data_dir, n: int, dtype: str, seed: int = 0, download: bool = True):
-    """The bench's n rows of MNIST 3 vs 7 (see row_index) in `dtype`."""
+def training_split(data_dir, classes: int = 2, dtype="float64", download: bool = True, quiet: bool = True):
+    """The real training rows for C classes: MNIST 3 vs 7 for two; for more, every row of the
+    data's files, with their own labels where they hold C classes (full MNIST: ten), else (3s and
+    7s) with labels drawn uniformly from 0..C-1 by a generator seeded LABEL_SEED: the work of C
+    classes on real digits, not a task to learn. y: the labels as positions 0..C-1."""
     from mlp.data import load_dataset
 
-    ds = load_dataset(data_dir, (3, 7), quiet=True, dtype=np.dtype(dtype).type, download=download)
-    X, y = ds.train.X, ds.train.y
-    if n <= X.shape[0]:
-        return X[:n], y[:n]
-    rows = row_index(X.shape[0], n, seed)
-    return X[rows], y[rows]
+    ds = load_dataset(data_dir, (3, 7) if classes == 2 else "all", quiet=quiet, dtype=np.dtype(dtype).type,
+                      download=download)
+    if len(ds.classes) != classes:
+        ds.train.y = np.random.default_rng(LABEL_SEED).integers(0, classes, len(ds.train.y)).astype(np.float64)
+    return ds.train
 
 
-def first_step_loss(X: np.ndarray, y: np.ndarray, n: int, hidden: int, batch, seed: int = 0) -> float:
-    """The loss of a row's first step, in float64: X, y are all the real rows (float64)."""
-    params = model.init_params(X.shape[1], hidden, np.random.default_rng(seed), init="he", activation="relu")
+def training_rows(data_dir, n: int, dtype: str, seed: int = 0, download: bool = True, classes: int = 2):
+    """The bench's n rows (see row_index) of training_split, in `dtype`."""
+    train = training_split(data_dir, classes, dtype, download)
+    rows = row_index(train.X.shape[0], n, seed)
+    return train.X[rows], train.y[rows]
+
+
+def step_losses(X: np.ndarray, y: np.ndarray, n: int, hidden: int, batch, classes: int = 2, optimiser: str = "sgd",
+                seed: int = 0) -> tuple:
+    """(the loss of a row's first step, of its second in minibatch or None), in float64: X, y are
+    all the real rows (float64)."""
+    rng = np.random.default_rng(seed)
+    params = model.init_params(X.shape[1], hidden, rng, init="he", activation="relu", n_out=model.outputs(classes))
     rows = row_index(X.shape[0], n, seed)
-    if batch is not None and not is_full_batch(n, batch):       # as bench.base.Impl.permutation draws it
-        rows = rows[np.random.default_rng(seed).permutation(n)[batch_rows(0, batch, n)]]
-    total = 0.0
-    for start in range(0, len(rows), CHUNK_ROWS):
-        take = rows[start:start + CHUNK_ROWS]
-        _, _, z2 = model.forward(params, X[take], "relu")
-        total += float(model.mean_loss(z2, y[take])) * len(take)
-    return total / len(rows)
+    if batch is None or is_full_batch(n, batch):
+        total = 0.0
+        for start in range(0, len(rows), CHUNK_ROWS):
+            take = rows[start:start + CHUNK_ROWS]
+            total += float(model.mean_loss(model.forward(params, X[take])[2], y[take])) * len(take)
+        return total / len(rows), None
+    perm = rows[rng.permutation(n)]                              # as bench.base.Impl.permutation draws it
+    first, second = (perm[batch_rows(i, batch, n)] for i in (0, 1))
+    opt = model.Optimiser(**OPTIMISERS[optimiser])
+    state, loss = model.train_step({**params, **opt.slots(params)}, X[first], y[first], opt=opt)
+    return float(loss), float(model.mean_loss(model.forward(state, X[second])[2], y[second]))
 
 
 def config(r: dict) -> tuple:
-    return r["n"], r["hidden"], r.get("batch")
+    return tuple(r.get(k) or DEFAULT.get(k) for k in ("n", "hidden", "batch", "classes", "optimiser"))
 
 
-def first_losses(train, records: list) -> dict:
-    """{(n, hidden, batch): float64 NumPy's first-step loss} for every configuration measured, on
-    the training split `train` (float64, as mlp.data.load_dataset gives it)."""
+def first_losses(splits: dict, records: list) -> dict:
+    """{(n, hidden, batch, classes, optimiser): float64 NumPy's (first, second) step losses} for every
+    configuration measured; `splits`: {classes: its training_split, float64}."""
     configs = sorted({config(r) for r in records if r.get("status") == "ok"}, key=str)
-    return {c: first_step_loss(train.X, train.y, *c) for c in configs}
+    return {c: step_losses(splits[c[3]].X, splits[c[3]].y, *c) for c in configs}
 
 
 def check(records: list, references: dict) -> None:
-    """Each measured row's first-step loss against float64 NumPy's: 'loss_check' is 'ok' or
-    'MISMATCH' (NaN included); a row without a reference or a loss gets no 'loss_check'."""
+    """Each measured row's first step's loss (and its second's, where both are known) against float64
+    NumPy's: 'loss_check' is 'ok' or 'MISMATCH' (NaN included); a row without a reference or a loss
+    gets no 'loss_check'."""
     for r in records:
         ref = references.get(config(r)) if r.get("status") == "ok" else None
         if ref is None or r.get("initial_loss") is None:
             continue
-        rel = abs(r["initial_loss"] - ref) / abs(ref)
-        r["reference_loss"], r["initial_loss_rel_diff"] = ref, rel
-        r["loss_check"] = "ok" if rel <= TOLERANCE[r["dtype"]] else "MISMATCH"
-
+        rel = [abs(r[k] - v) / abs(v) for k, v in zip(("initial_loss", "second_loss"), ref)
+               if v is not None and r.get(k) is not None]
+        r["reference_loss"], r["initial_loss_rel_diff"] = ref[0], rel[0]
+        if len(rel) > 1:
+            r["second_reference_loss"], r["second_loss_rel_diff"] = ref[1], rel[1]
+        r["loss_check"] = "ok" if all(d <= TOLERANCE[r["dtype"]] for d in rel) else "MISMATCH"   # NaN fails
 
 def label(r: dict) -> str:
     """'ours (numpy, eager)', a peer's name or 'probe numpy', with '[N threads]' when a count was asked for."""
@@ -86,8 +111,10 @@ def label(r: dict) -> str:
 
 
 def where(r: dict) -> str:
-    n = r.get("n", 0)
-    return f"N={format(n, ',') if isinstance(n, int) else n} H={r.get('hidden')} B={r.get('batch') or 'full'}"
+    """'N=12,396 H=128 B=64', with ' C=10' for ten classes and ' adam' for another optimiser than plain GD."""
+    n, c, opt = r.get("n", 0), r.get("classes") or 2, r.get("optimiser") or "sgd"
+    return (f"N={format(n, ',') if isinstance(n, int) else n} H={r.get('hidden')} B={r.get('batch') or 'full'}"
+            + (f" C={c}" if c != 2 else "") + (f" {opt}" if opt != "sgd" else ""))
 
 
 def place(r: dict) -> str:
@@ -116,8 +143,12 @@ def problems(records: list, probes: list = (), busy: list = ()) -> list:
         if "loss_check" not in r:
             out.append(f"{describe(r)}: its first step's loss was not checked against float64 NumPy")
         elif r["loss_check"] != "ok":
-            out.append(f"{describe(r)}: first step's loss {r['initial_loss']!r} is {r['initial_loss_rel_diff']:.2g} "
-                       f"away from float64 NumPy's {r['reference_loss']!r} (tolerance {TOLERANCE[r['dtype']]:g})")
+            for step, key, ref in (("first", "initial_loss", "reference_loss"),
+                                   ("second", "second_loss", "second_reference_loss")):
+                rel = r.get(f"{key}_rel_diff")
+                if rel is not None and not rel <= TOLERANCE[r["dtype"]]:
+                    out.append(f"{describe(r)}: {step} step's loss {r[key]!r} is {rel:.2g} away from float64 "
+                               f"NumPy's {r[ref]!r} (tolerance {TOLERANCE[r['dtype']]:g})")
     return out
 
 

@@ -1,17 +1,18 @@
-"""From measurements to a table, a plot, slopes, the GPU/CPU speed-up, and the targets' verdicts (targets.py)."""
+"""From measurements to a table, a plot, the GPU/CPU speed-up, and the targets' verdicts (targets.py)."""
 
-import math
 from collections import defaultdict
 
 import numpy as np
 
+from mlp.model import outputs
+
 from . import busy, targets
 from .floor import epoch_flops, epoch_min_bytes, floor_seconds
-from .reference import check, describe, device_kind, label
+from .reference import check, config, describe, device_kind, label, place
 
 REFERENCE_BACKEND = {"cpu": "numpy", "cuda": "cupy"}
 IMPL_ORDER = {"ours": 0, "torch-manual": 1, "torch-expert": 2, "torch-autograd": 3, "torch-compile": 4,
-              "jax-jit": 5, "sklearn": 6}
+              "jax-jit": 5, "mlp.MLPClassifier": 6, "sklearn": 7}
 
 
 def is_reference(r: dict) -> bool:
@@ -37,25 +38,44 @@ def enrich(records: list, probes: list, references: dict) -> list:
     float64 NumPy (`references`: reference.first_losses)."""
     check(records, references)
     best = rates(probes)
-    refs = {(r["device"], r["dtype"], r["n"], r["hidden"], r.get("batch")): r for r in records
-            if r.get("status") == "ok" and is_reference(r)}
+    refs = {(r["device"], r["dtype"], *config(r)): r for r in records if r.get("status") == "ok" and is_reference(r)}
     for r in records:
         if r.get("status") != "ok":
             continue
-        n, d, h, itemsize = r["n"], r["d"], r["hidden"], np.dtype(r["dtype"]).itemsize
-        steps = 1 if r.get("batch") is None else -(-n // r.get("batch"))
-        r["flops"] = epoch_flops(n, d, h, steps)
-        r["min_bytes"] = epoch_min_bytes(n, d, h, itemsize)
+        n, d, h, itemsize, k = r["n"], r["d"], r["hidden"], np.dtype(r["dtype"]).itemsize, outputs(config(r)[3])
+        r["flops"] = epoch_flops(n, d, h, steps(r), k)
+        r["min_bytes"] = epoch_min_bytes(n, d, h, itemsize, k)
         r["gflops"] = r["flops"] / (r["median_ms"] * 1e6)
         gemm, bw = best[(device_kind(r["device"]), r["dtype"])]
         if gemm:
-            r["floor_ms"] = floor_seconds(n, d, h, itemsize, gemm, bw, steps) * 1e3
+            r["floor_ms"] = floor_seconds(n, d, h, itemsize, gemm, bw, steps(r), k) * 1e3
             r["fraction_of_floor"] = r["floor_ms"] / r["median_ms"]
         else:
             r["floor_ms"] = r["fraction_of_floor"] = None
-        ref = refs.get((r["device"], r["dtype"], n, h, r.get("batch")))
+        ref = refs.get((r["device"], r["dtype"], *config(r)))
         r["ratio_to_ours"] = r["median_ms"] / ref["median_ms"] if ref else None
     return records
+
+
+def steps(r: dict) -> int:
+    """Steps per epoch: 1 in full batch, ceil(N / B) in minibatch."""
+    return 1 if r.get("batch") is None else -(-r["n"] // r["batch"])
+
+
+def update_costs(records: list) -> list:
+    """Markdown lines: each row with momentum or Adam beside the plain-GD row of the same impl and
+    configuration, and the difference per step: what the optimiser's update costs there."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    plain = {(label(r), r["device"], r["dtype"], *config(r)[:4]): r for r in ok if config(r)[4] == "sgd"}
+    lines = []
+    for r in ok:
+        base = plain.get((label(r), r["device"], r["dtype"], *config(r)[:4])) if config(r)[4] != "sgd" else None
+        if base:
+            extra = (r["median_ms"] - base["median_ms"]) / steps(r) * 1e3
+            lines.append(f"| {label(r)} | {place(r)} | {base['median_ms']:.1f} | {r['median_ms']:.1f} | "
+                         f"{extra:+.1f} |")
+    return ["| row | where | plain GD ms | ms | update's extra µs per step |", "|---|---|---:|---:|---:|",
+            *lines] if lines else []
 
 
 def speedups(records: list) -> list:
@@ -63,40 +83,21 @@ def speedups(records: list) -> list:
     (NumPy, eager: the default there) at each configuration measured on both, full batch and
     minibatch alike."""
     ok = [r for r in records if r.get("status") == "ok" and r["impl"] == "ours"]
-    cpu = {(r["dtype"], r["n"], r["hidden"], r.get("batch")): r for r in ok if r["device"] == "cpu" and is_reference(r)}
+    cpu = {(r["dtype"], *config(r)): r for r in ok if r["device"] == "cpu" and is_reference(r)}
     out = []
     for r in ok:
-        key = (r["dtype"], r["n"], r["hidden"], r.get("batch"))
+        key = (r["dtype"], *config(r))
         if r["device"] != "cpu" and key in cpu:
-            out.append({"dtype": key[0], "n": key[1], "hidden": key[2], "batch": key[3], "gpu_impl": label(r),
+            out.append({"dtype": key[0], "n": key[1], "hidden": key[2], "batch": key[3], "classes": key[4],
+                        "gpu_impl": label(r) + (f", C={key[4]}" if key[4] != 2 else ""),
                         "cpu_ms": cpu[key]["median_ms"], "gpu_ms": r["median_ms"],
                         "speedup": cpu[key]["median_ms"] / r["median_ms"],
                         "gpu": r.get("device_name"), "cpu": cpu[key].get("device_name")})
     return out
 
 
-def slopes(records: list) -> list:
-    """Least-squares slope of log(ms) against log(N*H) for each implementation and dtype."""
-    groups = defaultdict(list)
-    for r in records:
-        if r.get("status") == "ok" and r.get("batch") is None:
-            groups[(label(r), r["device"], r["dtype"])].append((r["n"] * r["hidden"], r["median_ms"]))
-    out = []
-    for (name, device, dtype), pts in sorted(groups.items()):
-        xs = np.log([p[0] for p in pts])
-        if len(set(xs.tolist())) < 3:
-            continue
-        ys = np.log([p[1] for p in pts])
-        slope, intercept = np.polyfit(xs, ys, 1)
-        resid = ys - (slope * xs + intercept)
-        r2 = 1 - float(resid @ resid) / float(((ys - ys.mean()) ** 2).sum()) if len(pts) > 2 else float("nan")
-        out.append({"impl": name, "device": device, "dtype": dtype, "points": len(pts), "slope": float(slope),
-                    "r2": r2})
-    return out
-
-
 def _fmt(v, spec, none="–"):
-    return none if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+    return none if v is None else format(v, spec)
 
 
 def summary(records: list, minibatch: bool = False) -> list:
@@ -105,14 +106,13 @@ def summary(records: list, minibatch: bool = False) -> list:
     ok = [r for r in records if r.get("status") == "ok" and (r.get("batch") is not None) == minibatch]
     if not ok:
         return []
-    key = lambda r: (r["device"], r["dtype"], r["hidden"], r["n"], r.get("batch") or 0)  # noqa: E731
-    configs = sorted({key(r) for r in ok})
+    key = lambda r: (r["device"], r["dtype"], r["hidden"], r["n"], r.get("batch") or 0, *config(r)[3:])  # noqa: E731
+    configs = sorted({key(r) for r in ok}, key=lambda c: (*c[:6], c[6] != "sgd", c[6]))   # plain GD first
     names = sorted({label(r) for r in ok}, key=lambda n: (IMPL_ORDER.get(n.split(" ")[0], 9), n))
     cell = {(label(r), *key(r)): r for r in ok}
-    floors = {key(r): r.get("floor_ms") for r in ok}
-    head = "| ms per epoch | " + " | ".join(f"{d} {t} N={n:,} H={h}" + (f" B={b}" if b else "")
-                                           for d, t, h, n, b in configs) + " |"
-    lines = [head, "|---|" + "---:|" * len(configs)]
+    any_row = {key(r): r for r in ok}
+    lines = ["| ms per epoch | " + " | ".join(place(any_row[c]) for c in configs) + " |",
+             "|---|" + "---:|" * len(configs)]
     for name in names:
         row = []
         for c in configs:
@@ -120,7 +120,8 @@ def summary(records: list, minibatch: bool = False) -> list:
             row.append("–" if r is None else f"{r['median_ms']:.1f}" + (
                 f" ({r['ratio_to_ours']:.2f}×)" if r.get("ratio_to_ours") and not is_reference(r) else ""))
         lines.append(f"| {name} | " + " | ".join(row) + " |")
-    lines.append("| floor (measured GEMM rate) | " + " | ".join(_fmt(floors[c], ".1f") for c in configs) + " |")
+    lines.append("| floor (measured GEMM rate) | " + " | ".join(_fmt(any_row[c].get("floor_ms"), ".1f")
+                                                                for c in configs) + " |")
     return lines
 
 
@@ -144,16 +145,21 @@ def markdown(result: dict) -> str:
     if mini:
         lines += ["", "Median ms per minibatch epoch (ceil(N/B) steps on a seeded permutation; in brackets as above):",
                   ""] + mini
+    costs = update_costs(records)
+    if costs:
+        lines += ["", "The optimisers' update: each row with momentum or Adam beside the same row with plain gradient "
+                  "descent (ms per epoch), and the difference per step:", ""] + costs
     lines += ["", "All measurements (B: rows per step; peak MiB: the run's peak memory on its device):", ""]
-    lines += ["| impl | device | dtype | N | H | B | median ms | min–max ms | GFLOP/s | floor ms | % of floor "
-              "| × ours | peak MiB | epochs | loss vs float64 NumPy |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["| impl | device | dtype | N | H | B | C | optimiser | median ms | min–max ms | GFLOP/s | floor ms "
+              "| % of floor | × ours | peak MiB | epochs | loss vs float64 NumPy |",
+              "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     ok = sorted((r for r in records if r.get("status") == "ok"),
-                key=lambda r: (r["device"], r["dtype"], r.get("batch") or 0, r["hidden"], r["n"],
+                key=lambda r: (r["device"], r["dtype"], r.get("batch") or 0, r["hidden"], r["n"], *config(r)[3:],
                                IMPL_ORDER.get(r["impl"], 9), label(r)))
     for r in ok:
         lines.append(
             f"| {label(r)} | {r['device']} | {r['dtype']} | {r['n']:,} | {r['hidden']} | {r.get('batch') or 'full'} | "
+            f"{config(r)[3]} | {config(r)[4]} | "
             f"{r['median_ms']:.2f} | {r['min_ms']:.2f}–{r['max_ms']:.2f} | {r['gflops']:.0f} | "
             f"{_fmt(r.get('floor_ms'), '.2f')} | "
             f"{_fmt(None if r.get('fraction_of_floor') is None else 100 * r['fraction_of_floor'], '.0f')} | "
@@ -180,12 +186,6 @@ def markdown(result: dict) -> str:
                   f"{s['cpu_ms']:.2f} | {s['gpu_ms']:.3f} | {s['speedup']:.1f}× |" for s in sp]
     else:
         lines.append(no_speedup_reason(meta))
-    sl = result.get("slopes") or []
-    if sl:
-        lines += ["", "Scaling: slope of log(ms) against log(N·H) (1.0 = linear):", "",
-                  "| impl | device | dtype | points | slope | R² |", "|---|---|---|---:|---:|---:|"]
-        lines += [f"| {s['impl']} | {s['device']} | {s['dtype']} | {s['points']} | {s['slope']:.2f} | "
-                  f"{_fmt(s['r2'], '.3f')} |" for s in sl]
     lines += ["", "Probes (best of 5): " + "; ".join(
         f"{p['library']} {p['device']} {p['dtype']}: GEMM {p['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s "
         f"({p['gemm_size']}²), copy {p['copy_bytes_per_s'] / 1e9:.1f} GB/s"
@@ -202,12 +202,13 @@ def plot(result: dict, path) -> bool:
     """Log-log ms per epoch: a full-batch panel (x = N) per dtype and H, a minibatch panel
     (x = B) per dtype, and the GPU-over-CPU speed-ups as labelled bars. One legend, beside the
     panels, with a colour and a marker of its own for each line (ours solid, peers dashed);
-    every panel says how many of its points were not measured. False when nothing was measured (no plot
-    written). The format follows the suffix (mlp.plots.plot_format)."""
+    every panel says how many of its points were not measured. Two classes, plain GD only (the
+    tables have the others). False when nothing was measured (no plot written). The format follows
+    the suffix (mlp.plots.plot_format)."""
     from mlp.plots import pyplot, save_figure
 
     plt = pyplot()
-    everything = result["records"]
+    everything = [r for r in result["records"] if config(r)[3:] == (2, "sgd")]
     records = [r for r in everything if r.get("status") == "ok"]
     if not records:
         return False

@@ -12,10 +12,9 @@ import sys
 import time
 import traceback
 
-import numpy as np
-
 RESULT_MARK = "@@bench-result@@ "
-RECORD_KEYS = ("impl", "backend", "engine", "batch", "device", "dtype", "n", "hidden", "threads_requested", "busy")
+RECORD_KEYS = ("impl", "backend", "engine", "batch", "device", "dtype", "n", "hidden", "classes", "optimiser",
+               "threads_requested", "busy")
 
 
 class PeakMemory:
@@ -87,17 +86,18 @@ def measure(spec: dict) -> dict:
 
     record = {k: spec.get(k) for k in RECORD_KEYS}
     try:
-        impl = impls.make(spec["impl"], spec["backend"], spec["device"], spec["dtype"], spec["lr"],
-                          engine=spec.get("engine") or "eager", batch=spec.get("batch"), seed=spec.get("seed", 0))
+        impl = impls.make(spec["impl"], spec["backend"], spec["device"], spec["dtype"], spec.get("optimiser") or "sgd",
+                          engine=spec.get("engine") or "eager", batch=spec.get("batch"), seed=spec.get("seed", 0),
+                          classes=spec.get("classes") or 2)
     except impls.Unavailable as exc:
         return {**record, "status": "skipped", "reason": str(exc)}
     record["device_name"] = impl.device_name()
-    X, y = training_rows(spec.get("data_dir"), spec["n"], spec["dtype"])
+    X, y = training_rows(spec.get("data_dir"), spec["n"], spec["dtype"], classes=impl.classes)
     record["d"] = X.shape[1]
     record["threads"] = impl.set_threads(spec.get("threads_requested") or "auto", min(spec.get("batch") or spec["n"],
                                          spec["n"]), X.shape[1], spec["hidden"])   # before setup: compiling uses it
-    params = model.init_params(X.shape[1], spec["hidden"], np.random.default_rng(spec.get("seed", 0)),
-                               init="he", activation="relu")
+    params = model.init_params(X.shape[1], spec["hidden"], impl.rng, init="he", activation="relu",
+                               n_out=model.outputs(impl.classes))      # the generator then draws the permutations
     memory = PeakMemory(spec["impl"], spec["backend"], spec["device"])
     memory.start()
     try:
@@ -111,7 +111,7 @@ def measure(spec: dict) -> dict:
     impl.epoch()
     impl.sync()
     first_epoch_s = (time.perf_counter() - t0) / impl.epochs_per_call
-    initial_loss = impl.first_loss()
+    initial_loss, second_loss = impl.first_loss(), impl.second_loss()
     for _ in range(spec["warmup"] - 1):
         impl.epoch()
     impl.sync()
@@ -138,7 +138,7 @@ def measure(spec: dict) -> dict:
         "first_epoch_ms": first_epoch_s * 1e3,
         "cpu_ms": statistics.median(cpu) * 1e3,              # this process's CPU time per epoch, all its threads
         "load_avg": [round(v, 2) for v in os.getloadavg()],  # the machine's, bench and competitors included
-        "initial_loss": initial_loss, "final_loss": final_loss,
+        "initial_loss": initial_loss, "second_loss": second_loss, "final_loss": final_loss,
         "peak_mem_bytes": memory.peak(impl), "peak_mem_method": memory.method, **extra,
     }
 

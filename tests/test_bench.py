@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from mlp.bench.floor import epoch_flops, epoch_gemm_flops, epoch_min_bytes, floo
 from mlp.bench.impls import PEERS
 
 from .conftest import call_cli, run_cli
+from .idx_files import write_idx
 
 FIELDS = ("impl", "backend", "device", "device_name", "dtype", "n", "d", "hidden", "median_ms", "min_ms", "max_ms",
           "epochs_timed", "gflops", "fraction_of_floor", "peak_mem_bytes")
@@ -36,7 +38,11 @@ def test_quick_sweep_end_to_end(data_dir, tmp_path):
     assert meta["command"].startswith("python -m mlp.bench --quick --json ")   # as typed (python -m bench: test_busy)
     records = out["records"]
     ours = [r for r in records if r["impl"] == "ours" and r["backend"] == "numpy"]
-    assert [(r["batch"], r["engine"], r["status"]) for r in ours] == [(None, "eager", "ok"), (512, "eager", "ok")]
+    # beside the default job's configuration (--quick's: B = 512), one row of ten classes and one of Adam
+    assert [(r["batch"], r["engine"], r["classes"], r["optimiser"], r["status"]) for r in ours] == [
+        (None, "eager", 2, "sgd", "ok"), (512, "eager", 2, "sgd", "ok"), (512, "eager", 10, "sgd", "ok"),
+        (512, "eager", 2, "adam", "ok")]
+    assert all(r["second_loss_rel_diff"] <= 1e-4 for r in ours[1:])   # the first step's update, checked too
     # each engine is its own row, in full batch and minibatch alike
     jax_rows = {(r["batch"], r["engine"]) for r in records if r["impl"] == "ours" and r["backend"] == "jax"}
     assert jax_rows == {(None, "eager"), (None, "compiled"), (512, "eager"), (512, "compiled")}
@@ -58,7 +64,9 @@ def test_quick_sweep_end_to_end(data_dir, tmp_path):
     assert any(p.get("status", "ok") == "ok" and p["library"] == "numpy" for p in out["probes"])
     table = (tmp_path / "b.md").read_text()
     assert "| ours (numpy, eager) | cpu | float32 | 2,000 | 32 | full |" in table
-    assert "| ours (jax, compiled) | cpu | float32 | 2,000 | 32 | 512 |" in table
+    assert "| ours (jax, compiled) | cpu | float32 | 2,000 | 32 | 512 | 2 | sgd |" in table
+    assert "| ours (numpy, eager) | cpu | float32 | 2,000 | 32 | 512 | 10 | sgd |" in table
+    assert "| ours (numpy, eager) | cpu float32 N=2,000 H=32 B=512 adam | " in table   # the update's cost
     assert "Median ms per minibatch epoch" in table
     assert "no GPU was measured in this run" in table
     assert "- ours (numpy, eager) on cpu float32 N=12,396 H=128 B=full: at most 1.25× the floor's time: no such row " \
@@ -79,25 +87,26 @@ def test_bad_bench_flags_are_one_line():
     assert result.returncode == 2 and "--backends: unknown backend 'auto': use numpy, cupy" in result.stderr
 
 
-@pytest.mark.parametrize("n, d, h", [(10, 784, 128), (257, 31, 7), (1000, 784, 1024)])
-def test_flop_count_agrees_with_pytorchs_counter(n, d, h):
-    """The matrix-product FLOPs of an epoch, as PyTorch's FlopCounterMode counts them for a step
-    that autograd differentiates (it counts matrix products only; the elementwise terms are an
-    estimate). Autograd forms d_a1 = d_z2 @ w2.T as a product (2 N H); ours forms it elementwise,
-    as the outer product it is, and counts it among the elementwise terms."""
+@pytest.mark.parametrize("n, d, h, k", [(10, 784, 128, 1), (257, 31, 7, 1), (1000, 784, 1024, 1), (300, 784, 128, 10)])
+def test_flop_count_agrees_with_pytorchs_counter(n, d, h, k):
+    """The matrix-product FLOPs of an epoch (K outputs), as PyTorch's FlopCounterMode counts them for
+    a step that autograd differentiates (it counts matrix products only; the elementwise terms are an
+    estimate)."""
     torch = pytest.importorskip("torch")
     from torch.utils.flop_counter import FlopCounterMode
 
     g = torch.Generator().manual_seed(0)
-    X, y = torch.randn(n, d, generator=g), (torch.rand(n, 1, generator=g) < 0.5).float()
-    w1, b1, w2, b2 = (torch.randn(*s, generator=g, requires_grad=True) for s in model.param_shapes(d, h).values())
+    X, y = torch.randn(n, d, generator=g), torch.randint(0, 2 if k == 1 else k, (n,), generator=g)
+    shapes = model.param_shapes(d, h, k).values()
+    w1, b1, w2, b2 = (torch.randn(*s, generator=g, requires_grad=True) for s in shapes)
     with FlopCounterMode(display=False) as counter:
         z2 = torch.relu(X @ w1 + b1) @ w2 + b2
-        torch.nn.functional.binary_cross_entropy_with_logits(z2, y).backward()
-    assert epoch_gemm_flops(n, d, h) == counter.get_total_flops() - 2 * n * h
+        F = torch.nn.functional
+        (F.binary_cross_entropy_with_logits(z2[:, 0], y.float()) if k == 1 else F.cross_entropy(z2, y)).backward()
+    assert epoch_gemm_flops(n, d, h, k) == counter.get_total_flops()
     # the update runs once per step, over every parameter
-    n_params = sum(int(np.prod(s)) for s in model.param_shapes(d, h).values())
-    assert epoch_flops(n, d, h, steps=5) - epoch_flops(n, d, h, steps=1) == 4 * 2 * n_params
+    n_params = sum(int(np.prod(s)) for s in shapes)
+    assert epoch_flops(n, d, h, steps=5, k=k) - epoch_flops(n, d, h, steps=1, k=k) == 4 * 2 * n_params
 
 
 def test_byte_count_and_floor():
@@ -126,7 +135,7 @@ def test_report_arithmetic():
                fake("ours", 1000, 100, 1.0, "cupy", device="cuda:0"),
                fake("ours", 1000, 100, 50.0, "numpy", batch=64), fake("ours", 1000, 100, 5.0, "jax", "cuda:0",
                                                                      engine="compiled", batch=64)]
-    references = {(n, 100, b): 0.7 for n in (1000, 4000, 16000) for b in (None, 64)}
+    references = {(n, 100, b, 2, "sgd"): (0.7, None) for n in (1000, 4000, 16000) for b in (None, 64)}
     report.enrich(records, probes, references)
     assert records[3]["ratio_to_ours"] == 0.5 and records[4]["ratio_to_ours"] == 2.0
     assert records[3]["loss_check"] == "ok" and records[4]["loss_check"] == "MISMATCH"
@@ -135,8 +144,6 @@ def test_report_arithmetic():
     assert records[0]["fraction_of_floor"] == pytest.approx(records[0]["floor_ms"] / 10.0)
     assert records[5]["floor_ms"] is None  # no probe for the GPU: no floor, and no invented one
     assert records[6]["flops"] == epoch_flops(1000, 784, 100, steps=16)   # the update runs once per step
-    (slope,) = [s for s in report.slopes(records) if s["impl"] == "ours (numpy, eager)"]
-    assert slope["slope"] == pytest.approx(1.0) and slope["points"] == 3
     full, mini = report.speedups(records)
     assert full["speedup"] == pytest.approx(10.0) and full["n"] == 1000 and full["batch"] is None
     assert mini["speedup"] == pytest.approx(10.0) and mini["batch"] == 64 and mini["gpu_impl"] == "ours (jax, compiled)"
@@ -176,22 +183,58 @@ def test_plot_gives_every_line_its_own_colour_and_says_when_a_panel_has_nothing(
 # ----------------------------------------------------------------------------- the bench fails loudly
 
 
-def test_first_step_loss_is_float64_numpys_on_the_rows_the_first_step_takes(data_dir):
-    """The reference against our own NumPy step in float64, through the bench's Ours, in full batch,
-    in minibatch (the first B rows of the seeded permutation) and beyond the real rows (resampled)."""
+@pytest.mark.parametrize("impl, backend, n, hidden, batch, classes, optimiser", [
+    ("ours", "numpy", 2_000, 8, None, 2, "sgd"), ("ours", "numpy", 2_000, 8, 512, 2, "sgd"),
+    ("ours", "numpy", 12_896, 4, None, 2, "sgd"),                      # beyond the real rows: resampled
+    ("ours", "numpy", 2_000, 8, 512, 10, "adam"), ("ours", "torch", 2_000, 8, 512, 2, "momentum"),
+    ("torch-expert", "torch", 2_000, 8, 512, 10, "sgd"), ("torch-expert", "torch", 2_000, 8, 512, 2, "adam"),
+    ("torch-expert", "torch", 2_000, 8, 512, 10, "momentum"),
+    ("mlp.MLPClassifier", "numpy", 1_000, 8, 256, 10, "sgd"), ("sklearn", "sklearn", 1_000, 8, 256, 10, "sgd")])
+def test_the_first_steps_losses_are_float64_numpys(data_dir, impl, backend, n, hidden, batch, classes, optimiser):
+    """Each kind of row in float64 against the reference: the first step's loss (in minibatch on the
+    first B rows of the seeded permutation; ten classes on drawn labels), and in minibatch the
+    second's, after the first step of the row's optimiser (NumPy's float64 Adam, momentum)."""
+    pytest.importorskip(backend)
     from mlp.bench import impls, reference
-    from mlp.data import load_dataset
 
-    train = load_dataset(data_dir, (3, 7), quiet=True, dtype=np.float64).train
-    for n, hidden, batch in ((2_000, 8, None), (2_000, 8, 512), (train.X.shape[0] + 500, 4, None)):
-        impl = impls.make("ours", "numpy", "cpu", "float64", 0.1, batch=batch)
-        X, y = reference.training_rows(data_dir, n, "float64")
-        impl.setup(X, y, model.init_params(X.shape[1], hidden, np.random.default_rng(0), init="he", activation="relu"))
-        impl.epoch()
-        expected = reference.first_step_loss(train.X, train.y, n, hidden, batch)
-        assert impl.first_loss() == pytest.approx(expected, rel=1e-12, abs=0)
-    assert reference.first_step_loss(train.X, train.y, 2_000, 8, 512) != reference.first_step_loss(
-        train.X, train.y, 2_000, 8, None)
+    train = reference.training_split(data_dir, classes)
+    made = impls.make(impl, backend, "cpu", "float64", optimiser, batch=batch, classes=classes)
+    X, y = reference.training_rows(data_dir, n, "float64", classes=classes)
+    with warnings.catch_warnings():        # what scikit-learn's row turns off in its worker process
+        made.setup(X, y, model.init_params(X.shape[1], hidden, made.rng, init="he", activation="relu",
+                                           n_out=model.outputs(classes)))
+        made.epoch()
+    first, second = reference.step_losses(train.X, train.y, n, hidden, batch, classes, optimiser)
+    assert made.first_loss() == pytest.approx(first, rel=1e-9, abs=0)
+    if impl != "sklearn":   # its step losses are each epoch's mean: the first is its model's at our start
+        assert made.second_loss() == (None if batch is None else pytest.approx(second, rel=1e-9, abs=0))
+    if classes == 10:       # MNIST 3 and 7 only: ten classes' labels are drawn, all of them
+        assert sorted(set(y.tolist())) == list(range(10))
+
+
+def test_ten_classes_take_a_ten_class_sets_own_labels_and_else_draw_them(tmp_path):
+    from mlp.bench import reference
+
+    rng = np.random.default_rng(1)
+    for name, digits in (("ten", np.arange(200) % 10), ("two", np.where(np.arange(200) % 2, 7, 3))):
+        (tmp_path / name).mkdir()
+        for split in ("train", "t10k"):
+            write_idx(tmp_path / name / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (200, 28, 28), np.uint8))
+            write_idx(tmp_path / name / f"{split}-labels-idx1-ubyte.gz", digits.astype(np.uint8))
+    assert reference.training_split(tmp_path / "ten", 10, download=False).y.tolist() == (np.arange(200) % 10).tolist()
+    drawn = reference.training_split(tmp_path / "two", 10, download=False).y
+    assert drawn.tolist() == np.random.default_rng(0).integers(0, 10, 200).tolist()
+    assert reference.training_split(tmp_path / "two", 2, download=False).y.tolist() == (np.arange(200) % 2).tolist()
+
+
+def test_the_second_step_depends_on_the_optimiser(data_dir):
+    from mlp.bench import reference
+
+    train = reference.training_split(data_dir)
+    steps = {opt: reference.step_losses(train.X, train.y, 2_000, 8, 512, 2, opt) for opt in ("sgd", "momentum", "adam")}
+    assert len({first for first, _ in steps.values()}) == 1 and len({s for _, s in steps.values()}) == 3
+    assert reference.step_losses(train.X, train.y, 2_000, 8, 512, 2) != reference.step_losses(
+        train.X, train.y, 2_000, 8, None, 2)
 
 
 def test_problems_are_errors_mismatches_and_unchecked_rows_not_skips():
@@ -206,7 +249,7 @@ def test_problems_are_errors_mismatches_and_unchecked_rows_not_skips():
                "reason": "jax is not installed"}
     probe = {"library": "cupy", "device": "cuda:0", "dtype": "float32", "status": "error", "reason": "no driver"}
     records = [ok, off, unchecked, nan, error, skipped]
-    reference.check(records, {(1000, 100, None): 0.7})
+    reference.check(records, {(1000, 100, None, 2, "sgd"): (0.7, None)})
     assert [r.get("loss_check") for r in records] == ["ok", "MISMATCH", None, "MISMATCH", None, None]
     found = reference.problems(records, [probe])
     assert found[0] == "probe cupy on cuda:0 float32: error: no driver"
@@ -221,6 +264,12 @@ def test_problems_are_errors_mismatches_and_unchecked_rows_not_skips():
     assert reference.problems([ok], (), [busy_error]) == [
         "ours (numpy, eager) on cpu float32 N=1,000 H=100 B=64 beside 2 competing processes: error: died"]
     assert reference.skipped(records) == "1 rows skipped (not errors; see 'Not measured'): jax is not installed"
+    # a minibatch row whose second step (after the first update) is off: Adam's update, say
+    adam = {**fake("torch-expert", 1000, 100, 1.0, batch=64), "optimiser": "adam", "second_loss": 0.6}
+    reference.check([adam], {(1000, 100, 64, 2, "adam"): (0.7, 0.65)})
+    assert adam["loss_check"] == "MISMATCH" and reference.problems([adam]) == [
+        "torch-expert on cpu float32 N=1,000 H=100 B=64 adam: second step's loss 0.6 is 0.077 away from float64 "
+        "NumPy's 0.65 (tolerance 0.0001)"]
     # a device asked for with nothing measured on it: a sweep that skipped everything there fails
     assert reference.problems([ok, {**skipped, "device": "cpu"}]) == [
         "nothing was measured on cpu: every row there was skipped or failed"]
@@ -234,16 +283,17 @@ def test_bench_exit_code_is_1_on_any_problem_and_the_lines_say_why(capsys):
     args = argparse.Namespace(json=None, markdown=None, plot=None)
     meta = {"cpu": "a CPU", "command": "python -m bench", "date": "today", "devices": ["cpu"]}
     good = fake("ours", 1000, 100, 1.0, "numpy", loss=0.7)
-    result = {"meta": meta, "probes": [], "records": report.enrich([good], [], {(1000, 100, None): 0.7})}
+    refs = {(1000, 100, None, 2, "sgd"): (0.7, None)}
+    result = {"meta": meta, "probes": [], "records": report.enrich([good], [], refs)}
     assert cli.write_outputs(args, result) == 0
     assert "bench:" not in capsys.readouterr().err
     bad = {**fake("ours", 1000, 100, 1.0, "cupy", device="cuda:0"), "status": "error", "reason": "Boom"}
-    result = {"meta": meta, "probes": [], "records": report.enrich([good, bad], [], {(1000, 100, None): 0.7})}
+    result = {"meta": meta, "probes": [], "records": report.enrich([good, bad], [], refs)}
     assert cli.write_outputs(args, result) == 1
     assert "bench: ours (cupy, eager) on cuda:0 float32 N=1,000 H=100 B=full: error: Boom" in capsys.readouterr().err
     busy_bad = {**fake("ours", 1000, 100, 1.0, "numpy", loss=0.7), "busy": 1, "status": "error", "reason": "Boom"}
     result = {"meta": meta, "probes": [], "busy": [busy_bad],
-              "records": report.enrich([{**good, "busy": 0}], [], {(1000, 100, None): 0.7})}
+              "records": report.enrich([{**good, "busy": 0}], [], refs)}
     assert cli.write_outputs(args, result) == 1   # an error beside competitors (--busy) fails the bench too
     assert "beside 1 competing process: error: Boom" in capsys.readouterr().err
 
@@ -343,6 +393,60 @@ def test_targets_say_what_was_measured_and_name_their_noise():
         assert line in lines, (line, lines)
     assert len(lines) == 2 + len(targets.TARGETS)      # every target, once: a configuration each here
     assert {v["verdict"] for v in targets.verdicts(result)} == {"met", "MISSED", "within noise", "not measured"}
+
+
+def test_optimisers_and_estimators_are_held_to_their_peers_and_the_update_has_a_cost_per_step():
+    """Made-up rows of the default job: Adam and momentum, the fastest of ours against torch-expert (with
+    torch.optim); our MLPClassifier against scikit-learn's for two and ten classes; the update's cost."""
+    job = {"batch": 64}
+    records = [timed("ours", 100.0, 100.0, 100.0, **job), timed("torch-expert", 80.0, 80.0, 80.0, **job)]
+    for opt, ours_ms, expert_ms in (("adam", 150.0, 140.0), ("momentum", 130.0, 100.0)):
+        records += [{**timed("ours", ours_ms, ours_ms, ours_ms, **job), "optimiser": opt},
+                    {**timed("torch-expert", expert_ms, expert_ms, expert_ms, **job), "optimiser": opt}]
+    for classes, ours_ms in ((2, 100.0), (10, 300.0)):
+        records += [{**timed(impl, ms, ms, ms, **job), "classes": classes}
+                    for impl, ms in (("mlp.MLPClassifier", ours_ms), ("sklearn", 1000.0))]
+    found = targets.lines({"meta": {"real_rows": 12_396, "usable_cores": 2}, "records": records})
+    job = "on cpu float32 N=12,396 H=128 B=64"
+    for line in (f"- the fastest of ours {job} adam: at most 1.10× torch-expert's time: ours (numpy, eager) took "
+                 "1.07× torch-expert's time (torch-expert is 1.07× faster); spread 1.07–1.07×: met",
+                 f"- the fastest of ours {job} momentum: at most 1.10× torch-expert's time: ours (numpy, eager) "
+                 "took 1.30× torch-expert's time (torch-expert is 1.30× faster); spread 1.30–1.30×: MISSED",
+                 f"- mlp.MLPClassifier {job}: at most 0.20× sklearn's time: mlp.MLPClassifier took 0.10× sklearn's "
+                 "time (it is 10.00× faster); spread 0.10–0.10×: met",
+                 f"- mlp.MLPClassifier {job} C=10: at most 0.20× sklearn's time: mlp.MLPClassifier took 0.30× "
+                 "sklearn's time (it is 3.33× faster); spread 0.30–0.30×: MISSED"):
+        assert line in found, (line, found)
+    # ceil(12,396 / 64) = 194 steps: Adam's 50 ms more per epoch is 257.7 µs per step
+    assert report.update_costs(records)[2:] == [
+        "| ours (numpy, eager) | cpu float32 N=12,396 H=128 B=64 adam | 100.0 | 150.0 | +257.7 |",
+        "| torch-expert | cpu float32 N=12,396 H=128 B=64 adam | 80.0 | 140.0 | +309.3 |",
+        "| ours (numpy, eager) | cpu float32 N=12,396 H=128 B=64 momentum | 100.0 | 130.0 | +154.6 |",
+        "| torch-expert | cpu float32 N=12,396 H=128 B=64 momentum | 80.0 | 100.0 | +103.1 |"]
+
+
+def test_the_default_jobs_other_rows_are_planned_beside_it():
+    """Ten classes on every engine and torch-expert, on the CPU and the GPU; momentum and Adam on the CPU
+    for three of ours and torch-expert; the estimators for two and ten classes; --quick: one row each."""
+    args = cli.build_parser().parse_args([])
+    sweep = cli.plan(args)
+    job = [c for c in cli.configs(args, sweep, "cpu", 12_396) if c[:4] == ("float32", 128, 12_396, 64)]
+    planned = {(c[4], c[5]): c[6] for c in job if c[6][0][0] == "ours"}
+    engines = [("ours", "numpy", "eager")] + [("ours", b, e) for b in ("torch", "jax") for e in ("eager", "compiled")]
+    assert planned[(10, "sgd")] == [*engines, ("torch-expert", "torch", None)]
+    for opt in ("momentum", "adam"):
+        assert planned[(2, opt)] == [("ours", "numpy", "eager"), ("ours", "torch", "eager"),
+                                     ("ours", "jax", "compiled"), ("torch-expert", "torch", None)]
+    estimators = [(c[4], c[6]) for c in job if c[6][0][0] == "mlp.MLPClassifier"]
+    assert estimators == [(c, [("mlp.MLPClassifier", "numpy", None), ("sklearn", "sklearn", None)]) for c in (2, 10)]
+    cuda = [c[4:] for c in cli.configs(args, sweep, "cuda", 12_396) if c[4:6] != (2, "sgd")]
+    assert [c[:2] for c in cuda] == [(10, "sgd")] and ("torch-expert", "torch", None) in cuda[0][2]
+    quick = cli.build_parser().parse_args(["--quick"])
+    extra = [c for c in cli.configs(quick, cli.plan(quick), "cpu", 12_396) if c[4:6] != (2, "sgd")]
+    assert [(c[:6], c[6]) for c in extra] == [(("float32", 32, 2_000, 512, 10, "sgd"), [("ours", "numpy", "eager")]),
+                                              (("float32", 32, 2_000, 512, 2, "adam"), [("ours", "numpy", "eager")])]
+    busy = cli.build_parser().parse_args(["--busy"])
+    assert {c[4:6] for c in cli.configs(busy, cli.plan(busy), "cpu", 12_396)} == {(2, "sgd")}
 
 
 # ----------------------------------------------------------------------------- flags and installs

@@ -154,7 +154,7 @@ def test_parity_target_takes_the_best_of_ours_and_of_the_expert():
                _rec("torch-expert", 35.0, threads_requested=1), _rec("ours", 20.0, batch=None),
                _rec("torch-expert", 19.0, batch=None)]
     found = [v for v in targets.verdicts({"records": records, "meta": {"real_rows": 12_396}})
-             if v["target"].startswith("the fastest of ours")]
+             if v["target"].startswith("the fastest of ours") and v["verdict"] != "not measured"]   # no Adam here
     assert [(v["target"].split(" B=")[1].split(":")[0], v["verdict"]) for v in found] == [("64", "met"),
                                                                                          ("full", "MISSED")]
     assert found[0]["measured"] == ("ours (jax, compiled) took 0.86× torch-expert [1 thread]'s time (it is 1.17× "
